@@ -1,0 +1,75 @@
+"""Writing tidy reports: CSV/JSONL/Parquet to stdout or to a file, atomically."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from .errors import InputError
+
+Format = Literal["csv", "jsonl", "parquet"]
+FORMATS = ("csv", "jsonl", "parquet")
+
+
+def check_format(fmt: str, out: Path | None) -> str:
+    """Validate the format before any work is done (parquet cannot go to a terminal)."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}.")
+    if fmt == "parquet" and out is None:
+        raise InputError("--format parquet needs --out FILE (parquet is binary and cannot go to stdout).")
+    return fmt
+
+
+def _serialise(df: pd.DataFrame, fmt: str, handle) -> None:
+    if fmt == "csv":
+        df.to_csv(handle, index=False, float_format="%.6g")
+    elif fmt == "jsonl":
+        df.to_json(handle, orient="records", lines=True)
+    else:
+        df.to_parquet(handle, index=False)
+
+
+def atomic_path(path: Path):
+    """Context manager yielding a temporary path beside `path`, renamed into place only on success."""
+    return _AtomicPath(Path(path))
+
+
+class _AtomicPath:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_table(df: pd.DataFrame, out: Path | None = None, fmt: str = "csv") -> None:
+    """Write `df` to `out` (atomically) or to stdout; nothing half-written is left on failure."""
+    check_format(fmt, out)
+    if out is None:
+        if fmt == "jsonl":
+            sys.stdout.write(df.to_json(orient="records", lines=True))
+            if len(df):
+                sys.stdout.write("\n")
+        else:
+            _serialise(df, fmt, sys.stdout)
+        sys.stdout.flush()
+        return
+    with atomic_path(Path(out)) as tmp:
+        mode = "wb" if fmt == "parquet" else "w"
+        with open(tmp, mode) as handle:
+            _serialise(df, fmt, handle)
