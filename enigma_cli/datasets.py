@@ -1,0 +1,247 @@
+"""Questions to reason about: the built-in synthetic set, a local file, or a Hugging Face hub dataset.
+
+``load_examples(dataset)`` accepts
+
+- ``None`` or ``"synthetic"``: built-in problems from :mod:`enigma_cli.tasks.synthetic`, drawn from its
+  *held-out* split (questions never used by ``training_examples``) with the seed stream ``seed + 10_000_000``
+  (:data:`SYNTHETIC_SEED_OFFSET`), so evaluation never reuses a training question; works offline;
+- a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file (or a ``save_to_disk`` folder), read through
+  ``datasets``; a local file has a single split, so ``split`` is ignored for it;
+- otherwise a hub id (e.g. ``gsm8k`` or ``kaist-ai/CoT-Collection``), only when online: with ``HF_HUB_OFFLINE``
+  or ``HF_DATASETS_OFFLINE`` set, or the hub unreachable, it is a one-sentence :class:`InputError`.
+
+Columns: ``question_column``/``answer_column`` default to ``question``/``answer``, and CoT-Collection's
+``source``/``target`` (with ``rationale``) are recognised when the defaults are absent. Without an answer
+column the examples are unlabelled (``answer=None``), which is enough for format-only rewards (method.md §1).
+GSM8K-style answers ("... #### 42") are cut to the part after the last ``####``.
+
+Every problem with the input (missing path, folder, empty or unreadable file, missing column, no rows) is an
+:class:`InputError` (exit code 3) of one sentence naming the file or column.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .console import show_progress
+from .errors import InputError
+
+SYNTHETIC = "synthetic"
+SYNTHETIC_SEED_OFFSET = 10_000_000
+DEFAULT_SYNTHETIC_N = 256
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+QUESTION_COLUMNS = ("question", "source")  # tried in order when --question-column is not given
+ANSWER_COLUMNS = ("answer", "target")
+RATIONALE_COLUMNS = ("rationale",)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question; `answer` is None for unlabelled data; `rationale` is a reference CoT when known."""
+
+    question: str
+    answer: str | None
+    rationale: str | None = None
+
+
+def _offline_flag() -> str | None:
+    """The environment variable that puts the hub offline, if one is set."""
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(key, "").strip().lower() in ("1", "true", "yes", "on"):
+            return key
+    return None
+
+
+def _looks_local(spec: str) -> bool:
+    p = Path(spec).expanduser()
+    return (p.exists() or p.suffix.lower() in LOCAL_FORMATS or spec.startswith(("/", "./", "../", "~"))
+            or os.sep != "/" and os.sep in spec)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else type(err).__name__)[:200]
+
+
+def _synthetic(n: int | None, seed: int) -> list[Example]:
+    from .tasks.synthetic import generate_problems
+
+    count = DEFAULT_SYNTHETIC_N if n is None else n
+    problems = generate_problems(count, seed + SYNTHETIC_SEED_OFFSET, split="heldout")
+    return [Example(p.question, p.answer) for p in problems]
+
+
+@contextmanager
+def _quiet_progress(datasets):
+    """datasets' progress bars only when a person watches stderr (conventions.md); restored afterwards."""
+    silence = not show_progress() and datasets.utils.logging.is_progress_bar_enabled()
+    if silence:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if silence:
+            datasets.enable_progress_bars()
+
+
+def _load_local(path: Path):
+    """A `datasets.Dataset` from a local file or save_to_disk folder."""
+    import datasets
+
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            try:
+                ds = datasets.load_from_disk(str(path))
+            except Exception as err:  # any failure to read is bad input
+                raise InputError(f"dataset folder {str(path)!r} cannot be read ({_first_line(err)}).") from err
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[next(iter(ds))]
+            return ds
+        raise InputError(f"dataset {str(path)!r} is a folder; give a .jsonl, .json, .csv or .parquet file.")
+    builder = LOCAL_FORMATS.get(path.suffix.lower())
+    if builder is None:
+        raise InputError(f"dataset file {str(path)!r} has an unknown extension; use .jsonl, .json, .csv "
+                         "or .parquet.")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError as err:
+        raise InputError(f"dataset file {str(path)!r} cannot be read ({err.strerror or _first_line(err)}).") \
+            from err
+    if size == 0 or (builder != "parquet" and size <= len(head) and not head.strip()):
+        raise InputError(f"dataset file {str(path)!r} is empty.")
+    try:
+        with _quiet_progress(datasets):
+            return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:  # malformed JSON/CSV/parquet raise many exception types
+        if "corresponds to no data" in str(err):  # a CSV header with no rows, a JSON file of []
+            raise InputError(f"dataset file {str(path)!r} has no rows.") from err
+        raise InputError(f"dataset file {str(path)!r} cannot be read as {path.suffix.lstrip('.')} "
+                         f"({_first_line(err)}).") from err
+
+
+def _unreachable_hub(timeout: float = 3.0) -> str | None:
+    """The hub's host when a quick TCP connection to it fails, else None.
+
+    Without this probe `datasets` retries for ~25 s with a warning per attempt before it gives up. Behind a
+    proxy the direct connection says nothing, so the probe is skipped there.
+    """
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return host
+    return None
+
+
+def _load_hub(name: str, split: str, n: int | None, seed: int):
+    flag = _offline_flag()
+    if flag:
+        raise InputError(f"dataset {name!r} is neither 'synthetic' nor a local file, and the hub is offline "
+                         f"({flag} is set); give a local .jsonl/.csv/.parquet file or 'synthetic'.")
+    host = _unreachable_hub()
+    if host:
+        raise InputError(f"dataset {name!r} is neither 'synthetic' nor a local file, and the hub ({host}) cannot "
+                         "be reached; give a local .jsonl/.csv/.parquet file or 'synthetic'.")
+    import datasets
+
+    try:
+        with _quiet_progress(datasets):
+            return _hub_rows(datasets, name, split, n, seed)
+    except Exception as err:  # not found, no network, bad split: one sentence
+        raise InputError(f"dataset {name!r} (split {split!r}) cannot be loaded from the hub "
+                         f"({_first_line(err)}).") from err
+
+
+def _hub_rows(datasets, name: str, split: str, n: int | None, seed: int):
+    if n is not None:
+        # Hub sets can be huge (CoT-Collection: 1.8M rows): stream and sample n from a seeded buffer.
+        stream = datasets.load_dataset(name, split=split, streaming=True)
+        rows = list(stream.shuffle(seed=seed, buffer_size=max(10_000, 4 * n)).take(n))
+        return datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
+    return datasets.load_dataset(name, split=split)
+
+
+def _pick(columns: list[str], given: str | None, defaults: tuple[str, ...], what: str, flag: str,
+          where: str, *, required: bool) -> str | None:
+    if given is not None:
+        if given not in columns:
+            raise InputError(f"{where} has no {what} column {given!r} ({flag}); available columns: "
+                             f"{', '.join(columns) or 'none'}.")
+        return given
+    for name in defaults:
+        if name in columns:
+            return name
+    if required:
+        raise InputError(f"{where} has no {what} column (looked for {' or '.join(map(repr, defaults))}; pass "
+                         f"{flag}); available columns: {', '.join(columns) or 'none'}.")
+    return None
+
+
+def _text(value) -> str | None:
+    """A cell as text; None for missing values; whole floats (CSV ints with gaps) without '.0'."""
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def _canonical_answer(value) -> str | None:
+    text = _text(value)
+    if text is not None and "####" in text:  # GSM8K: rationale, then "#### 42"
+        text = text.rsplit("####", 1)[1].strip() or None
+    return text
+
+
+def load_examples(dataset: str | None = None, *, n: int | None = None, seed: int = 0,
+                  question_column: str | None = None, answer_column: str | None = None,
+                  split: str = "train", rationale_column: str | None = None) -> list[Example]:
+    """Load questions (and answers when there are some); a seeded sample of `n` when `n` < the row count."""
+    if n is not None and n <= 0:
+        raise InputError(f"--n must be a positive number of examples, not {n}.")
+    if dataset is None or str(dataset).strip().lower() == SYNTHETIC:
+        return _synthetic(n, seed)
+    spec = str(dataset).strip()
+    if _looks_local(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise InputError(f"dataset file {spec!r} does not exist.")
+        ds, where = _load_local(path), f"dataset file {spec!r}"
+    else:
+        ds, where = _load_hub(spec, split, n, seed), f"dataset {spec!r}"
+
+    columns = list(ds.column_names)
+    if len(ds) == 0:
+        raise InputError(f"{where} has no rows.")
+    q_col = _pick(columns, question_column, QUESTION_COLUMNS, "question", "--question-column", where,
+                  required=True)
+    a_col = _pick(columns, answer_column, ANSWER_COLUMNS, "answer", "--answer-column", where, required=False)
+    r_col = _pick(columns, rationale_column, RATIONALE_COLUMNS, "rationale", "--rationale-column", where,
+                  required=False)
+
+    questions = [_text(q) for q in ds[q_col]]
+    index = [i for i, q in enumerate(questions) if q is not None]
+    if not index:
+        raise InputError(f"{where} has no non-empty values in its question column {q_col!r}.")
+    if n is not None and n < len(index):
+        index = sorted(random.Random(seed).sample(index, n))
+    answers = ds.select(index)[a_col] if a_col else [None] * len(index)
+    rationales = ds.select(index)[r_col] if r_col else [None] * len(index)
+    return [Example(questions[i], _canonical_answer(a), _text(r)) for i, a, r in zip(index, answers, rationales)]

@@ -1,0 +1,127 @@
+"""`load_examples`: the built-in synthetic set, local JSONL/CSV/parquet files, columns and input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from enigma_cli.datasets import DEFAULT_SYNTHETIC_N, Example, load_examples
+from enigma_cli.errors import InputError
+from enigma_cli.tasks.synthetic import generate_problems, is_heldout
+
+ROWS = [{"question": f"What is {i} + 1?", "answer": i + 1, "other": "x"} for i in range(12)]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def offline_cache(tmp_path, monkeypatch):
+    """No network, and the datasets cache inside the test's folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+
+
+def test_synthetic_default_is_heldout_and_seeded():
+    default = load_examples()
+    assert len(default) == DEFAULT_SYNTHETIC_N and default == load_examples("synthetic")
+    few = load_examples("synthetic", n=10, seed=3)
+    assert few == load_examples(None, n=10, seed=3) != load_examples(None, n=10, seed=4)
+    assert all(isinstance(e, Example) and e.answer is not None and is_heldout(e.question) for e in few)
+    train = {p.question for p in generate_problems(1000, 3)}
+    assert not train & {e.question for e in load_examples(n=100, seed=3)}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_local_files(tmp_path, suffix):
+    path = tmp_path / f"data{suffix}"
+    df = pd.DataFrame(ROWS)
+    if suffix == ".jsonl":
+        write_jsonl(path, ROWS)
+    elif suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)
+    got = load_examples(str(path))
+    assert got == [Example(r["question"], str(r["answer"])) for r in ROWS]
+    sample = load_examples(str(path), n=5, seed=1)
+    assert len(sample) == 5 and set(sample) <= set(got)
+    assert sample == load_examples(str(path), n=5, seed=1) != load_examples(str(path), n=5, seed=2)
+    assert load_examples(str(path), n=100) == got
+
+
+def test_cot_collection_columns(tmp_path):
+    rows = [{"source": "Is 2 even?", "target": "yes", "rationale": "2 = 2 * 1.", "task": "t"}]
+    got = load_examples(str(write_jsonl(tmp_path / "cot.jsonl", rows * 2)))
+    assert got == [Example("Is 2 even?", "yes", "2 = 2 * 1.")] * 2
+
+
+def test_explicit_columns_unlabelled_data_and_gsm8k_answers(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Q1", "label": "A1"}, {"prompt": "Q2", "label": None}])
+    assert load_examples(str(path), question_column="prompt", answer_column="label") == [
+        Example("Q1", "A1"), Example("Q2", None)]
+    assert load_examples(str(path), question_column="prompt") == [Example("Q1", None), Example("Q2", None)]
+    gsm = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "Q", "answer": "3 + 4 = 7\n#### 7"}])
+    assert load_examples(str(gsm)) == [Example("Q", "7")]
+
+
+def test_missing_columns_name_the_column_and_the_available_ones(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Q", "label": "A"}])
+    with pytest.raises(InputError) as info:
+        load_examples(str(path))
+    msg = str(info.value)
+    assert "d.jsonl" in msg and "'question'" in msg and "prompt, label" in msg and info.value.exit_code == 3
+    with pytest.raises(InputError, match=r"no answer column 'solution' \(--answer-column\).*prompt, label"):
+        load_examples(str(path), question_column="prompt", answer_column="solution")
+    with pytest.raises(InputError, match=r"no question column 'q' \(--question-column\)"):
+        load_examples(str(path), question_column="q")
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("empty.jsonl", "", "is empty"),
+    ("blank.jsonl", "\n \n", "is empty"),
+    ("empty.csv", "", "is empty"),
+    ("header.csv", "question,answer\n", "no rows"),
+    ("broken.jsonl", '{"question": "Q", \n', "cannot be read as jsonl"),
+    ("data.txt", "question\n", "unknown extension"),
+    ("blankq.jsonl", '{"question": "", "answer": "1"}\n', "no non-empty values"),
+])
+def test_bad_files(tmp_path, name, content, words):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InputError, match=words) as info:
+        load_examples(str(tmp_path / name))
+    assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_path_folder_offline_hub_and_bad_n(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_examples(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(InputError, match="does not exist"):
+        load_examples("./nope/data")
+    with pytest.raises(InputError, match="is a folder"):
+        load_examples(str(tmp_path))
+    with pytest.raises(InputError, match="offline"):
+        load_examples("someone/some-dataset")
+    with pytest.raises(InputError, match="--n"):
+        load_examples(n=0)
+
+
+def test_unreachable_hub_is_one_sentence_without_retries(monkeypatch):
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy",
+                "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("enigma_cli.datasets.socket.create_connection", no_network)
+    with pytest.raises(InputError, match=r"hub \(huggingface.co\) cannot be reached") as info:
+        load_examples("someone/some-dataset", n=3)
+    assert info.value.exit_code == 3
