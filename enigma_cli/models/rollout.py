@@ -1,0 +1,401 @@
+"""Batched generation and batched scoring (per-token log-probs and hidden states) for any causal LM.
+
+Every command goes through these functions: rollouts for GRPO (method.md §2), the K×K critic matrix of SAMI
+(§3, `score_pairs` or `pack` + `token_logprobs` with gradient), and hidden states for the Sinkhorn term and the
+geometry analysis (§5, §6).
+
+Layout choices (ours):
+
+- **Scoring batches are right-padded** (`pack`): each row is ``prompt + completion + pad…``. Position ``t`` of a
+  row then has position id ``t`` exactly as when the row is run alone, and causal attention never looks at the
+  trailing pads, so padding cannot change any value we read (the tests check this against one-at-a-time runs).
+  No position-id bookkeeping is needed, which left padding would require.
+- **Log-probs are aligned with the input**: ``logp[b, t] = log π(input_ids[b, t] | input_ids[b, :t])`` where
+  ``completion_mask[b, t] == 1`` and exactly 0 elsewhere (including ``t = 0``). Hidden states are
+  ``[B, T, H]`` on the same positions, so ``completion_mask`` selects both.
+- **Generation batches are left-padded** (what `model.generate` needs); the results are returned as plain id
+  lists, truncated after the first EOS (EOS kept when produced), so no pad id ever leaks into scoring.
+- Sampling is plain ancestral sampling at ``temperature`` with nucleus ``top_p``: top-k, min-p, typical-p and
+  repetition penalties from the model's own ``generation_config`` are switched off, so the sampled
+  distribution is the one GRPO's log-ratios assume. ``temperature == 0`` means greedy.
+- Log-probs avoid a full ``[B, T, V]`` log-softmax copy: logits are computed only from the first position that
+  predicts a completion token (``logits_to_keep``, where the model supports it), and the normaliser is a
+  per-row ``logsumexp`` in float32 (as in TRL's ``selective_log_softmax``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+
+from enigma_cli.errors import InputError
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A right-padded batch of ``prompt + completion`` rows, each ``[B, T]`` (long / long / long).
+
+    ``attention_mask`` is 1 on real tokens; ``completion_mask`` is 1 on completion tokens only.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device)
+        )
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Completions for a list of prompts, one entry per sample.
+
+    Sample order: for prompt ``p`` its ``num_samples`` completions are consecutive, so sample ``i`` belongs to
+    prompt ``prompt_index[i] == i // num_samples``. ``prompt_ids[i]`` is the (unpadded) prompt of sample ``i``,
+    so ``pack(gen.prompt_ids, gen.completion_ids, pad_id)`` scores the samples directly. ``completion_ids`` stop
+    after the first EOS (included when produced); ``finished[i]`` says whether it was produced before
+    ``max_new_tokens``; ``texts`` are the completions decoded without special tokens.
+    """
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    texts: list[str]
+    prompt_index: list[int]
+    finished: list[bool]
+    num_samples: int = 1
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+    @property
+    def num_new_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
+
+
+def encode_prompts(tokenizer, prompt_texts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt text, with the BOS the tokenizer would add but never a duplicated one.
+
+    Chat templates often write the BOS token themselves; we encode without special tokens and prepend BOS
+    only if the tokenizer adds one on its own and the text does not already begin with it. No EOS is appended.
+    """
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+    out = []
+    for text in prompt_texts:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if adds_bos and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        out.append(ids)
+    return out
+
+
+def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> Batch:
+    """Right-pad the concatenations ``prompt + completion`` into a `Batch` (CPU tensors).
+
+    Every prompt must be non-empty (the first completion token needs a context to be scored).
+    """
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError(f"pack: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
+    if not prompt_ids:
+        raise ValueError("pack: empty batch")
+    lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
+    width = max(lengths)
+    batch = len(prompt_ids)
+    input_ids = torch.full((batch, width), int(pad_id), dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    completion_mask = torch.zeros((batch, width), dtype=torch.long)
+    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        if len(p) == 0:
+            raise ValueError(f"pack: prompt {b} is empty")
+        n = len(p) + len(c)
+        input_ids[b, :n] = torch.tensor([*p, *c], dtype=torch.long)
+        attention_mask[b, :n] = 1
+        completion_mask[b, len(p) : n] = 1
+    return Batch(input_ids, attention_mask, completion_mask)
+
+
+def _forward_accepts(model, name: str) -> bool:
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = getattr(target, "module", target)  # DDP / FSDP wrappers
+    try:
+        return name in inspect.signature(target.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _num_hidden_layers(model) -> int:
+    config = getattr(model, "module", model).config  # DDP / FSDP wrappers hold the model in .module
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text_config.num_hidden_layers)
+
+
+def _selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` gathered at ``targets``, in float32, one row at a time."""
+    rows = []
+    for row_logits, row_targets in zip(logits, targets):
+        row = row_logits.float()
+        if temperature != 1.0:
+            row = row / temperature
+        picked = row.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row, dim=-1))
+    return torch.stack(rows)
+
+
+def token_logprobs(
+    model,
+    batch: Batch,
+    *,
+    hidden_layers: list[int] | None = None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor] | None]:
+    """One forward pass: per-token log-probs of the batch and, if asked, hidden states.
+
+    Returns ``(logp, hidden)``. ``logp`` is ``[B, T]`` float32 aligned with ``batch.input_ids``:
+    ``logp[b, t] = log softmax(logits[b, t-1] / temperature)[input_ids[b, t]]`` where
+    ``completion_mask[b, t] == 1``, else 0. ``hidden`` maps each requested layer index (as given; negative
+    indices count from the last, 0 is the embedding output, ``num_hidden_layers`` the last block, after the
+    final norm in HF Llama-style models) to a ``[B, T, H]`` tensor in the model's dtype, or is ``None`` when
+    no layers were asked for (then ``output_hidden_states`` stays off). Runs under whatever grad mode the
+    caller is in: gradient flows to both outputs under ``torch.enable_grad``.
+    """
+    if temperature <= 0:
+        raise ValueError("token_logprobs: temperature must be > 0")
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    input_ids, attention_mask, completion_mask = batch.input_ids, batch.attention_mask, batch.completion_mask
+    bsz, width = input_ids.shape
+
+    wanted: dict[int, int] = {}
+    if hidden_layers:
+        n_states = _num_hidden_layers(model) + 1
+        for layer in hidden_layers:
+            if not -n_states <= int(layer) < n_states:
+                raise InputError(
+                    f"Hidden layer {layer} does not exist: the model has {n_states - 1} layers "
+                    f"(use 0..{n_states - 1}, or negative indices from the last)."
+                )
+            wanted[int(layer)] = int(layer) % n_states
+
+    # The first position whose logits predict a completion token; earlier logits are never needed.
+    has_completion = completion_mask.any(dim=0)
+    first_target = int(has_completion.nonzero()[0].item()) if bool(has_completion.any()) else width
+    first_target = max(first_target, 1)
+    keep = width - (first_target - 1)  # logits for positions first_target-1 .. width-1
+
+    kwargs: dict = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if wanted:
+        kwargs["output_hidden_states"] = True
+    trimmed = keep < width and _forward_accepts(model, "logits_to_keep")
+    if trimmed:
+        kwargs["logits_to_keep"] = keep
+    out = model(**kwargs)
+    logits = out.logits
+    if not trimmed:
+        logits = logits[:, width - keep :]
+    # logits[:, j] is at position (width - keep + j) and predicts the token at position (width - keep + j + 1).
+    targets = input_ids[:, width - keep + 1 :]
+    logp = torch.zeros((bsz, width), dtype=torch.float32, device=device)
+    if keep > 1:
+        picked = _selected_logprobs(logits[:, :-1], targets, temperature)
+        logp = torch.cat([logp[:, : width - keep + 1], picked], dim=1)
+    logp = torch.where(completion_mask.bool(), logp, torch.zeros_like(logp))
+
+    hidden = None
+    if wanted:
+        states = out.hidden_states
+        hidden = {layer: states[index] for layer, index in wanted.items()}
+    return logp, hidden
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over positions: ``[B, T, H]``, ``[B, T]`` → ``[B, H]`` in float32 (0 for an empty mask)."""
+    weights = mask.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
+    total = (hidden.float() * weights).sum(dim=1)
+    return total / weights.sum(dim=1).clamp(min=1.0)
+
+
+def sequence_mean_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean token log-prob of each row over ``mask``: ``[B, T]`` → ``[B]`` (0 for an empty mask)."""
+    mask = mask.to(device=logp.device, dtype=logp.dtype)
+    return (logp * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
+
+
+@torch.no_grad()
+def score_pairs(
+    model,
+    tokenizer,
+    prompt_texts: list[str],
+    completion_ids: list[list[int]],
+    *,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Mean token log-prob of ``completion_ids[i]`` under ``prompt_texts[i]`` for every pair, no gradient.
+
+    This fills the critic matrix of method.md §3: for one question with K principles, pass the K² (principle
+    prompt, completion) pairs and reshape the result to ``[K, K]``. Rows are sorted by length and scored in
+    chunks of ``batch_size`` to keep padding small; the result (float32, CPU, ``[len(prompt_texts)]``) is in the
+    input order. An empty completion scores 0. The model runs in eval mode (restored afterwards). For the
+    training loss, where gradient must flow through the matrix, use `pack` + `token_logprobs` +
+    `sequence_mean_logprob` directly.
+    """
+    if len(prompt_texts) != len(completion_ids):
+        raise ValueError(f"score_pairs: {len(prompt_texts)} prompts but {len(completion_ids)} completions")
+    n = len(prompt_texts)
+    result = torch.zeros(n, dtype=torch.float32)
+    if n == 0:
+        return result
+    # Encode each distinct prompt once (K² pairs share K prompts).
+    distinct = list(dict.fromkeys(prompt_texts))
+    encoded = dict(zip(distinct, encode_prompts(tokenizer, distinct)))
+    prompts = [encoded[t] for t in prompt_texts]
+    order = sorted(range(n), key=lambda i: len(prompts[i]) + len(completion_ids[i]))
+    pad_id = _pad_id(tokenizer)
+    batch_size = max(1, int(batch_size))
+    was_training = model.training
+    model.eval()  # no dropout noise in a metric
+    try:
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            batch = pack([prompts[i] for i in idx], [list(completion_ids[i]) for i in idx], pad_id)
+            logp, _ = token_logprobs(model, batch, temperature=temperature)
+            means = sequence_mean_logprob(logp, batch.completion_mask.to(logp.device))
+            result[torch.tensor(idx)] = means.float().cpu()
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    return int(pad) if pad is not None else 0
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """EOS ids from the tokenizer and the model's generation config (chat models often stop on several)."""
+    ids: list[int] = []
+    sources = [
+        tokenizer.eos_token_id,
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+    ]
+    for value in sources:
+        if value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if int(item) not in ids:
+                ids.append(int(item))
+    return ids
+
+
+def generate(
+    model,
+    tokenizer,
+    prompt_texts: list[str],
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> Generation:
+    """Sample ``num_samples`` completions for each prompt text (already rendered, e.g. by `render_prompt`).
+
+    ``batch_size`` bounds the number of sequences per ``model.generate`` call (default: all at once). The
+    result is deterministic for a given seed, model, device and ``batch_size``; the global RNG state is left
+    untouched. The model runs in eval mode during generation and its mode is restored afterwards.
+    """
+    if num_samples < 1:
+        raise ValueError("generate: num_samples must be >= 1")
+    if max_new_tokens < 1:
+        raise ValueError("generate: max_new_tokens must be >= 1")
+    if temperature < 0:
+        raise ValueError("generate: temperature must be >= 0")
+    if not 0 < top_p <= 1:
+        raise ValueError("generate: top_p must be in (0, 1]")
+    device = next(model.parameters()).device
+    prompts = encode_prompts(tokenizer, list(prompt_texts))
+    for i, p in enumerate(prompts):
+        if not p:
+            raise InputError(f"Prompt {i} encodes to no tokens; it cannot be completed.")
+    sample_prompts = [p for p in prompts for _ in range(num_samples)]
+    prompt_index = [i for i in range(len(prompts)) for _ in range(num_samples)]
+    pad_id = _pad_id(tokenizer)
+    eos_ids = _eos_ids(model, tokenizer)
+    sampling = temperature > 0
+    config = GenerationConfig(
+        max_new_tokens=int(max_new_tokens),
+        do_sample=sampling,
+        pad_token_id=pad_id,
+        eos_token_id=eos_ids or None,
+        bos_token_id=tokenizer.bos_token_id,
+        num_beams=1,
+        use_cache=True,
+        # Neutral values, so that the model's own generation_config cannot add warpers we did not ask for.
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        **(
+            {
+                "temperature": float(temperature),
+                "top_p": float(top_p),
+                "top_k": 0,
+                "typical_p": 1.0,
+                "epsilon_cutoff": 0.0,
+                "eta_cutoff": 0.0,
+            }
+            if sampling
+            else {}
+        ),
+    )
+    model_min_p = getattr(getattr(model, "generation_config", None), "min_p", None)
+    if sampling and model_min_p is not None:
+        config.min_p = 0.0
+
+    total = len(sample_prompts)
+    step = total if not batch_size else max(1, int(batch_size))
+    completions: list[list[int]] = []
+    finished: list[bool] = []
+    eos_set = set(eos_ids)
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(seed)
+            for start in range(0, total, step):
+                chunk = sample_prompts[start : start + step]
+                width = max(len(p) for p in chunk)
+                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for b, p in enumerate(chunk):
+                    ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                    mask[b, width - len(p) :] = 1
+                out = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+                )
+                for row in out[:, width:].tolist():
+                    cut = next((j for j, tok in enumerate(row) if tok in eos_set), None)
+                    completions.append(row if cut is None else row[: cut + 1])
+                    finished.append(cut is not None)
+    finally:
+        model.train(was_training)
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return Generation(
+        prompt_ids=[list(p) for p in sample_prompts],
+        completion_ids=completions,
+        texts=list(texts),
+        prompt_index=prompt_index,
+        finished=finished,
+        num_samples=num_samples,
+    )
