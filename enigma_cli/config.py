@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import tomllib
 import yaml
 
 from .errors import InputError

@@ -1,0 +1,100 @@
+"""The `enigma` command line: registers the commands and turns known failures into one sentence + exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .console import console
+from .errors import EnigmaError
+
+app = typer.Typer(
+    name="enigma",
+    help="Score principle sets, train reasoners with ENIGMA, and analyse what training did to their geometry.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"enigma {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _register() -> None:
+    # Imported here so that a broken optional command never hides the others' --help.
+    from .commands import evaluate, score_principles, self_check, train
+
+    app.command("score-principles")(score_principles.score_principles)
+    app.command("train")(train.train)
+    app.command("evaluate")(evaluate.evaluate)
+    app.command("self-check")(self_check.self_check)
+    from .commands import analyze_manifold
+
+    app.command("analyze-manifold")(analyze_manifold.analyze_manifold)
+    from .commands import principles_cmd, tasks_cmd
+
+    app.add_typer(principles_cmd.app, name="principles")
+    app.add_typer(tasks_cmd.app, name="tasks")
+    from .commands import build_default_model
+
+    app.command("build-default-model")(build_default_model.build_default_model)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, map EnigmaError to its exit code with one sentence on stderr."""
+    # Library chatter (download/loading bars, advisory warnings) would drown our one-line messages on stderr.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except EnigmaError as err:
+        if _state["debug"]:
+            console.print_exception()
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return err.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        console.print("aborted")
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one sentence, not a traceback
+        # Usage errors: typer may bundle its own click, so match the ClickException interface, not the class.
+        if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
+            err.show()
+            return err.exit_code
+        if _state["debug"]:
+            console.print_exception()
+        else:
+            console.print(f"[bold red]error:[/] {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+                          highlight=False)
+        return 1
+    return rc if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
