@@ -1,0 +1,76 @@
+"""One generation batch of `enigma train`: prompts × K principle sub-groups × G/K completions, with rewards.
+
+Layout (method.md §3, our rollout choice): for prompt p, principle slot j (one of K principles drawn for that
+prompt) and sample s, the completion sits at index (p·K + j)·M + s with M = G/K, so each prompt's G completions
+are one contiguous GRPO group. SAMI matrix (p, s) takes completion (p, j, s) for every j.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..core import grpo_advantages
+from ..datasets import Example
+from ..models.rollout import encode_prompts, generate
+from ..principles import PrincipleSet
+from ..prompts import render_prompt
+from .rewards import RewardResult, compute_rewards
+
+
+@dataclass
+class Episodes:
+    """Everything the update needs from one generation, on CPU; per-completion lists have length N = P·G."""
+
+    n_prompts: int
+    k: int
+    m: int
+    prompt_ids: list[list[int]]          # [P·K] the principle-conditioned prompts, (p, j) at p·K + j
+    completion_ids: list[list[int]]      # [N]
+    texts: list[str]                     # [N]
+    principle_ids: list[str]             # [N]
+    questions: list[str]                 # [P]
+    labels: list[str | None]             # [N]
+    rewards: RewardResult
+    advantages: torch.Tensor             # [N]
+
+    @property
+    def group_size(self) -> int:
+        return self.k * self.m
+
+    def prompt_of(self, idx: int) -> int:
+        """Index into prompt_ids of completion idx's own (principle-conditioned) prompt."""
+        return idx // self.m
+
+    def completion_index(self, p: int, j: int, s: int) -> int:
+        return (p * self.k + j) * self.m + s
+
+
+def draw(examples: list[Example], pset: PrincipleSet, n_prompts: int, k: int, seed: int, step: int, rank: int = 0):
+    """The step's prompts and principles: a function of (seed, step, rank) alone, so a resumed run redraws them."""
+    rng = random.Random(f"{seed}:{step}:{rank}")
+    picks = [examples[rng.randrange(len(examples))] for _ in range(n_prompts)]
+    principles = [rng.sample(list(pset.principles), k) for _ in range(n_prompts)]
+    return picks, principles
+
+
+def collect(model, tokenizer, examples: list[Example], pset: PrincipleSet, cfg, step: int, rank: int = 0) -> Episodes:
+    """Generate the step's completions and score them (no gradient)."""
+    k, m = cfg.principles_per_prompt, cfg.group_size // cfg.principles_per_prompt
+    picks, principles = draw(examples, pset, cfg.prompts_per_step, k, cfg.seed, step, rank)
+    prompt_texts = [render_prompt(tokenizer, c.text, ex.question) for ex, cs in zip(picks, principles) for c in cs]
+    gen = generate(model, tokenizer, prompt_texts, num_samples=m, max_new_tokens=cfg.max_new_tokens,
+                   temperature=cfg.temperature, seed=(cfg.seed * 1_000_003 + step * 7_919 + rank) % 2**31)
+    labels = [ex.answer for ex in picks for _ in range(k * m)]
+    rewards = compute_rewards(gen.texts, labels, k * m, cfg.reward, format_weights=cfg.format_weights,
+                              gamma=cfg.coherence_gamma, gibbs_beta=cfg.gibbs_beta, numeric=cfg.numeric_answers)
+    advantages = grpo_advantages(rewards.total, k * m, scale=cfg.scale_rewards)
+    return Episodes(
+        n_prompts=len(picks), k=k, m=m,
+        prompt_ids=encode_prompts(tokenizer, prompt_texts),
+        completion_ids=[list(c) for c in gen.completion_ids], texts=list(gen.texts),
+        principle_ids=[c.id for cs in principles for c in cs for _ in range(m)],
+        questions=[ex.question for ex in picks], labels=labels, rewards=rewards, advantages=advantages,
+    )

@@ -1,0 +1,156 @@
+"""The ENIGMA objective on one micro-batch of prompts: L = L_GRPO + λ_SAMI·L_SAMI + λ_OT·S_ε (method.md §2-5).
+
+One batched forward of the policy serves all three terms: the G "diagonal" sequences (each completion after its
+own principle's prompt) give the GRPO token log-probs and the hidden states for the OT term; the G·(K−1)
+"off-diagonal" sequences (the same completions after the other principles' prompts) complete the SAMI critic
+matrices. Reference log-probs and hidden states come from `reference_pass`, computed once per generation.
+
+Our choices: OT points are the L2-normalised mean completion-token hidden state per completion, one cloud per
+layer, averaged over layers; S_ε is computed per micro-batch (it is not additive over micro-batches, so gradient
+accumulation approximates the full-batch divergence by the mean of micro-batch divergences).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..core import grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
+from ..models.rollout import Batch, mean_pool, pack, token_logprobs
+from .episodes import Episodes
+
+
+def compact(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's masked entries to the front, keeping order: [B, T] → ([B, L], mask [B, L]), L = max count.
+
+    Differentiable (a gather), so per-token log-probs from sequences padded differently line up by completion token.
+    """
+    mask = mask.bool()
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    length = int(mask.sum(dim=1).max().item()) if mask.numel() else 0
+    order = order[:, :length]
+    return values.gather(1, order), mask.gather(1, order)
+
+
+@dataclass
+class Forward:
+    logp: torch.Tensor              # [n, L] completion-token log-probs (compacted)
+    mask: torch.Tensor              # [n, L]
+    seq_logp: torch.Tensor          # [n] mean token log-prob
+    pooled: dict[int, torch.Tensor]  # layer -> [n, H]
+
+
+def forward(model, ep: Episodes, idx: list[int], prompt_rows: list[int], pad_id: int,
+            layers: list[int] | None, temperature: float = 1.0) -> Forward:
+    """Log-probs (and pooled hidden states) of completions `idx`, each after prompt `prompt_rows[i]`.
+
+    Log-probs are of the sampling distribution, logits / temperature, as in TRL, so that on-policy ratios are 1.
+    """
+    batch: Batch = pack([ep.prompt_ids[r] for r in prompt_rows], [ep.completion_ids[i] for i in idx], pad_id)
+    batch = Batch(*(t.to(_device(model)) for t in (batch.input_ids, batch.attention_mask, batch.completion_mask)))
+    logp, hidden = token_logprobs(model, batch, hidden_layers=layers or None, temperature=temperature)
+    mask = batch.completion_mask
+    seq = (logp * mask).sum(1) / mask.sum(1).clamp(min=1)
+    pooled = {layer: mean_pool(h.float(), mask) for layer, h in (hidden or {}).items()}
+    logp_c, mask_c = compact(logp.float(), mask)
+    return Forward(logp_c, mask_c, seq, pooled)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def reference_pass(model, ep: Episodes, pad_id: int, layers: list[int] | None, temperature: float = 1.0) -> Forward:
+    """Log-probs and pooled hidden states of every completion under `model` (reference or old policy)."""
+    n = len(ep.completion_ids)
+    idx = list(range(n))
+    return forward(model, ep, idx, [ep.prompt_of(i) for i in idx], pad_id, layers, temperature)
+
+
+def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers: list[int], ref: Forward | None,
+               old: Forward | None, num_items: int, scale: float) -> tuple[torch.Tensor, dict]:
+    """Loss of the prompts in `prompts` (already scaled for accumulation) and its detached metrics."""
+    k, m, g = ep.k, ep.m, ep.group_size
+    diag = [i for p in prompts for i in range(p * g, (p + 1) * g)]
+    rows, cols = list(diag), [ep.prompt_of(i) for i in diag]
+    off = []  # (p, s, i, j) for i != j: completion (p, j, s) after principle i's prompt
+    if cfg.use_sami:
+        for p in prompts:
+            for s in range(m):
+                for i in range(k):
+                    for j in range(k):
+                        if i != j:
+                            off.append((p, s, i, j))
+                            rows.append(ep.completion_index(p, j, s))
+                            cols.append(p * k + i)
+    out = forward(model, ep, rows, cols, pad_id, layers if (cfg.use_ot or ref is not None) else None,
+                  cfg.temperature)
+    nd = len(diag)
+    logp, mask = out.logp[:nd], out.mask[:nd]
+    adv = ep.advantages[diag].to(logp.device)
+    old_logp = old.logp[diag].to(logp.device) if old is not None else None
+    ref_logp = ref.logp[diag].to(logp.device) if (ref is not None and cfg.beta > 0) else None
+    # compaction may give the reference rows a different width: line them up with ours
+    old_logp = _fit(old_logp, logp)
+    ref_logp = _fit(ref_logp, logp)
+    l_grpo, stats = grpo_loss(logp, old_logp, adv, mask, loss_type=cfg.loss_type,
+                              importance_level=cfg.importance_level, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
+                              ref_logp=ref_logp, beta=cfg.beta, max_completion_length=cfg.max_new_tokens,
+                              num_items_in_batch=num_items)
+    grpo_scale = 1.0 if cfg.loss_type == "dapo" else scale  # dapo already divides by the whole batch's tokens
+    total = l_grpo * grpo_scale
+    metrics = {"loss_grpo": float(l_grpo.detach())}
+    metrics.update({f"grpo_{key}": float(v) for key, v in stats.items()})
+    if ref is not None:
+        metrics["kl_ref"] = _k3(logp.detach(), _fit(ref.logp[diag].to(logp.device), logp), mask)
+
+    if cfg.use_sami:
+        S = torch.empty(len(prompts) * m, k, k, device=logp.device, dtype=out.seq_logp.dtype)
+        base = prompts.start
+        for n_i, idx in enumerate(diag):
+            p, rem = divmod(idx, g)
+            j, s = divmod(rem, m)
+            S[(p - base) * m + s, j, j] = out.seq_logp[n_i]
+        for n_i, (p, s, i, j) in enumerate(off, start=nd):
+            S[(p - base) * m + s, i, j] = out.seq_logp[n_i]
+        l_sami, _ = sami_loss(S)
+        total = total + cfg.lambda_sami * l_sami * scale
+        bounds = infonce_bounds(S.detach())
+        metrics.update({"loss_sami": float(l_sami.detach()), "mi_sym": bounds["mi_sym"], "mi_row": bounds["mi_row"],
+                        "si": bounds["mi_sym"] / bounds["log_k"], "sami_acc_row": bounds["acc_row"]})
+
+    if cfg.use_ot or ref is not None:
+        divs = []
+        for layer in layers:
+            if layer not in out.pooled or ref is None or layer not in ref.pooled:
+                continue
+            x = out.pooled[layer][:nd]
+            x = F.normalize(x if cfg.use_ot else x.detach(), dim=-1)
+            y = F.normalize(ref.pooled[layer][diag].to(x.device), dim=-1)
+            divs.append(sinkhorn_divergence(x, y, eps=cfg.ot_eps))
+        if divs:
+            l_ot = torch.stack(divs).mean()
+            if cfg.use_ot:
+                total = total + cfg.lambda_ot * l_ot * scale
+            metrics["ot_divergence"] = float(l_ot.detach())
+    metrics["loss"] = float(total.detach() / scale)
+    return total, metrics
+
+
+def _fit(other: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    if other is None:
+        return None
+    width = like.shape[1]
+    if other.shape[1] >= width:
+        return other[:, :width]
+    return F.pad(other, (0, width - other.shape[1]))
+
+
+def _k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean per-token k3 estimate of KL(π_θ ‖ π_ref): exp(r − p) − (r − p) − 1."""
+    d = ref_logp - logp
+    kl = torch.exp(d) - d - 1
+    return float((kl * mask).sum() / mask.sum().clamp(min=1))

@@ -1,0 +1,115 @@
+"""Running `enigma train` end to end: validate, load, loop, log, checkpoint, plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..console import console
+from ..errors import InputError
+from . import distributed as dist_utils
+from .config import TrainConfig
+from .records import CURVES, MetricsLog, dump_completions, truncate_dump
+
+METRICS = "metrics.csv"
+COMPLETIONS = "completions.jsonl"
+
+
+def plan(cfg: TrainConfig):
+    """Everything that can be checked without loading weights: the principle set, K, the data."""
+    from ..datasets import load_examples
+    from ..principles import load_principle_set
+
+    pset = load_principle_set(cfg.principles)
+    if cfg.principles_per_prompt > pset.k:
+        raise InputError(f"--principles-per-prompt ({cfg.principles_per_prompt}) exceeds the {pset.k} principles "
+                         f"of set {pset.name}.")
+    examples = load_examples(cfg.dataset, seed=cfg.seed, question_column=cfg.question_column,
+                             answer_column=cfg.answer_column, split="train")
+    if not examples:
+        raise InputError(f"dataset {cfg.dataset or 'synthetic'} has no prompts.")
+    return pset, examples
+
+
+def run(cfg: TrainConfig, pset, examples, *, resume: str | None = None, stream: str | None = None,
+        progress: bool = False) -> Path:
+    from .. import config as cfgmod
+    from ..models.loading import load_model
+    from .trainer import Trainer
+
+    out = Path(cfg.output_dir)
+    if not resume and (out / METRICS).exists():
+        raise InputError(f"{out} already holds a run ({METRICS}); pass --resume latest to continue it or choose "
+                         "another --output-dir.")
+    if resume:
+        from .checkpoint import find_checkpoint
+
+        find_checkpoint(resume, out)  # fail before loading weights
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
+
+    def write_config(path: Path) -> None:
+        cfgmod.write_resolved(cfg, path)
+
+    trainer = Trainer(lm, examples, pset, cfg, resume=resume, write_config=write_config)
+    main = dist_utils.is_main()
+    log = None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out / "config.yaml")
+        log = MetricsLog(out / METRICS, resume_step=trainer.step_no if resume else None)
+        if resume:
+            truncate_dump(out / COMPLETIONS, trainer.step_no)
+    fields = None  # the streamed CSV's columns, fixed by its header
+    if main:
+        console.print(f"[bold]enigma train[/] {cfg.ablation}: {lm.name} on {lm.device}, set {pset.name}, "
+                      f"steps {trainer.step_no + 1}..{cfg.steps}, output {out}")
+    from rich.progress import Progress
+
+    with Progress(console=console, disable=not progress or not main, transient=True) as bar:
+        task = bar.add_task("training", total=cfg.steps, completed=trainer.step_no)
+        while trainer.step_no < cfg.steps:
+            row = trainer.step()
+            if main:
+                log.append(row)
+                dump_completions(out / COMPLETIONS, row["step"], trainer._last_episodes)
+                if stream:
+                    fields = _stream(row, stream, fields)
+                if not progress and (row["step"] % 10 == 0 or row["step"] in (1, cfg.steps)):
+                    console.print(_summary(row), highlight=False)
+            bar.update(task, advance=1, description=_summary(row))
+            if cfg.save_every and trainer.step_no % cfg.save_every == 0 and trainer.step_no < cfg.steps:
+                trainer.save()
+    final = trainer.save()
+    if main:
+        from ..plots import grid_plot
+
+        png = grid_plot(log.frame(), "step", CURVES, out / "training_curves.png", title=f"enigma train: {cfg.ablation}")
+        console.print(f"done: {out / METRICS}, {final}" + (f", {png}" if png else ""))
+    dist_utils.barrier()
+    dist_utils.shutdown()
+    return out
+
+
+def _summary(row: dict) -> str:
+    parts = [f"step {row['step']}", f"reward {row['reward_mean']:.3f}", f"format {row['format_rate']:.2f}"]
+    for key, label in (("mi_sym", "MI"), ("ot_divergence", "OT"), ("kl_ref", "KL")):
+        if key in row:
+            parts.append(f"{label} {row[key]:.4f}")
+    return "  ".join(parts)
+
+
+def _stream(row: dict, fmt: str, fields: list[str] | None) -> list[str] | None:
+    """Write one row to stdout; returns the CSV columns, which the first row fixes (a header cannot change)."""
+    if fmt == "jsonl":
+        sys.stdout.write(json.dumps(row) + "\n")
+    else:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields or list(row), extrasaction="ignore", restval="")
+        if fields is None:
+            writer.writeheader()
+            fields = list(row)
+        writer.writerow(row)
+    sys.stdout.flush()
+    return fields

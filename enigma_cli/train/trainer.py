@@ -1,0 +1,217 @@
+"""The `enigma train` loop: generate → reward → advantages → ENIGMA objective → update, with checkpoints.
+
+Deviations and choices, stated once:
+- Our own loop rather than a TRL subclass, so one policy forward yields the GRPO log-probs, the SAMI critic
+  entries and the OT hidden states (`objective.py`).
+- All randomness of a step (prompts, principles, sampling seed) is a function of (seed, step, rank), so `--resume`
+  reproduces the uninterrupted run; optimizer, scheduler and RNG states are restored too.
+- The reference is a frozen copy of the starting model; under LoRA it is the same model with the adapter disabled.
+- `--prompts-per-step` is per process under DDP (like TRL's per-device batch).
+- A non-finite loss or gradient skips the step (counted); `max_nonfinite` in a row aborts the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+
+from ..errors import EnigmaError, InputError
+from . import distributed as dist_utils
+from .checkpoint import find_checkpoint, load_state, save_checkpoint, set_rng_state
+from .episodes import Episodes, collect
+from .objective import micro_loss, reference_pass
+
+
+def default_layers(num_layers: int) -> list[int]:
+    """One middle layer and the last (method.md §5); hidden-state index 0 is the embeddings."""
+    return sorted({max(1, num_layers // 2), num_layers})
+
+
+class Trainer:
+    """Holds the policy, reference, optimizer and step counter; `step()` returns one metrics row."""
+
+    def __init__(self, lm, examples, pset, cfg, *, resume: str | None = None, write_config=None):
+        self.cfg, self.examples, self.pset = cfg, examples, pset
+        self.tokenizer, self.device = lm.tokenizer, lm.device
+        self.rank, self.world = dist_utils.init(lm.device)
+        torch.manual_seed(cfg.seed)
+        model = lm.model
+        self.lora = cfg.lora_r > 0
+        if self.lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
+                                                     task_type="CAUSAL_LM"))
+            self.reference = None
+        else:
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        model.train()
+        self.model = model
+        self.wrapped = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.wrapped = DDP(model, device_ids=[lm.device.index] if lm.device.type == "cuda" else None)
+        n_layers = _num_layers(model)
+        self.layers = [x if x >= 0 else n_layers + 1 + x for x in cfg.ot_layers] or default_layers(n_layers)
+        bad = [x for x, layer in zip(cfg.ot_layers, self.layers) if not 0 <= layer <= n_layers]
+        if bad:  # checked here, before run() writes anything, rather than at the first forward
+            raise InputError(f"--ot-layers {bad[0]} does not exist: the model has {n_layers} layers "
+                             f"(use 0..{n_layers}, or negative indices from the last).")
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = max(cfg.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.step_no = 0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.write_config = write_config
+        if resume:
+            self._resume(find_checkpoint(resume, Path(cfg.output_dir)))
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        if not dist_utils.is_main():
+            return None
+        return save_checkpoint(Path(self.cfg.output_dir), self.step_no, self.model, self.tokenizer, self.optimizer,
+                               self.scheduler, {"nonfinite_total": self.nonfinite_total},
+                               config_writer=self.write_config)
+
+    def _resume(self, path: Path) -> None:
+        state = load_state(path)
+        if self.lora:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.model, load_file(str(path / "adapter_model.safetensors")))
+        else:
+            from safetensors.torch import load_file
+
+            weights = load_file(str(path / "model.safetensors"))
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            bad = [k for k in missing if not k.endswith("lm_head.weight")] + list(unexpected)
+            if bad:
+                raise EnigmaError(f"checkpoint {path} does not match the model (e.g. {bad[0]}).")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step_no = int(state["step"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+
+    # -- one step ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def _reference_model(self):
+        if self.lora:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.reference
+
+    def step(self) -> dict:
+        cfg = self.cfg
+        step = self.step_no + 1
+        t0 = time.perf_counter()
+        self.model.eval()
+        ep: Episodes = collect(self.model, self.tokenizer, self.examples, self.pset, cfg, step, self.rank)
+        t_gen = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        need_ref = cfg.ref_metrics or cfg.beta > 0 or cfg.use_ot
+        ref = None
+        if need_ref:
+            with self._reference_model() as ref_model:
+                ref = reference_pass(ref_model, ep, self.pad_id, self.layers, cfg.temperature)
+        old = (reference_pass(self.model, ep, self.pad_id, None, cfg.temperature)
+               if cfg.updates_per_generation > 1 else None)
+        t_score = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        self.model.train()
+        num_items = sum(len(c) for c in ep.completion_ids)
+        per_micro = cfg.prompts_per_step // cfg.grad_accum
+        scale = 1.0 / cfg.grad_accum
+        metrics_acc: dict[str, float] = {}
+        skipped = False
+        grad_norm = float("nan")
+        for _ in range(cfg.updates_per_generation):
+            self.optimizer.zero_grad(set_to_none=True)
+            for a in range(cfg.grad_accum):
+                prompts = range(a * per_micro, (a + 1) * per_micro)
+                sync = nullcontext() if (self.world == 1 or a == cfg.grad_accum - 1) else self.wrapped.no_sync()
+                with sync:
+                    loss, metrics = micro_loss(self.wrapped, ep, prompts, cfg, pad_id=self.pad_id, layers=self.layers,
+                                               ref=ref, old=old, num_items=num_items, scale=scale)
+                    # logged even when non-finite, so a skipped step's row has the same columns as the others
+                    for key, v in metrics.items():
+                        metrics_acc[key] = metrics_acc.get(key, 0.0) + v / cfg.grad_accum
+                    if not dist_utils.all_ranks_true(bool(torch.isfinite(loss))):
+                        skipped = True  # on every rank at once: a rank that went on to backward() would hang
+                        break
+                    loss.backward()
+            if skipped:
+                break
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                skipped = True
+                break
+            self.optimizer.step()
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            if self.nonfinite_in_row >= cfg.max_nonfinite:
+                raise EnigmaError(f"{self.nonfinite_in_row} steps in a row had a non-finite loss or gradient "
+                                  f"(last at step {step}); lower --lr or check the model's dtype.")
+        else:
+            self.nonfinite_in_row = 0
+        self.scheduler.step()
+        t_update = time.perf_counter() - t2
+        self.step_no = step
+        row = self._metrics(ep, metrics_acc, grad_norm, t_gen, t_score, t_update, skipped)
+        self._last_episodes = ep
+        return row
+
+    def _metrics(self, ep: Episodes, acc: dict, grad_norm, t_gen, t_score, t_update, skipped) -> dict:
+        r = ep.rewards
+        lengths = torch.tensor([len(c) for c in ep.completion_ids], dtype=torch.float32)
+        gen_tokens = float(lengths.sum())
+        row = {
+            "reward_mean": float(r.total.mean()),
+            "reward_std": float(r.total.std()) if r.total.numel() > 1 else 0.0,
+            **{f"reward_{name}": float(v.float().mean()) for name, v in r.terms.items()},
+            "format_rate": float(r.strict.mean()),
+            "accuracy": float(r.correct.mean()) if r.correct is not None else float("nan"),
+            "advantage_std": float(ep.advantages.std()) if ep.advantages.numel() > 1 else 0.0,
+            **acc,
+            "grad_norm": grad_norm,
+            "lr": self.scheduler.get_last_lr()[0],
+            "completion_len_mean": float(lengths.mean()),
+            "completion_len_max": float(lengths.max()),
+            "seconds_generation": t_gen,
+            "seconds_scoring": t_score,
+            "seconds_update": t_update,
+            "gen_tokens_per_s": gen_tokens / t_gen if t_gen > 0 else float("nan"),
+            "skipped": float(skipped),
+            "nonfinite_total": float(self.nonfinite_total),
+        }
+        from ..core.answer_rewards import group_answer_stats
+
+        row.update({f"answers_{k}": float(v) for k, v in group_answer_stats(r.answers, ep.group_size).items()})
+        row = dist_utils.mean_over_ranks(row)
+        return {"step": self.step_no, **row}
+
+
+def _num_layers(model) -> int:
+    cfg = getattr(model, "config", None)
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        if cfg is not None and getattr(cfg, name, None):
+            return int(getattr(cfg, name))
+    raise EnigmaError("cannot tell how many layers the model has (no num_hidden_layers in its config).")

@@ -1,0 +1,409 @@
+"""`enigma train` end to end on CPU: ablations, checkpoints, resume, bad input, accumulation, non-finite steps.
+
+Every run uses a randomly initialised tiny Llama (saved once per module) and a tiny batch: 2 prompts × G=4
+(K=2 principles × 2), at most 16 new tokens. Three things keep the module fast and meaningful:
+
+- A random model never writes the XML layout, so every format reward is 0, every advantage is 0 and the GRPO
+  gradient vanishes. `varied_rewards` adds a deterministic function of each completion's text (crc32) to the
+  real rewards, so advantages are non-zero and a resumed run sees the same rewards as the uninterrupted one.
+- `grid_plot` (matplotlib, seconds per run) is stubbed out except where the PNG itself is checked.
+- Torch runs on one thread: with a 128-wide model, a second OpenMP thread buys nothing and on a busy machine
+  makes a generation 10-100× slower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from enigma_cli.cli import main
+from enigma_cli.plots import grid_plot as _real_grid_plot
+from enigma_cli.train import episodes as episodes_mod
+from enigma_cli.train import trainer as trainer_mod
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Sinkhorn did not converge:RuntimeWarning"),
+    # a skipped step steps the scheduler without the optimizer (on purpose: the LR stays a function of the step)
+    pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before:UserWarning"),
+]
+
+SMALL = ["--max-new-tokens", "16", "--prompts-per-step", "2", "-G", "4", "-K", "2", "--device", "cpu"]
+ABLATIONS = {
+    "grpo": ["--no-sami", "--no-ot"],
+    "grpo+sami": ["--no-ot"],
+    "grpo+ot": ["--no-sami"],
+    "enigma": [],
+}
+TIMING = {"seconds_generation", "seconds_scoring", "seconds_update", "gen_tokens_per_s"}
+
+
+# -- fixtures and helpers --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tiny_lm, tmp_path_factory) -> Path:
+    model, tokenizer = tiny_lm
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def start_weights(model_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+_real_compute_rewards = episodes_mod.compute_rewards
+
+
+def varied_rewards(texts, labels, group_size, spec, **kwargs):
+    """The real rewards plus a deterministic, text-dependent term in [0, 1) (see the module docstring)."""
+    result = _real_compute_rewards(texts, labels, group_size, spec, **kwargs)
+    extra = torch.tensor([(zlib.crc32(t.encode()) % 1000) / 1000 for t in texts])
+    result.total = result.total + extra
+    return result
+
+
+@pytest.fixture(autouse=True)
+def fast_and_varied(monkeypatch):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(episodes_mod, "compute_rewards", varied_rewards)
+    monkeypatch.setattr("enigma_cli.plots.grid_plot", lambda *args, **kwargs: None)
+    yield
+    torch.set_num_threads(before)
+
+
+def train(*args) -> tuple[int, str, str]:
+    """`enigma train ARGS` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["train", *map(str, args)])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
+    assert set(a) == set(b)
+    return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its content (to prove a failed command wrote nothing)."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# -- 1. one step per ablation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_one_step_of_each_ablation_logs_checkpoints_and_updates(ablation, model_dir, start_weights, tmp_path):
+    out = tmp_path / "run"
+    rc, stdout, stderr = train("--model", model_dir, "--steps", 1, *SMALL, "--output-dir", out, *ABLATIONS[ablation])
+    assert rc == 0, stderr
+    assert stdout == ""  # stdout is data only, and no --format was asked for
+    assert ablation in stderr
+
+    df = pd.read_csv(out / "metrics.csv")
+    assert df["step"].tolist() == [1]
+    for col in ("reward_mean", "reward_std", "format_rate", "advantage_std", "loss", "loss_grpo", "grad_norm",
+                "ot_divergence", "kl_ref", "lr", "completion_len_mean", "seconds_generation", "seconds_scoring",
+                "seconds_update", "gen_tokens_per_s", "skipped", "nonfinite_total"):
+        assert col in df.columns, col
+    with_sami = ablation in ("grpo+sami", "enigma")
+    assert ("loss_sami" in df.columns) == with_sami
+    assert ("mi_sym" in df.columns) == with_sami and ("si" in df.columns) == with_sami
+    row = df.iloc[0]
+    assert row["skipped"] == 0 and row["nonfinite_total"] == 0
+    assert row["advantage_std"] > 0  # the varied rewards reach the advantages
+    assert np.isfinite(row["grad_norm"]) and row["grad_norm"] > 0
+    # first step: the policy is the reference, so the logged OT divergence and KL are ~0 in every ablation
+    assert abs(row["ot_divergence"]) < 1e-4 and abs(row["kl_ref"]) < 1e-6
+    assert (row[["seconds_generation", "seconds_scoring", "seconds_update"]] > 0).all()
+
+    ckpt = out / "checkpoint-1"
+    for name in ("model.safetensors", "tokenizer_config.json", "trainer_state.pt", "config.yaml"):
+        assert (ckpt / name).is_file(), name
+    assert not list(out.glob(".checkpoint-*"))  # no temporary folder left behind
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 1 and state["optimizer"]["state"]
+    config = (ckpt / "config.yaml").read_text()
+    assert f"sami: {str(with_sami).lower()}" in config
+    assert f"ot: {str(ablation in ('grpo+ot', 'enigma')).lower()}" in config
+
+    after = weights(ckpt)
+    assert all(torch.isfinite(t).all() for t in after.values())
+    # the one update moved the weights (for "grpo" the only gradient is the policy term's: beta = 0)
+    assert len(changed(start_weights, after)) > len(after) // 2
+    lines = (out / "completions.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 4 and {json.loads(x)["step"] for x in lines} == {1}
+
+
+def test_equal_rewards_give_no_policy_gradient(model_dir, start_weights, tmp_path, monkeypatch):
+    """Control for the test above: with the real format reward (0 for a random model) GRPO alone changes nothing."""
+    monkeypatch.setattr(episodes_mod, "compute_rewards", _real_compute_rewards)
+    out = tmp_path / "run"
+    rc, _, stderr = train("--model", model_dir, "--steps", 1, *SMALL, "--output-dir", out, "--no-sami", "--no-ot")
+    assert rc == 0, stderr
+    row = pd.read_csv(out / "metrics.csv").iloc[0]
+    assert row["reward_std"] == 0 and row["advantage_std"] == 0 and row["grad_norm"] == 0
+    assert changed(start_weights, weights(out / "checkpoint-1")) == []
+
+
+# -- 7. --format csv -------------------------------------------------------------------------------------------
+def test_format_csv_streams_metric_rows_and_nothing_else(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("enigma_cli.plots.grid_plot", _real_grid_plot)  # the PNG is an output too
+    out = tmp_path / "run"
+    rc, stdout, stderr = train("--model", model_dir, "--steps", 2, *SMALL, "--output-dir", out, "--format", "csv")
+    assert rc == 0, stderr
+    rows = list(csv.reader(io.StringIO(stdout)))
+    assert len(rows) == 3 and all(len(r) == len(rows[0]) for r in rows)
+    streamed = pd.read_csv(io.StringIO(stdout))
+    logged = pd.read_csv(out / "metrics.csv")
+    assert list(streamed.columns) == list(logged.columns)
+    assert streamed["step"].tolist() == [1, 2]
+    np.testing.assert_allclose(streamed["reward_mean"], logged["reward_mean"], rtol=1e-5)
+    assert (out / "training_curves.png").stat().st_size > 0
+
+
+# -- 2. resume ---------------------------------------------------------------------------------------------------
+def _same_metrics(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.columns) == list(b.columns)
+    cols = [c for c in a.columns if c not in TIMING]
+    np.testing.assert_allclose(a[cols].to_numpy(float), b[cols].to_numpy(float), rtol=1e-5, atol=1e-7)
+
+
+def _same_run(a: Path, b: Path, step: int) -> None:
+    wa, wb = weights(a / f"checkpoint-{step}"), weights(b / f"checkpoint-{step}")
+    for key in wa:
+        assert torch.allclose(wa[key], wb[key], rtol=0, atol=1e-6), key
+    sa = torch.load(a / f"checkpoint-{step}" / "trainer_state.pt", weights_only=True)
+    sb = torch.load(b / f"checkpoint-{step}" / "trainer_state.pt", weights_only=True)
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        assert torch.allclose(pa["exp_avg_sq"], pb["exp_avg_sq"], rtol=1e-5, atol=1e-12)
+    _same_metrics(pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv"))
+    assert (a / "completions.jsonl").read_text() == (b / "completions.jsonl").read_text()
+
+
+def test_resume_reproduces_the_uninterrupted_run(model_dir, tmp_path):
+    common = ["--model", model_dir, *SMALL, "--seed", 3]
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert train(*common, "--steps", 4, "--save-every", 2, "--output-dir", a)[0] == 0
+    assert (a / "checkpoint-2").is_dir() and (a / "checkpoint-4").is_dir()
+    assert changed(weights(a / "checkpoint-2"), weights(a / "checkpoint-4"))  # steps 3-4 did something
+
+    # stopped cleanly after 2 steps, then continued
+    assert train(*common, "--steps", 2, "--output-dir", b)[0] == 0
+    rc, _, stderr = train(*common, "--steps", 4, "--resume", "latest", "--output-dir", b)
+    assert rc == 0, stderr
+    assert "steps 3..4" in flat(stderr)
+    _same_run(a, b, 4)
+
+    # killed after logging step 4 but before its checkpoint: resume from checkpoint-2 drops the stale rows
+    shutil.copytree(a, c)
+    shutil.rmtree(c / "checkpoint-4")
+    rc, _, stderr = train(*common, "--steps", 4, "--resume", c / "checkpoint-2", "--output-dir", c)
+    assert rc == 0, stderr
+    _same_run(a, c, 4)
+    assert pd.read_csv(c / "metrics.csv")["step"].tolist() == [1, 2, 3, 4]
+
+
+# -- 3. bad input ----------------------------------------------------------------------------------------------
+def _bad_checkpoint(out: Path) -> Path:
+    ckpt = out / "checkpoint-1"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.pt").write_bytes(b"this is not a torch file")
+    return ckpt
+
+
+def _existing_run(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / "metrics.csv").write_text("step,reward_mean\n1,0.5\n")
+
+
+def _config(out: Path) -> Path:
+    path = out.parent / "run.yaml"
+    path.write_text("steps: 1\nlearning_rate: 0.1\n")
+    return path
+
+
+BAD = {
+    "G not divisible by K": (["-G", 5], None, "--group-size (5) must be divisible"),
+    "K above the set size": (["-G", 6, "-K", 3], None, "exceeds the 2 principles"),
+    "unknown principle set": (["--principles", "no-such-set"], None, "no-such-set"),
+    "unknown reward": (["--reward", "format,bogus"], None, "'bogus'"),
+    "bad loss type": (["--loss-type", "ppo"], None, "--loss-type"),
+    "bad stream format": (["--format", "xml"], None, "--format"),
+    "bad OT layers": (["--ot-layers", "a,b"], None, "--ot-layers"),
+    "OT layer out of range": (["--ot-layers", "2,9"], None, "9"),
+    "zero steps": (["--steps", 0], None, "--steps"),
+    "missing model folder": (["--model", "./no/such/model"], None, "no/such/model"),
+    "missing dataset file": (["--dataset", "no_such_file.jsonl"], None, "no_such_file.jsonl"),
+    "config with unknown key": ([], "config", "learning_rate"),
+    "unreadable checkpoint": (["--resume", "latest"], "bad_checkpoint", "unreadable"),
+    "resume a non-checkpoint": (["--resume", "no_such_checkpoint"], None, "not a checkpoint folder"),
+    "resume with nothing saved": (["--resume", "latest"], None, "no checkpoint"),
+    "existing run without --resume": ([], "existing_run", "--resume"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_3_with_one_sentence_and_writes_nothing(case, model_dir, tmp_path):
+    extra, setup, needle = BAD[case]
+    out = tmp_path / "run"
+    extra = list(extra)
+    if setup == "config":
+        extra += ["--config", _config(out)]
+    elif setup == "bad_checkpoint":
+        _bad_checkpoint(out)
+    elif setup == "existing_run":
+        _existing_run(out)
+    before = tree(out)
+    args = ["--model", model_dir, "--steps", 1, *SMALL, "--output-dir", out, *extra]
+    rc, stdout, stderr = train(*args)
+    assert rc == 3, stderr
+    assert stdout == ""
+    message = flat(stderr)
+    assert "Traceback" not in stderr
+    assert message.count("error:") == 1 and message.endswith(".")
+    assert needle in message.split("error:", 1)[1], message
+    assert tree(out) == before  # nothing written, not even an empty folder or a config
+    assert out.exists() == bool(before)
+
+
+def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(model_dir, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("--dry-run loaded a model")
+
+    monkeypatch.setattr("enigma_cli.models.loading.load_model", no_loading)
+    out = tmp_path / "run"
+    rc, stdout, stderr = train("--model", model_dir, "--steps", 3, *SMALL, "--output-dir", out, "--dry-run")
+    assert rc == 0, stderr
+    assert stdout == "" and not out.exists()
+    plan = flat(stderr)
+    assert "3 steps × 2 prompts × G=4" in plan and "= 24 completions" in plan and "--dry-run" in plan
+    # it still validates what can be checked without weights
+    rc, stdout, stderr = train("--model", model_dir, *SMALL, "--output-dir", out, "--dry-run", "--principles", "nope")
+    assert rc == 3 and stdout == "" and "nope" in stderr and not out.exists()
+
+
+# -- 4. gradient accumulation ----------------------------------------------------------------------------------
+def _first_update(model_dir, out: Path, **options) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
+    """Gradients handed to the optimizer at step 1 (after clipping, which is off here), the row, the texts."""
+    from enigma_cli.models.loading import load_model
+    from enigma_cli.train.config import TrainConfig
+    from enigma_cli.train.run import plan
+    from enigma_cli.train.trainer import Trainer
+
+    cfg = TrainConfig(model=str(model_dir), steps=1, prompts_per_step=2, group_size=4, principles_per_prompt=2,
+                      max_new_tokens=16, device="cpu", output_dir=str(out), max_grad_norm=1e9, **options)
+    pset, examples = plan(cfg)
+    trainer = Trainer(load_model(cfg.model, device="cpu", for_training=True), examples, pset, cfg)
+    grads: dict[str, torch.Tensor] = {}
+
+    def capture(optimizer, args, kwargs):
+        grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+
+    trainer.optimizer.register_step_pre_hook(capture)
+    row = trainer.step()
+    return grads, row, trainer._last_episodes.texts
+
+
+@pytest.mark.parametrize("loss_type, sami", [("grpo", False), ("grpo", True), ("dr_grpo", True), ("dapo", True)])
+def test_grad_accumulation_gives_the_full_batch_gradient(loss_type, sami, model_dir, tmp_path):
+    opts = {"loss_type": loss_type, "sami": sami, "ot": False}
+    full, row1, texts1 = _first_update(model_dir, tmp_path / "a1", grad_accum=1, **opts)
+    accum, row2, texts2 = _first_update(model_dir, tmp_path / "a2", grad_accum=2, **opts)
+    assert texts1 == texts2  # the same episodes
+    assert set(full) == set(accum) and full
+    scale = max(float(g.abs().max()) for g in full.values())
+    assert scale > 0
+    for name in full:
+        torch.testing.assert_close(accum[name], full[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
+    assert row2["grad_norm"] == pytest.approx(row1["grad_norm"], rel=1e-4)
+    assert row2["loss"] == pytest.approx(row1["loss"], rel=1e-4, abs=1e-7)
+    if sami:
+        assert row2["loss_sami"] == pytest.approx(row1["loss_sami"], rel=1e-5)
+
+
+# -- 5. non-finite steps ---------------------------------------------------------------------------------------
+class _NanGrad(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradient is not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def _poison(monkeypatch, bad_steps: set[int] | None, where: str) -> None:
+    """Make the loss (or only its gradient) non-finite at the given steps (every step when None)."""
+    real = trainer_mod.micro_loss
+    calls = {"n": 0}
+
+    def micro_loss(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        calls["n"] += 1  # one micro-batch per step here (grad_accum = updates_per_generation = 1)
+        if bad_steps is None or calls["n"] in bad_steps:
+            loss = loss * float("nan") if where == "loss" else _NanGrad.apply(loss)
+        return loss, metrics
+
+    monkeypatch.setattr(trainer_mod, "micro_loss", micro_loss)
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_non_finite_step_is_skipped_and_counted(where, model_dir, start_weights, tmp_path, monkeypatch):
+    _poison(monkeypatch, {1, 3}, where)
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text("max_nonfinite: 2\n")
+    rc, stdout, stderr = train("--model", model_dir, "--steps", 3, *SMALL, "--no-sami", "--output-dir", out,
+                               "--save-every", 1, "--config", config, "--format", "csv")
+    assert rc == 0, stderr  # never two in a row
+    df = pd.read_csv(out / "metrics.csv")
+    assert df["skipped"].tolist() == [1, 0, 1]
+    assert df["nonfinite_total"].tolist() == [1, 1, 2]
+    assert np.isnan(df["grad_norm"][0]) and np.isfinite(df["grad_norm"][1])
+    assert changed(start_weights, weights(out / "checkpoint-1")) == []  # the skipped step changed nothing
+    assert changed(weights(out / "checkpoint-1"), weights(out / "checkpoint-2"))
+    assert changed(weights(out / "checkpoint-2"), weights(out / "checkpoint-3")) == []
+    assert torch.load(out / "checkpoint-3" / "trainer_state.pt", weights_only=True)["nonfinite_total"] == 2
+    # the stream stays a rectangular CSV even though the skipped first row lacks the loss columns
+    rows = list(csv.reader(io.StringIO(stdout)))
+    assert len(rows) == 4 and all(len(r) == len(rows[0]) for r in rows)
+    assert pd.read_csv(io.StringIO(stdout))["skipped"].tolist() == [1, 0, 1]
+
+
+def test_too_many_non_finite_steps_in_a_row_abort(model_dir, tmp_path, monkeypatch):
+    _poison(monkeypatch, None, "loss")
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text("max_nonfinite: 2\n")
+    rc, _, stderr = train("--model", model_dir, "--steps", 5, *SMALL, "--no-sami", "--no-ot",
+                          "--output-dir", out, "--config", config)
+    assert rc == 1
+    message = flat(stderr).split("error:", 1)[1]
+    assert "2 steps in a row had a non-finite loss or gradient" in message and "step 2" in message
+    assert "Traceback" not in stderr
+    assert not list(out.glob("checkpoint-*"))
+    assert pd.read_csv(out / "metrics.csv")["skipped"].tolist() == [1]
