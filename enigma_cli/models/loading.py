@@ -254,6 +254,18 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return DTYPES[name]
 
 
+def _quiet_progress_bars() -> None:
+    """transformers draws its weight-loading bar even into a pipe; show bars only to a person at a terminal."""
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    if sys.stderr.isatty():
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -268,6 +280,7 @@ def load_model(
     config carries the same pad id. See the module docstring for the accepted specs.
     """
     start = time.perf_counter()
+    _quiet_progress_bars()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path, gguf_file = model_path_for(spec)

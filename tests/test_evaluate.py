@@ -1,0 +1,197 @@
+"""`enigma evaluate` and `enigma_cli.evaluation`: report schema, hand-computed metrics, several models, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from enigma_cli import evaluation
+from enigma_cli.cli import main
+from enigma_cli.models.rollout import Generation
+
+FAST = ["--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--batch-size", "8", "--device", "cpu"]
+COLUMNS = {"model", "prompts", "samples", "format_rate", "answer_rate", "accuracy_at_1", "majority_accuracy",
+           "answer_entropy", "distinct_answers", "majority_share", "completion_len_mean", "temperature", "seed"}
+QUESTIONS = {"How many apples are 2 and 3?": "5", "What is 4 plus 6?": "10"}
+
+
+def done(answer: str) -> str:
+    return f"<reasoning>\nwork\n</reasoning>\n<answer>\n{answer}\n</answer>"
+
+
+# Hand-made completions, 3 per question. Question 1: answers 5, 5, 7; question 2: 3, (none), 10.
+COMPLETIONS = {
+    "How many apples are 2 and 3?": [done("5"), done(" 5.0 "), "<answer>7</answer> trailing words"],
+    "What is 4 plus 6?": [done("3"), "I do not know", done("10")],
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    """Two random tiny Llamas (seeds 0 and 1) as save_pretrained folders."""
+    from enigma_cli.models.tiny import init_tiny_lm, make_tiny_lm
+
+    root = tmp_path_factory.mktemp("evaluate")
+    paths = []
+    _, tok = make_tiny_lm(seed=0)
+    for seed in (0, 1):
+        model = init_tiny_lm(tok, seed=seed)
+        path = root / f"tiny{seed}"
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in QUESTIONS.items()))
+    return path
+
+
+def run(argv, capsys):
+    rc = main(["evaluate", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def fake_generate(calls):
+    def generate(model, tok, prompts, *, num_samples, **kwargs):
+        calls.append({"prompts": list(prompts), "num_samples": num_samples, **kwargs})
+        texts, ids = [], []
+        for prompt in prompts:
+            (question,) = [q for q in COMPLETIONS if q in prompt]
+            assert num_samples == len(COMPLETIONS[question])
+            texts += COMPLETIONS[question]
+            ids += [[7] * (len(t) % 5 + 1) for t in COMPLETIONS[question]]
+        return Generation(prompt_ids=[[0]] * len(ids), completion_ids=ids, texts=texts,
+                          prompt_index=[i // num_samples for i in range(len(ids))], finished=[True] * len(ids),
+                          num_samples=num_samples)
+    return generate
+
+
+def test_real_model_schema_and_stdout_holds_only_data(ckpts, capsys):
+    rc, out, err = run(["--model", ckpts[0], *FAST], capsys)
+    assert rc == 0, err
+    df = pd.read_csv(io.StringIO(out))
+    assert len(out.strip().splitlines()) == 2 and len(df) == 1
+    assert set(df.columns) == COLUMNS and df.columns[0] == "model"
+    row = df.iloc[0]
+    assert row["model"] == str(ckpts[0]) and row["prompts"] == 2 and row["samples"] == 2 and row["seed"] == 0
+    for col in ("format_rate", "answer_rate", "accuracy_at_1", "majority_accuracy", "majority_share"):
+        assert 0 <= row[col] <= 1, col
+    assert 0 <= row["answer_entropy"] <= math.log(2) + 1e-9
+    assert 1 <= row["completion_len_mean"] <= 8
+    assert "acc@1" in err  # the summary line goes to stderr
+    rc, again, _ = run(["--model", ckpts[0], *FAST], capsys)
+    assert again == out  # deterministic for a seed
+
+
+def test_metrics_match_hand_computed_values(monkeypatch, ckpts, labelled, capsys):
+    calls = []
+    monkeypatch.setattr(evaluation, "generate", fake_generate(calls))
+    rc, out, err = run(["--model", ckpts[0], "--dataset", labelled, "--prompts", "2", "--samples", "3",
+                        "--device", "cpu", "--principle", "Check the result.", "--temperature", "0.5",
+                        "--seed", "4"], capsys)
+    assert rc == 0, err
+    row = pd.read_csv(io.StringIO(out)).iloc[0]
+    assert len(calls) == 1 and calls[0]["num_samples"] == 3 and calls[0]["temperature"] == 0.5
+    assert calls[0]["seed"] == 4 and all("Check the result." in p for p in calls[0]["prompts"])
+    assert row["prompts"] == 2 and row["samples"] == 3
+    assert row["format_rate"] == pytest.approx(4 / 6, abs=1e-6)  # four strict completions
+    assert row["answer_rate"] == pytest.approx(5 / 6, abs=1e-6)  # "I do not know" has no answer
+    assert row["accuracy_at_1"] == pytest.approx(3 / 6, abs=1e-6)  # 5, 5.0 and 10 are right
+    # Majority: 5 (right) for question 1; 3 vs 10 tie for question 2 → first seen, 3 (wrong).
+    assert row["majority_accuracy"] == pytest.approx(1 / 2, abs=1e-6)
+    h1 = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))  # {5: 2, 7: 1}
+    h2 = math.log(2)  # {3: 1, 10: 1} over the parsable answers
+    assert row["answer_entropy"] == pytest.approx((h1 + h2) / 2, abs=1e-5)
+    assert row["distinct_answers"] == pytest.approx(2.0)
+    assert row["majority_share"] == pytest.approx((2 / 3 + 1 / 3) / 2, abs=1e-6)
+    assert row["temperature"] == 0.5 and row["seed"] == 4
+
+
+def test_unlabelled_dataset_gives_nan_accuracy(monkeypatch, ckpts, tmp_path, capsys):
+    path = tmp_path / "questions.csv"
+    pd.DataFrame({"question": list(QUESTIONS)}).to_csv(path, index=False)
+    monkeypatch.setattr(evaluation, "generate", fake_generate([]))
+    rc, out, err = run(["--model", ckpts[0], "--dataset", path, "--samples", "3", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    row = pd.read_csv(io.StringIO(out)).iloc[0]
+    assert math.isnan(row["accuracy_at_1"]) and math.isnan(row["majority_accuracy"])
+    assert row["format_rate"] == pytest.approx(4 / 6, abs=1e-6)
+
+
+def test_several_models_one_row_each(monkeypatch, ckpts, labelled, tmp_path, capsys):
+    monkeypatch.setattr(evaluation, "generate", fake_generate([]))
+    out_file = tmp_path / "eval.jsonl"
+    rc, out, err = run(["--model", ckpts[0], "--model", ckpts[1], "--dataset", labelled, "--samples", "3",
+                        "--device", "cpu", "--format", "jsonl", "--out", out_file], capsys)
+    assert rc == 0, err
+    assert out == ""
+    df = pd.read_json(out_file, lines=True)
+    assert list(df["model"]) == [str(p) for p in ckpts]
+    assert set(df.columns) == COLUMNS
+    assert (df["accuracy_at_1"] == 0.5).all()
+
+
+@pytest.mark.parametrize("kind", ["unknown-model", "empty-dataset", "missing-dataset", "samples-0", "prompts-0",
+                                  "bad-format", "no-question-column", "negative-temperature"])
+@pytest.mark.parametrize("existing", [False, True])
+def test_bad_input_exits_3_and_leaves_out_alone(kind, existing, ckpts, tmp_path, capsys):
+    out_file = tmp_path / "eval.csv"
+    if existing:
+        out_file.write_text("old\n")
+    argv = ["--model", ckpts[0], "--prompts", "2", "--samples", "1", "--max-new-tokens", "4", "--device", "cpu"]
+    if kind == "unknown-model":
+        argv, culprit = ["--model", tmp_path / "no-such-model", *argv[2:]], "no-such-model"
+    elif kind == "empty-dataset":
+        (tmp_path / "empty.jsonl").write_text("")
+        argv, culprit = [*argv, "--dataset", tmp_path / "empty.jsonl"], "empty.jsonl"
+    elif kind == "missing-dataset":
+        argv, culprit = [*argv, "--dataset", tmp_path / "absent.csv"], "absent.csv"
+    elif kind == "samples-0":
+        argv, culprit = [*argv, "--samples", "0"], "--samples"
+    elif kind == "prompts-0":
+        argv, culprit = [*argv, "--prompts", "0"], "--prompts"
+    elif kind == "bad-format":
+        argv, culprit = [*argv, "--format", "xml"], "--format"
+    elif kind == "negative-temperature":
+        argv, culprit = [*argv, "--temperature", "-1"], "--temperature"
+    else:
+        path = tmp_path / "rows.jsonl"
+        path.write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}) + "\n")
+        argv, culprit = [*argv, "--dataset", path], "question"
+    rc, out, err = run([*argv, "--out", out_file], capsys)
+    assert rc == 3, err
+    assert out == ""
+    assert culprit in "".join(err.split())
+    assert err.count("error:") == 1 and "Traceback" not in err
+    if existing:
+        assert out_file.read_text() == "old\n"
+    else:
+        assert not out_file.exists()
+
+
+def test_parquet_needs_out(capsys):
+    rc, out, err = run(["--format", "parquet"], capsys)
+    assert rc == 3 and out == "" and "--out" in err
