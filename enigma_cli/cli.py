@@ -40,23 +40,26 @@ def _root(
 
 
 def _register() -> None:
-    # Imported here so that a broken optional command never hides the others' --help.
-    from .commands import evaluate, score_principles, self_check, train
+    from .commands import (
+        analyze_manifold,
+        build_default_model,
+        evaluate,
+        principles_cmd,
+        score_principles,
+        self_check,
+        tasks_cmd,
+        train,
+    )
 
+    # The three main commands first: that is the order `enigma --help` lists them in.
     app.command("score-principles")(score_principles.score_principles)
     app.command("train")(train.train)
-    app.command("evaluate")(evaluate.evaluate)
-    app.command("self-check")(self_check.self_check)
-    from .commands import analyze_manifold
-
     app.command("analyze-manifold")(analyze_manifold.analyze_manifold)
-    from .commands import principles_cmd, tasks_cmd
-
+    app.command("evaluate")(evaluate.evaluate)
     app.add_typer(principles_cmd.app, name="principles")
     app.add_typer(tasks_cmd.app, name="tasks")
-    from .commands import build_default_model
-
     app.command("build-default-model")(build_default_model.build_default_model)
+    app.command("self-check")(self_check.self_check)
 
 
 _register()
