@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except EnigmaError as err:
         if _state["debug"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return err.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print_exception()
         else:
             console.print(f"[bold red]error:[/] {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
         return 1
     return rc if isinstance(rc, int) else 0
 

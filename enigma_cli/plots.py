@@ -33,6 +33,8 @@ def grid_plot(df: pd.DataFrame, x: str, columns: list[str], path: Path, *, hue: 
         ax.set_xlabel(x, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
+        if pd.api.types.is_integer_dtype(df[x]):
+            ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
     if hue and len(groups) > 1:

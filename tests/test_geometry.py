@@ -255,3 +255,13 @@ def test_kl_matches_torch_and_scipy():
     assert kl_divergence(p, q, mask=torch.tensor([True, False]))[1] == pytest.approx(
         float(expected0), rel=1e-5
     )
+
+
+def test_twonn_ignores_exact_duplicates():
+    """Duplicated rows (as at an embedding layer, where equal tokens share a vector) must not turn the estimate
+    into NaN or inf: the answer equals the one on the distinct points."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(800, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 32, generator=g, dtype=torch.float64)
+    dup = torch.cat([X, X[:300], X[:50]])
+    assert math.isfinite(twonn_dimension(dup))
+    assert twonn_dimension(dup) == pytest.approx(twonn_dimension(X), rel=1e-9)

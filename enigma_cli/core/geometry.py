@@ -157,7 +157,8 @@ def twonn_dimension(X: torch.Tensor, discard_fraction: float = 0.1) -> float:
         y_i = -\log\big(1 - F_{emp}(\mu_{(i)})\big)
 
     over the points kept after discarding the largest ``discard_fraction`` of the μ (and always the very largest,
-    whose F_emp = 1). Duplicate points (r_1 = 0) are dropped.
+    whose F_emp = 1). Exact duplicate points are merged before the neighbour search (their r_1 = 0 would be
+    lost to rounding in the distance expansion and give μ = ∞), and any remaining r_1 = 0 is dropped.
 
     Parameters
     ----------
@@ -173,7 +174,9 @@ def twonn_dimension(X: torch.Tensor, discard_fraction: float = 0.1) -> float:
     """
     if not 0.0 <= discard_fraction < 1.0:
         raise ValueError(f"discard_fraction must lie in [0, 1), got {discard_fraction}")
-    X = _matrix(X, min_rows=3)
+    X = torch.unique(_matrix(X, min_rows=3), dim=0)
+    if X.shape[0] < 3:
+        return float("nan")
     r1, r2 = _two_nearest(X)
     keep = r1 > 0
     mu = (r2[keep] / r1[keep]).sort().values
