@@ -20,8 +20,17 @@ $(STAMP): pyproject.toml | $(PY)
 
 setup: $(STAMP)
 
+# The main job on the built-in defaults, offline: rank the shipped principle sets, train enigma-tiny with the
+# full ENIGMA objective, then compare its geometry with the base. Each run gets its own folder under runs/.
+NOW    := $(shell date +%Y%m%d-%H%M%S)
+RUN_DIR ?= runs/quickstart-$(NOW)
 run: setup
-	$(VENV)/bin/enigma self-check
+	mkdir -p $(RUN_DIR)
+	$(VENV)/bin/enigma score-principles --out $(RUN_DIR)/scores.csv
+	$(VENV)/bin/enigma train --output-dir $(RUN_DIR)/train
+	$(VENV)/bin/enigma analyze-manifold --base enigma-tiny --trained $(RUN_DIR)/train/checkpoint-50 \
+	    --out-dir $(RUN_DIR)/manifold
+	@echo "results in $(RUN_DIR): scores.csv, train/metrics.csv, train/training_curves.png, manifold/manifold.png"
 
 test: setup
 	$(PY) -m pytest -q

@@ -44,6 +44,7 @@ def _register() -> None:
         analyze_manifold,
         build_default_model,
         evaluate,
+        generate,
         principles_cmd,
         score_principles,
         self_check,
@@ -56,6 +57,7 @@ def _register() -> None:
     app.command("train")(train.train)
     app.command("analyze-manifold")(analyze_manifold.analyze_manifold)
     app.command("evaluate")(evaluate.evaluate)
+    app.command("generate")(generate.generate)
     app.add_typer(principles_cmd.app, name="principles")
     app.add_typer(tasks_cmd.app, name="tasks")
     app.command("build-default-model")(build_default_model.build_default_model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 import tempfile
@@ -25,11 +27,26 @@ def check_format(fmt: str, out: Path | None) -> str:
     return fmt
 
 
+def _jsonl(df: pd.DataFrame) -> str:
+    """One JSON object per line; NaN becomes null and text is written as is (no escaped slashes)."""
+    lines = []
+    for record in df.to_dict("records"):
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in record.items()}
+        lines.append(json.dumps(clean, ensure_ascii=False, default=_json_default))
+    return "".join(line + "\n" for line in lines)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
 def _serialise(df: pd.DataFrame, fmt: str, handle) -> None:
     if fmt == "csv":
         df.to_csv(handle, index=False, float_format="%.6g")
     elif fmt == "jsonl":
-        df.to_json(handle, orient="records", lines=True)
+        handle.write(_jsonl(df))
     else:
         df.to_parquet(handle, index=False)
 
@@ -61,12 +78,7 @@ def write_table(df: pd.DataFrame, out: Path | None = None, fmt: str = "csv") -> 
     """Write `df` to `out` (atomically) or to stdout; nothing half-written is left on failure."""
     check_format(fmt, out)
     if out is None:
-        if fmt == "jsonl":
-            sys.stdout.write(df.to_json(orient="records", lines=True))
-            if len(df):
-                sys.stdout.write("\n")
-        else:
-            _serialise(df, fmt, sys.stdout)
+        _serialise(df, fmt, sys.stdout)
         sys.stdout.flush()
         return
     with atomic_path(Path(out)) as tmp:

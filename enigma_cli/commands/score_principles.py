@@ -137,10 +137,10 @@ def _print_table(results) -> None:
 
     table = Table(title="principle sets by Sufficiency Index", title_justify="left")
     for col in ("set", "K", "SI", "95% CI", "mi_sym", "log K", "acc_row", "format"):
-        table.add_column(col, justify="left" if col == "set" else "right")
+        table.add_column(col, justify="left" if col == "set" else "right", no_wrap=True)
     for r in sorted(results, key=lambda r: -r.row["si"]):
         row = r.row
-        table.add_row(r.name, str(r.k), f"{row['si']:.3f}", f"[{row['si_low']:.3f}, {row['si_high']:.3f}]",
+        table.add_row(r.name, str(r.k), f"{row['si']:.3f}", f"{row['si_low']:.3f}..{row['si_high']:.3f}",
                       f"{row['mi_sym']:.3f}", f"{row['log_k']:.3f}", f"{row['acc_row']:.2f}",
                       f"{row['format_rate']:.2f}")
     console.print(table)
