@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import pandas as pd
 import typer
@@ -15,7 +15,7 @@ from ..report import check_format, write_table
 def generate(
     question: Annotated[list[str], typer.Argument(help="Question(s) to answer.")],
     model: Annotated[str, typer.Option(help="enigma-tiny, smollm2, a local model folder or a hub id.")] = "enigma-tiny",
-    principle: Annotated[Optional[str], typer.Option(help="A principle: its text, or SET:ID of a shipped set "
+    principle: Annotated[str | None, typer.Option(help="A principle: its text, or SET:ID of a shipped set "
                                                           "(e.g. stepwise-vs-oneline:show-steps).")] = None,
     samples: Annotated[int, typer.Option("--samples", "-n", help="Completions per question.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = 96,
@@ -23,7 +23,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="Write the completions here instead of stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the completions here instead of stdout.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "jsonl",
 ) -> None:
     """Generate completions in the <reasoning>/<answer> format, one row per completion."""
