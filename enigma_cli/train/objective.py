@@ -77,7 +77,8 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
     diag = [i for p in prompts for i in range(p * g, (p + 1) * g)]
     rows, cols = list(diag), [ep.prompt_of(i) for i in diag]
     off = []  # (p, s, i, j) for i != j: completion (p, j, s) after principle i's prompt
-    if cfg.use_sami:
+    critic = cfg.use_sami or cfg.ref_metrics  # the MI bound is logged in every ablation, trained only with SAMI
+    if critic:
         for p in prompts:
             for s in range(m):
                 for i in range(k):
@@ -107,7 +108,7 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
     if ref is not None:
         metrics["kl_ref"] = _k3(logp.detach(), _fit(ref.logp[diag].to(logp.device), logp), mask)
 
-    if cfg.use_sami:
+    if critic:
         S = torch.empty(len(prompts) * m, k, k, device=logp.device, dtype=out.seq_logp.dtype)
         base = prompts.start
         for n_i, idx in enumerate(diag):
@@ -116,10 +117,12 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
             S[(p - base) * m + s, j, j] = out.seq_logp[n_i]
         for n_i, (p, s, i, j) in enumerate(off, start=nd):
             S[(p - base) * m + s, i, j] = out.seq_logp[n_i]
-        l_sami, _ = sami_loss(S)
-        total = total + cfg.lambda_sami * l_sami * scale
+        if cfg.use_sami:
+            l_sami, _ = sami_loss(S)
+            total = total + cfg.lambda_sami * l_sami * scale
+            metrics["loss_sami"] = float(l_sami.detach())
         bounds = infonce_bounds(S.detach())
-        metrics.update({"loss_sami": float(l_sami.detach()), "mi_sym": bounds["mi_sym"], "mi_row": bounds["mi_row"],
+        metrics.update({"mi_sym": bounds["mi_sym"], "mi_row": bounds["mi_row"],
                         "si": bounds["mi_sym"] / bounds["log_k"], "sami_acc_row": bounds["acc_row"]})
 
     if cfg.use_ot or ref is not None:
