@@ -179,7 +179,9 @@ def analyze_manifold(
 
     table = out_dir / f"manifold.{fmt}"
     write_table(df, table, fmt)
-    png = grid_plot(df, "layer", list(manifold.PLOT_METRICS), out_dir / "manifold.png", hue="model",
+    short = short_names(df["model"].astype(str))
+    png = grid_plot(df.assign(model=df["model"].astype(str).map(short)), "layer", list(manifold.PLOT_METRICS),
+                    out_dir / "manifold.png", hue="model",
                     title=f"{pset.name}: {info['completions']} completions, {info['tokens']} sampled tokens")
     cfgmod.write_resolved(cfg, out_dir / "config.yaml")
     console.print(f"wrote {table}" + (f", {png}" if png else "") + f", {out_dir / 'config.yaml'} and "
@@ -211,9 +213,18 @@ def _fmt(value, spec=".3f") -> str:
     return "–" if missing else format(value, spec)
 
 
-def _short(name: str) -> str:
-    path = Path(name)
-    return path.name if ("/" in name or "\\" in name) and path.exists() else name
+def short_names(names) -> dict[str, str]:
+    """The shortest trailing path of each model that still tells it apart ('grpo/checkpoint-50')."""
+    names = list(dict.fromkeys(names))
+    parts = {n: Path(n).parts or (n,) for n in names}
+    out = {}
+    for n in names:
+        for depth in range(1, len(parts[n]) + 1):
+            tail = parts[n][-depth:]
+            if sum(parts[o][-depth:] == tail for o in names) == 1:
+                break
+        out[n] = "/".join(tail)
+    return out
 
 
 def _print_summary(df) -> None:
@@ -222,9 +233,10 @@ def _print_summary(df) -> None:
     from rich.table import Table
 
     base = str(df.loc[df["role"] == "base", "model"].iloc[0])
-    table = Table(title=f"against the base {_short(base)} (L = last layer; (n) = at layer n)",
+    short = short_names(df["model"].astype(str))
+    table = Table(title=f"against the base {short[str(base)]} (L = last layer; (n) = at layer n)",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    width = min(16, max(len(_short(str(m))) for m in df["model"]))
+    width = min(24, max(len(v) for v in short.values()))
     table.add_column("model", min_width=width, overflow="fold")
     for col in ("drift@L", "CKA min", "angle@L", "FR", "KL", "probe best", "MI@L"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -236,7 +248,7 @@ def _print_summary(df) -> None:
         min_cka = cka.loc[cka["cka"].idxmin()] if len(cka) else None
         best = probe.loc[probe["probe_acc"].idxmax()] if len(probe) else None
         table.add_row(
-            _short(str(name)), _fmt(last["sinkhorn_drift"], ".1e"),
+            short[str(name)], _fmt(last["sinkhorn_drift"], ".1e"),
             f"{_fmt(min_cka['cka'])} ({int(min_cka['layer'])})" if min_cka is not None else "–",
             _fmt(last["angle_mean"], ".2f"), _fmt(final["fisher_rao"].iloc[0] if len(final) else None, ".1e"),
             _fmt(final["kl"].iloc[0] if len(final) else None, ".1e"),
