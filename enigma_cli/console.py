@@ -4,7 +4,8 @@ import sys
 
 from rich.console import Console
 
-console = Console(stderr=True)
+# A pipe or log file gets a fixed, wide layout rather than rich's 80-column fallback, so tables stay whole.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 132)
 
 
 def show_progress() -> bool:

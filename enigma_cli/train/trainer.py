@@ -202,9 +202,16 @@ class Trainer:
             "skipped": float(skipped),
             "nonfinite_total": float(self.nonfinite_total),
         }
-        from ..core.answer_rewards import group_answer_stats
+        from ..core import normalize_answer
+        from ..core.answer_rewards import group_answer_stats, majority_vote
 
-        row.update({f"answers_{k}": float(v) for k, v in group_answer_stats(r.answers, ep.group_size).items()})
+        g = ep.group_size
+        row.update({f"answers_{k}": float(v) for k, v in group_answer_stats(r.answers, g).items()})
+        labels = [normalize_answer(lab, numeric=self.cfg.numeric_answers) if lab is not None else None
+                  for lab in ep.labels[::g]]
+        votes = majority_vote(r.answers, g)
+        row["majority_accuracy"] = (sum(v is not None and v == lab for v, lab in zip(votes, labels)) / len(labels)
+                                    if any(lab is not None for lab in labels) else float("nan"))
         row = dist_utils.mean_over_ranks(row)
         return {"step": self.step_no, **row}
 
