@@ -32,8 +32,9 @@ run: setup
 	    --out-dir $(RUN_DIR)/manifold
 	@echo "results in $(RUN_DIR): scores.csv, train/metrics.csv, train/training_curves.png, manifold/manifold.png"
 
+# One torch thread per process: the tiny models gain nothing from two, and two thrash on a shared 2-core box.
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check enigma_cli tests
