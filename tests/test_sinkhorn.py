@@ -202,6 +202,15 @@ def test_bfloat16_inputs_compute_and_return_float32():
         assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()
 
 
+def test_autocast_does_not_lower_the_precision_of_the_cost():
+    x, y = _clouds(48, 40, 64, seed=14)
+    ref = sinkhorn_divergence(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = sinkhorn_divergence(x, y)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
 def test_float64_inputs_stay_float64():
     x, y = _clouds(10, 12, 3, dtype=torch.float64)
     assert entropic_ot(x, y).dtype == torch.float64
