@@ -17,6 +17,12 @@ torch.set_num_threads(1)
 ENIGMA_TINY_DIR = Path(enigma_cli.__file__).parent / "data" / "enigma-tiny"
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    """No test may touch the network: the hub is reachable neither here nor in CI."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(scope="session")
 def tiny_lm():
     """(model, tokenizer): a randomly initialised ~0.7M-parameter Llama and its BPE tokenizer, seed 0.
@@ -39,3 +45,13 @@ def enigma_tiny():
     model = AutoModelForCausalLM.from_pretrained(ENIGMA_TINY_DIR, local_files_only=True)
     model.eval()
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_lm, tmp_path_factory) -> Path:
+    """The random-init `tiny_lm` saved as a Hugging Face folder, for commands that take `--model PATH`."""
+    model, tokenizer = tiny_lm
+    folder = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -8,7 +8,6 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from enigma_cli import evaluation
 from enigma_cli.cli import main
@@ -29,19 +28,6 @@ COMPLETIONS = {
     "How many apples are 2 and 3?": [done("5"), done(" 5.0 "), "<answer>7</answer> trailing words"],
     "What is 4 plus 6?": [done("3"), "I do not know", done("10")],
 }
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,17 +7,8 @@ import pytest
 from enigma_cli.cli import main
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_lm):
-    model, tokenizer = tiny_lm
-    path = tmp_path_factory.mktemp("gen-model")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def test_rows_per_question_and_sample(model_dir, capsys):
-    rc = main(["generate", "What is 2 + 3?", "What is 4 * 5?", "--model", model_dir, "-n", "2",
+    rc = main(["generate", "What is 2 + 3?", "What is 4 * 5?", "--model", str(model_dir), "-n", "2",
                "--max-new-tokens", "8", "--temperature", "1", "--principle", "stepwise-vs-oneline:one-line"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -41,6 +32,6 @@ def test_shipped_model_writes_the_format_under_a_principle(capsys):
     (["--model", "/no/such/model"], "/no/such/model"),
 ])
 def test_bad_input_exits_3(model_dir, capsys, args, culprit):
-    rc = main(["generate", "What is 1 + 1?", "--model", model_dir, *args])
+    rc = main(["generate", "What is 1 + 1?", "--model", str(model_dir), *args])
     captured = capsys.readouterr()
     assert rc == 3 and captured.out == "" and culprit in captured.err

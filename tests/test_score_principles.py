@@ -34,19 +34,6 @@ STRICT = "<reasoning>\nstep\n</reasoning>\n<answer>\n1\n</answer>"
 QUESTIONS = ["What is alpha plus one?", "What is beta plus two?", "What is gamma plus three?"]
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     from enigma_cli.models.tiny import make_tiny_lm

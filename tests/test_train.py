@@ -50,15 +50,6 @@ TIMING = {"seconds_generation", "seconds_scoring", "seconds_update", "gen_tokens
 
 # -- fixtures and helpers --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model_dir(tiny_lm, tmp_path_factory) -> Path:
-    model, tokenizer = tiny_lm
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def start_weights(model_dir) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "model.safetensors"))
 

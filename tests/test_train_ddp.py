@@ -79,15 +79,6 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_lm, tmp_path_factory) -> Path:
-    model, tokenizer = tiny_lm
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def torchrun(tmp_path: Path, model_dir: Path, *args, env: dict | None = None) -> tuple[Path, list[dict]]:
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
