@@ -39,5 +39,11 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check enigma_cli tests
 
+# Speed against peers in the same process (POT, batch-1 scoring, TRL's GRPOTrainer); figures go to BENCHMARKS.md.
+bench: setup
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/sinkhorn.py
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/score_pairs.py
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) bench/grpo_step.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info
