@@ -60,18 +60,32 @@ The metric stage runs on one CPU thread (`single_thread`), so it does not depend
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import InputError
+from .manifold_completions import (  # noqa: F401 - re-exported: completions live there
+    COMPLETIONS_FILE,
+    Completions,
+    base_identity,
+    completions_key,
+    generate_completions,
+    load_completions,
+    save_completions,
+)
+from .manifold_metrics import (  # noqa: F401 - re-exported: the metric functions live there
+    PROBE_CS,
+    decodability,
+    distribution_metrics,
+    intrinsic_metrics,
+    reference_metrics,
+    single_thread,
+)
 
 METRICS = (
     "sinkhorn_drift", "cka", "angle_mean", "angle_max", "fisher_rao", "kl",
@@ -82,11 +96,8 @@ METRICS = (
 COLUMNS = ("model", "role", "layer", "depth", *METRICS, "log_k", "n_points", "n_tokens", "pca_k")
 # Metrics worth a panel in the plot (Fisher-Rao and KL exist at the final layer only).
 PLOT_METRICS = tuple(m for m in METRICS if m not in ("fisher_rao", "kl", "infonce_mi_col"))
-COMPLETIONS_FILE = "completions.jsonl"
 # At eps = 0.05 spread-out clouds can need thousands of iterations (cheap at N ~ 100 points). tol is in cost
 # units: 1e-5 at eps = 0.05 leaves the plan's marginals off by ~2e-4 relative, far below drifts of interest.
-SINKHORN_MAX_ITER = 10_000
-SINKHORN_TOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -105,43 +116,6 @@ class ManifoldSettings:
     folds: int = 5
 
 
-@dataclass(frozen=True)
-class Completions:
-    """The fixed completions every model reads; entry i was written under principle ``labels[i]``.
-
-    ``groups[i]`` is the question index and ``samples[i]`` the sample index, so (group, sample) picks the K
-    completions of one InfoNCE matrix. ``key`` fingerprints what produced them (see `completions_key`).
-    """
-
-    key: str
-    principle_ids: tuple[str, ...]
-    questions: tuple[str, ...]
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]
-    texts: list[str]
-    labels: list[int]
-    groups: list[int]
-    samples: list[int]
-
-    def __len__(self) -> int:
-        return len(self.completion_ids)
-
-    @property
-    def k(self) -> int:
-        return len(self.principle_ids)
-
-    def matrix_index(self) -> torch.Tensor:
-        """[B, K] long: row b holds the completion written under principle j, for one (question, sample)."""
-        where = {(g, s, lab): i for i, (g, s, lab) in enumerate(zip(self.groups, self.samples, self.labels))}
-        cells = sorted({(g, s) for g, s in zip(self.groups, self.samples)})
-        rows = []
-        for g, s in cells:
-            if any((g, s, j) not in where for j in range(self.k)):
-                continue  # an incomplete cell cannot form a K × K matrix
-            rows.append([where[(g, s, j)] for j in range(self.k)])
-        return torch.tensor(rows, dtype=torch.long).view(-1, self.k)
-
-
 @dataclass
 class States:
     """What one model computes on the completions (CPU, fp32)."""
@@ -151,102 +125,6 @@ class States:
     logprobs: torch.Tensor  # [T, V] final-layer next-token log-distributions at the sampled tokens
     num_layers: int
     extra: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------- completions
-
-
-def base_identity(spec: str) -> str:
-    """What the base model is, for `completions_key`: its resolved path or hub id, plus local file stats.
-
-    The size and mtime of the config and weight files are included, so that a checkpoint rewritten in place does
-    not reuse completions written by its previous weights.
-    """
-    from .models.loading import model_path_for
-
-    path, gguf = model_path_for(spec)
-    folder = Path(path)
-    if not folder.is_dir():
-        return path  # a hub id
-    names = [gguf] if gguf else sorted(
-        f.name for f in folder.iterdir()
-        if f.name in ("config.json", "adapter_config.json") or f.suffix in (".safetensors", ".bin")
-    )
-    stats = []
-    for name in names:
-        st = (folder / name).stat()
-        stats.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
-    return "|".join([path, *stats])
-
-
-def completions_key(base_source: str, set_name: str, principles: Sequence[tuple[str, str]],
-                    questions: Sequence[str], settings: ManifoldSettings) -> str:
-    """A short fingerprint of everything that determines the completions (not batch size or device)."""
-    payload = {
-        "base": base_source, "set": set_name, "principles": [list(p) for p in principles],
-        "questions": list(questions), "samples": settings.samples, "max_new_tokens": settings.max_new_tokens,
-        "temperature": settings.temperature, "seed": settings.seed,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def generate_completions(lm, pset, questions: Sequence[str], settings: ManifoldSettings,
-                         key: str) -> Completions:
-    """The base writes ``samples`` completions per (question, principle), principle in the system prompt."""
-    from .models.rollout import generate
-    from .prompts import render_prompt
-
-    k, m = pset.k, settings.samples
-    prompts = [render_prompt(lm.tokenizer, p.text, q) for q in questions for p in pset.principles]
-    gen = generate(lm.model, lm.tokenizer, prompts, num_samples=m, max_new_tokens=settings.max_new_tokens,
-                   temperature=settings.temperature, seed=settings.seed, batch_size=settings.gen_batch_size)
-    # sample (question q, principle j, sample s) sits at index (q*k + j)*m + s
-    idx = range(len(gen))
-    return Completions(
-        key=key, principle_ids=pset.ids, questions=tuple(questions),
-        prompt_ids=[list(p) for p in gen.prompt_ids], completion_ids=[list(c) for c in gen.completion_ids],
-        texts=list(gen.texts), labels=[(i // m) % k for i in idx], groups=[i // (m * k) for i in idx],
-        samples=[i % m for i in idx],
-    )
-
-
-def save_completions(comps: Completions, path: Path) -> None:
-    """One JSON object per completion (ids included, so a reuse reads exactly the same tokens); atomic."""
-    from .report import atomic_path
-
-    with atomic_path(Path(path)) as tmp, open(tmp, "w") as fh:
-        for i in range(len(comps)):
-            g, lab = comps.groups[i], comps.labels[i]
-            fh.write(json.dumps({
-                "key": comps.key, "question_index": g, "question": comps.questions[g], "principle": lab,
-                "principle_id": comps.principle_ids[lab], "sample": comps.samples[i],
-                "prompt_ids": comps.prompt_ids[i], "completion_ids": comps.completion_ids[i],
-                "text": comps.texts[i],
-            }) + "\n")
-
-
-def load_completions(path: Path, key: str, principle_ids: Sequence[str]) -> Completions | None:
-    """The saved completions if the file exists, parses and carries ``key``; otherwise None."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if not rows or any(r["key"] != key for r in rows):
-            return None
-        questions: dict[int, str] = {}
-        for r in rows:
-            questions[int(r["question_index"])] = str(r["question"])
-        return Completions(
-            key=key, principle_ids=tuple(principle_ids),
-            questions=tuple(questions[i] for i in range(len(questions))),
-            prompt_ids=[[int(t) for t in r["prompt_ids"]] for r in rows],
-            completion_ids=[[int(t) for t in r["completion_ids"]] for r in rows],
-            texts=[str(r["text"]) for r in rows], labels=[int(r["principle"]) for r in rows],
-            groups=[int(r["question_index"]) for r in rows], samples=[int(r["sample"]) for r in rows],
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- states
@@ -337,155 +215,6 @@ def gather_states(model, pad_id: int, comps: Completions, layers: Sequence[int],
     finally:
         model.train(was_training)
     return States(pooled=pooled, tokens=tokens, logprobs=logprobs, num_layers=int(num_layers))
-
-
-# --------------------------------------------------------------------------------------------- metrics
-
-
-def reference_metrics(X: torch.Tensor, X_ref: torch.Tensor, *, eps: float = 0.05, pca_k: int = 8) -> dict:
-    """Drift, CKA and principal angles of pooled points X against the base's X_ref (rows paired)."""
-    from .core import linear_cka, principal_angles, sinkhorn_divergence
-
-    X, X_ref = X.double(), X_ref.double()
-    n, d = X.shape
-    if torch.equal(X, X_ref):
-        drift = 0.0  # S_eps(mu, mu) = 0 exactly; the solver would return +-1e-9 after three OT problems
-    else:
-        unit, unit_ref = torch.nn.functional.normalize(X, dim=1), torch.nn.functional.normalize(X_ref, dim=1)
-        drift = max(0.0, float(sinkhorn_divergence(unit, unit_ref, eps=eps, max_iter=SINKHORN_MAX_ITER,
-                                                   tol=SINKHORN_TOL)))
-    out = {"sinkhorn_drift": drift}
-    out["cka"] = linear_cka(X, X_ref) if n >= 2 else math.nan
-    k = min(int(pca_k), n - 1, d)
-    if k >= 1:
-        angles = principal_angles(X, X_ref, k)
-        out.update(angle_mean=float(angles.mean()), angle_max=float(angles.max()))
-    else:
-        out.update(angle_mean=math.nan, angle_max=math.nan)
-    out["pca_k"] = max(k, 0)
-    return out
-
-
-def intrinsic_metrics(pooled: torch.Tensor, tokens: torch.Tensor) -> dict:
-    """Effective rank, participation ratio and anisotropy of pooled points; TwoNN and erank of tokens."""
-    from .core import anisotropy, effective_rank, participation_ratio, twonn_dimension
-
-    out = {"effective_rank": effective_rank(pooled), "participation_ratio": participation_ratio(pooled)}
-    nonzero = int((pooled.norm(dim=1) > 0).sum())
-    out["anisotropy"] = anisotropy(pooled) if nonzero >= 2 else math.nan
-    # Exact duplicates (layer 0: one embedding per token id) carry no neighbourhood information; the core
-    # estimator drops r1 = 0 points, but its distances by expansion can leave ~1e-8 instead of 0 for them.
-    distinct = torch.unique(tokens, dim=0)
-    out["twonn_dim"] = twonn_dimension(distinct) if distinct.shape[0] >= 3 else math.nan
-    out["effective_rank_tokens"] = effective_rank(tokens) if tokens.shape[0] >= 1 else math.nan
-    return out
-
-
-def distribution_metrics(logp: torch.Tensor, logp_ref: torch.Tensor) -> dict:
-    """Mean Fisher-Rao distance and KL(model ‖ base) between next-token distributions (rows paired)."""
-    from .core import fisher_rao_distance, kl_divergence
-
-    if logp.shape[0] == 0:
-        return {"fisher_rao": math.nan, "kl": math.nan}
-    if logp.shape != logp_ref.shape:
-        raise InputError(f"the models have different vocabularies ({logp.shape[-1]} and {logp_ref.shape[-1]} "
-                         "logits), so their next-token distributions cannot be compared.")
-    return {"fisher_rao": fisher_rao_distance(logp, logp_ref)[1], "kl": kl_divergence(logp, logp_ref)[1]}
-
-
-def decodability(X: torch.Tensor, labels: Sequence[int], groups: Sequence[int], matrix_index: torch.Tensor,
-                 k: int, *, folds: int = 5, seed: int = 0) -> dict:
-    """Out-of-fold linear-probe accuracy and InfoNCE bounds (linear critic) for the principle from pooled X.
-
-    See the module docstring. NaN when fewer than two questions allow no grouped cross-validation.
-    """
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    from .core import infonce_bounds
-
-    nan = {"probe_acc": math.nan, "infonce_mi": math.nan, "infonce_mi_col": math.nan, "log_k": math.log(k)}
-    y = np.asarray(labels, dtype=int)
-    g = np.asarray(groups, dtype=int)
-    n_splits = min(int(folds), len(np.unique(g)), int(np.bincount(y, minlength=k).min()))
-    if n_splits < 2 or k < 2:
-        return nan
-    Xn = X.double().numpy()
-    logp = np.full((len(y), k), -math.log(k))
-    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=int(seed))
-    # One thread: the problems are tiny, so more threads only add synchronisation (10x slower on a busy box).
-    with warnings.catch_warnings(), single_thread(), np.errstate(divide="ignore"):  # log 0 is floored below
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for train, test in cv.split(Xn, y, g):
-            if len(np.unique(y[train])) < 2:
-                continue  # cannot happen when every question has all K principles; kept for odd inputs
-            scaler, clf = _fit_probe(Xn[train], y[train], g[train], seed)
-            fold = np.full((len(test), k), -1e4)
-            fold[:, clf.classes_] = clf.predict_log_proba(scaler.transform(Xn[test]))
-            logp[test] = np.maximum(fold, -1e4)  # finite floor: a -inf diagonal would make the loss infinite
-    acc = float((logp.argmax(axis=1) == y).mean())
-    out = {**nan, "probe_acc": acc}
-    if matrix_index.numel():
-        # S[b, i, j] = log p(principle i | completion j of cell b): rows principles, columns completions (§3)
-        S = torch.as_tensor(logp)[matrix_index].transpose(1, 2)
-        bounds = infonce_bounds(S)
-        out.update(infonce_mi=bounds["mi_sym"], infonce_mi_col=bounds["mi_col"])
-    return out
-
-
-PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0)  # inverse L2 strengths tried on standardised features (H >> N)
-
-
-def _fit_probe(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int):
-    """Standardise + multinomial logistic regression (lbfgs), C chosen by grouped inner CV on log-loss.
-
-    Returns ``(scaler, classifier)``. The log-loss matters because the probe's log-posteriors are the InfoNCE
-    critic: an unregularised probe in H ≫ N dimensions is confidently wrong out of fold, which drove the
-    bound to −80 nats in our runs. The scaler is fitted on the whole outer-training fold (the inner folds
-    that pick C see its statistics; the outer test fold never does). Within an inner fold the C grid is walked
-    upwards with warm starts, the regularisation path that ``LogisticRegressionCV`` follows (its API is in
-    flux across scikit-learn versions).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(X)
-    Xs = scaler.transform(X)
-    inner = min(3, len(np.unique(groups)), int(np.bincount(y).min()))
-    best_c = 1.0
-    if inner >= 2:
-        losses = np.zeros(len(PROBE_CS))
-        splitter = StratifiedGroupKFold(n_splits=inner, shuffle=True, random_state=int(seed))
-        for train, test in splitter.split(Xs, y, groups):
-            clf = LogisticRegression(solver="lbfgs", max_iter=2000, warm_start=True)
-            for i, c in enumerate(sorted(PROBE_CS)):
-                clf.set_params(C=c).fit(Xs[train], y[train])
-                logp = clf.predict_log_proba(Xs[test])
-                picked = logp[np.arange(len(test)), np.searchsorted(clf.classes_, y[test])]
-                losses[i] -= np.maximum(picked, -1e4).sum()
-        best_c = sorted(PROBE_CS)[int(np.argmin(losses))]
-    return scaler, LogisticRegression(solver="lbfgs", max_iter=2000, C=best_c).fit(Xs, y)
-
-
-@contextmanager
-def single_thread():
-    """Run the block with one torch and one BLAS thread, restoring the previous counts afterwards.
-
-    The metric matrices are small (hundreds to a few thousand rows); extra threads only add synchronisation,
-    which on a busy machine made the metric stage several times slower in our measurements.
-    """
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def layer_rows(name: str, role: str, states: States, ref: States, comps: Completions,
