@@ -294,6 +294,15 @@ def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(model_dir, tmp_pat
     # it still validates what can be checked without weights
     rc, stdout, stderr = train("--model", model_dir, *SMALL, "--output-dir", out, "--dry-run", "--principles", "nope")
     assert rc == 3 and stdout == "" and "nope" in stderr and not out.exists()
+    # ... including the model spec and the output folder, so a dry run that passes is a run that starts
+    rc, stdout, stderr = train("--model", tmp_path / "no-such-model", *SMALL, "--output-dir", out, "--dry-run")
+    assert rc == 3 and "no-such-model" in stderr and not out.exists()
+    rc, stdout, stderr = train("--model", model_dir, *SMALL, "--output-dir", out, "--dry-run", "--resume", "latest")
+    assert rc == 3 and "--resume latest" in stderr and not out.exists()
+    out.mkdir()
+    (out / "metrics.csv").write_text("step\n1\n")
+    rc, stdout, stderr = train("--model", model_dir, *SMALL, "--output-dir", out, "--dry-run")
+    assert rc == 3 and "already holds a run" in stderr and (out / "metrics.csv").read_text() == "step\n1\n"
 
 
 # -- 4. gradient accumulation ----------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def train(
         raise InputError(f"--format for train must be csv or jsonl, not {fmt!r}.")
     from ..train.run import plan, run
 
-    pset, examples = plan(cfg)
+    pset, examples = plan(cfg, resume)
     if dry_run:
         g, k = cfg.group_size, cfg.principles_per_prompt
         console.print(f"{cfg.ablation}: {cfg.steps} steps × {cfg.prompts_per_step} prompts × G={g} "

@@ -16,8 +16,9 @@ METRICS = "metrics.csv"
 COMPLETIONS = "completions.jsonl"
 
 
-def plan(cfg: TrainConfig):
-    """Everything that can be checked without loading weights: the principle set, K, the data."""
+def plan(cfg: TrainConfig, resume: str | None = None):
+    """Everything that can be checked without loading weights: the model spec, the principle set, K, the data,
+    and the output folder (a finished run is never overwritten; --resume needs a checkpoint)."""
     from ..datasets import load_examples
     from ..principles import load_principle_set
 
@@ -29,7 +30,22 @@ def plan(cfg: TrainConfig):
                              answer_column=cfg.answer_column, split="train")
     if not examples:
         raise InputError(f"dataset {cfg.dataset or 'synthetic'} has no prompts.")
+    from ..models.loading import model_path_for
+
+    model_path_for(cfg.model)  # a missing folder or package is an InputError here, before anything is written
+    _check_output(cfg, resume)
     return pset, examples
+
+
+def _check_output(cfg: TrainConfig, resume: str | None) -> None:
+    out = Path(cfg.output_dir)
+    if not resume and (out / METRICS).exists():
+        raise InputError(f"{out} already holds a run ({METRICS}); pass --resume latest to continue it or choose "
+                         "another --output-dir.")
+    if resume:
+        from .checkpoint import find_checkpoint
+
+        find_checkpoint(resume, out)
 
 
 def run(cfg: TrainConfig, pset, examples, *, resume: str | None = None, stream: str | None = None,
@@ -39,13 +55,7 @@ def run(cfg: TrainConfig, pset, examples, *, resume: str | None = None, stream: 
     from .trainer import Trainer
 
     out = Path(cfg.output_dir)
-    if not resume and (out / METRICS).exists():
-        raise InputError(f"{out} already holds a run ({METRICS}); pass --resume latest to continue it or choose "
-                         "another --output-dir.")
-    if resume:
-        from .checkpoint import find_checkpoint
-
-        find_checkpoint(resume, out)  # fail before loading weights
+    _check_output(cfg, resume)  # again: plan() may have run long before
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
 
     def write_config(path: Path) -> None:
