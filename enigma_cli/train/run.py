@@ -54,8 +54,7 @@ def run(cfg: TrainConfig, pset, examples, *, resume: str | None = None, stream: 
     from ..models.loading import load_model
     from .trainer import Trainer
 
-    out = Path(cfg.output_dir)
-    _check_output(cfg, resume)  # again: plan() may have run long before
+    out = Path(cfg.output_dir)  # plan() has checked it (and the model spec) before anything was loaded
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
 
     def write_config(path: Path) -> None:
