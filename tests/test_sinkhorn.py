@@ -101,6 +101,32 @@ def test_sinkhorn_divergence_is_zero_only_for_identical_clouds():
     assert 0 < sinkhorn_divergence(x, near).item() < sinkhorn_divergence(x, y).item()
 
 
+def test_stops_on_the_marginal_error_of_the_returned_plan():
+    """Paired clouds (policy vs reference on the same tokens) stop early, with the promised marginal error.
+
+    The potentials of such problems keep creeping along a nearly flat dual direction for thousands of
+    iterations; a rule on their change ran to max_iter. The plan's column marginal is what `tol` bounds.
+    """
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(256, 32, generator=g), dim=1)
+    y = torch.nn.functional.normalize(x + 0.05 * torch.randn(256, 32, generator=g), dim=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a run to max_iter would warn
+        _, f, g_pot = entropic_ot(x, y, 0.05, max_iter=40, return_potentials=True)  # default tol=1e-5
+    cost = torch.cdist(x.double(), y.double()) ** 2
+    plan = torch.exp((f.double()[:, None] + g_pot.double()[None, :] - cost) / 0.05) / 256**2
+    assert float((plan.sum(0) - 1 / 256).abs().sum()) < 1e-5  # the column error that tol bounds
+    assert float((plan.sum(1) - 1 / 256).abs().sum()) < 1e-5  # rows are exact up to float32 round-off
+    # The gradient of an early stop agrees with a float64 solve converged to 1e-12.
+    xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
+    gx = torch.autograd.grad(entropic_ot(xg, yg, 0.05), xg)[0]
+    xd = x.double().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch.autograd.grad(entropic_ot(xd, y.double(), 0.05, tol=1e-12, max_iter=20000), xd)[0]
+    assert float((gx.double() - ref).norm() / ref.norm()) < 1e-4
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_sinkhorn_divergence_is_nonnegative(seed):
     n, m, d = 20 + 7 * seed, 33 - 3 * seed, [2, 8, 32, 128][seed]
