@@ -97,6 +97,17 @@ def test_folder_without_config(tmp_path):
     assert str(tmp_path) in str(err.value)
 
 
+def test_train_output_folder_resolves_to_its_newest_checkpoint(tmp_path):
+    """`--model RUN_DIR` means the newest checkpoint-N of that run (by step number, not by name)."""
+    for step in (9, 10, 2):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "config.json").write_text("{}")
+    (tmp_path / "checkpoint-99").mkdir()  # no model inside: an interrupted save is not a candidate
+    (tmp_path / "checkpoint-x").mkdir()
+    path, gguf = model_path_for(str(tmp_path))
+    assert path == str((tmp_path / "checkpoint-10").resolve()) and gguf is None
+
+
 def test_plain_file_is_not_a_model(tmp_path):
     f = tmp_path / "model.txt"
     f.write_text("x")

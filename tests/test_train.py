@@ -116,7 +116,7 @@ def test_one_step_of_each_ablation_logs_checkpoints_and_updates(ablation, model_
     assert df["step"].tolist() == [1]
     for col in ("reward_mean", "reward_std", "format_rate", "advantage_std", "loss", "loss_grpo", "grad_norm",
                 "ot_divergence", "kl_ref", "lr", "completion_len_mean", "seconds_generation", "seconds_scoring",
-                "seconds_update", "gen_tokens_per_s", "skipped", "nonfinite_total"):
+                "seconds_update", "gen_tokens_per_s", "skipped", "nonfinite_total", "ot_unconverged"):
         assert col in df.columns, col
     with_sami = ablation in ("grpo+sami", "enigma")
     assert ("loss_sami" in df.columns) == with_sami
@@ -146,6 +146,31 @@ def test_one_step_of_each_ablation_logs_checkpoints_and_updates(ablation, model_
     assert len(changed(start_weights, after)) > len(after) // 2
     lines = (out / "completions.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 4 and {json.loads(x)["step"] for x in lines} == {1}
+
+
+def test_unconverged_sinkhorn_is_counted_not_warned(model_dir, tmp_path, monkeypatch):
+    """A Sinkhorn solve that reaches max_iter shows in the `ot_unconverged` column, not as a warning per step."""
+    import warnings
+
+    from enigma_cli.train import objective
+
+    monkeypatch.setattr(objective, "OT_TOL", 1e-30)  # unreachable: every solve runs to max_iter
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        rc, _, stderr = train("--model", model_dir, "--steps", 1, *SMALL, "--output-dir", tmp_path / "run")
+    assert rc == 0, stderr
+    row = pd.read_csv(tmp_path / "run" / "metrics.csv").iloc[0]
+    assert row["ot_unconverged"] >= 1
+    assert "did not converge" not in stderr
+
+
+@pytest.mark.parametrize("ablation", ["grpo", "enigma"])
+def test_sinkhorn_converges_in_training(ablation, model_dir, tmp_path):
+    """At the training tolerance the policy-vs-reference clouds converge (the rule that ran to max_iter is gone)."""
+    rc, _, stderr = train("--model", model_dir, "--steps", 2, *SMALL, "--output-dir", tmp_path / "run",
+                          *ABLATIONS[ablation])
+    assert rc == 0, stderr
+    assert (pd.read_csv(tmp_path / "run" / "metrics.csv")["ot_unconverged"] == 0).all()
 
 
 def test_equal_rewards_give_no_policy_gradient(model_dir, start_weights, tmp_path, monkeypatch):

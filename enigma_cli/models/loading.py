@@ -139,6 +139,20 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The ``checkpoint-<step>`` model folder with the highest step inside an `enigma train` output folder."""
+    steps = []
+    for child in Path(run_dir).glob("checkpoint-*"):
+        suffix = child.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and _is_model_folder(child):
+            steps.append((int(suffix), child))
+    return max(steps)[1] if steps else None
+
+
 def model_path_for(spec: str) -> tuple[str, str | None]:
     """Map a model spec to ``(path_or_hub_id, gguf_file_name_or_None)`` without loading anything.
 
@@ -168,10 +182,16 @@ def model_path_for(spec: str) -> tuple[str, str | None]:
             "(or a .gguf file)."
         )
     if path.is_dir():
-        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        if _is_model_folder(path):
             return str(path.resolve()), None
+        newest = newest_checkpoint(path)
+        if newest is not None:  # an `enigma train` output folder: its newest checkpoint
+            from ..console import console
+
+            console.print(f"{spec}: using its newest checkpoint, {newest.name}", highlight=False)
+            return str(newest.resolve()), None
         raise InputError(
-            f"Model folder '{spec}' has no config.json (nor adapter_config.json); "
+            f"Model folder '{spec}' has no config.json (nor adapter_config.json, nor checkpoint-N folders); "
             "is it a save_pretrained checkpoint?"
         )
     if _looks_like_path(spec) or not _HUB_ID.match(spec):
