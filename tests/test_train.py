@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from enigma_cli.cli import main
 from enigma_cli.plots import grid_plot as _real_grid_plot
 from enigma_cli.train import episodes as episodes_mod
+from enigma_cli.train.episodes import Episodes
 from enigma_cli.train import trainer as trainer_mod
 
 pytestmark = [
@@ -331,8 +332,8 @@ def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(model_dir, tmp_pat
 
 
 # -- 4. gradient accumulation ----------------------------------------------------------------------------------
-def _first_update(model_dir, out: Path, **options) -> tuple[dict[str, torch.Tensor], dict, list[str]]:
-    """Gradients handed to the optimizer at step 1 (after clipping, which is off here), the row, the texts."""
+def _first_update(model_dir, out: Path, **options) -> tuple[dict[str, torch.Tensor], dict, Episodes]:
+    """Gradients handed to the optimizer at step 1 (after clipping, which is off here), the row, the episodes."""
     from enigma_cli.models.loading import load_model
     from enigma_cli.train.config import TrainConfig
     from enigma_cli.train.run import plan
@@ -349,15 +350,50 @@ def _first_update(model_dir, out: Path, **options) -> tuple[dict[str, torch.Tens
 
     trainer.optimizer.register_step_pre_hook(capture)
     row = trainer.step()
-    return grads, row, trainer._last_episodes.texts
+    return grads, row, trainer._last_episodes
+
+
+def _mean_logprob(model, prompt: list[int], completion: list[int]) -> float:
+    """Mean token log-prob of `completion` after `prompt`: one unpadded forward, no packing or compaction."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    targets = ids[0, 1:]
+    token = logp.gather(1, targets[:, None])[:, 0]
+    return float(token[len(prompt) - 1:].mean())
+
+
+@pytest.mark.parametrize("sami_matrices", [0, 1])
+def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami_matrices, model_dir, tmp_path):
+    """loss_sami and mi_sym of a step equal the core functions on S[p,s][i,j] = mean log π(y_(p,j,s) | c_i, x_p),
+    each entry scored by an independent unpadded forward; --sami-matrices m' keeps matrices s < m' only."""
+    from enigma_cli.core import infonce_bounds, sami_loss
+    from enigma_cli.models.loading import load_model
+
+    _, row, ep = _first_update(model_dir, tmp_path / "run", sami=True, ot=False, sami_matrices=sami_matrices)
+    base = load_model(str(model_dir), device="cpu").model.eval()
+    m_used = sami_matrices or ep.m
+    S = torch.empty(ep.n_prompts * m_used, ep.k, ep.k, dtype=torch.float64)
+    for p in range(ep.n_prompts):
+        for s in range(m_used):
+            for i in range(ep.k):
+                for j in range(ep.k):
+                    S[p * m_used + s, i, j] = _mean_logprob(base, ep.prompt_ids[p * ep.k + i],
+                                                            ep.completion_ids[ep.completion_index(p, j, s)])
+    assert row["loss_sami"] == pytest.approx(float(sami_loss(S)[0]), abs=5e-6)
+    bounds = infonce_bounds(S)
+    assert row["mi_sym"] == pytest.approx(bounds["mi_sym"], abs=5e-6)
+    # the row bound is not symmetric in (i, j): it catches a transposed critic, which the symmetric terms cannot
+    assert row["mi_row"] == pytest.approx(bounds["mi_row"], abs=5e-6)
+    assert abs(bounds["mi_row"] - bounds["mi_col"]) > 4 * 5e-6
 
 
 @pytest.mark.parametrize("loss_type, sami", [("grpo", False), ("grpo", True), ("dr_grpo", True), ("dapo", True)])
 def test_grad_accumulation_gives_the_full_batch_gradient(loss_type, sami, model_dir, tmp_path):
     opts = {"loss_type": loss_type, "sami": sami, "ot": False}
-    full, row1, texts1 = _first_update(model_dir, tmp_path / "a1", grad_accum=1, **opts)
-    accum, row2, texts2 = _first_update(model_dir, tmp_path / "a2", grad_accum=2, **opts)
-    assert texts1 == texts2  # the same episodes
+    full, row1, ep1 = _first_update(model_dir, tmp_path / "a1", grad_accum=1, **opts)
+    accum, row2, ep2 = _first_update(model_dir, tmp_path / "a2", grad_accum=2, **opts)
+    assert ep1.texts == ep2.texts  # the same episodes
     assert set(full) == set(accum) and full
     scale = max(float(g.abs().max()) for g in full.values())
     assert scale > 0

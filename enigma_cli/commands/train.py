@@ -46,6 +46,8 @@ def train(
     epsilon_high: Annotated[float | None, typer.Option(help="Clip range above.")] = None,
     beta: Annotated[float, typer.Option(help="KL-to-reference weight (k3 estimator).")] = _D.beta,
     lambda_sami: Annotated[float, typer.Option(help="Weight of the SAMI InfoNCE term.")] = _D.lambda_sami,
+    sami_matrices: Annotated[int, typer.Option(help="Critic matrices per prompt that SAMI scores, of G/K "
+                                                    "(0: all; fewer is cheaper, same expectation).")] = 0,
     lambda_ot: Annotated[float, typer.Option(help="Weight of the Sinkhorn OT term.")] = _D.lambda_ot,
     ot_layers: Annotated[str | None, typer.Option(help="Hidden-state layers for OT, e.g. '2,4' (auto: middle "
                                                           "and last).")] = None,
@@ -79,7 +81,7 @@ def train(
         group_size=group_size, principles_per_prompt=principles_per_prompt, max_new_tokens=max_new_tokens,
         temperature=temperature, lr=lr, loss_type=loss_type, importance_level=importance_level,
         scale_rewards=scale_rewards, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, lambda_sami=lambda_sami,
-        lambda_ot=lambda_ot, ot_layers=_layers(ot_layers), ot_eps=ot_eps, sami=sami, ot=ot, reward=reward,
+        sami_matrices=sami_matrices, lambda_ot=lambda_ot, ot_layers=_layers(ot_layers), ot_eps=ot_eps, sami=sami, ot=ot, reward=reward,
         coherence_gamma=coherence_gamma, gibbs_beta=gibbs_beta, updates_per_generation=updates_per_generation,
         grad_accum=grad_accum, max_grad_norm=max_grad_norm, lora_r=lora_r, output_dir=str(output_dir),
         save_every=save_every, seed=seed, device=device, dtype=dtype,

@@ -34,6 +34,7 @@ class TrainConfig:
     epsilon_high: float | None = None
     beta: float = 0.0
     lambda_sami: float = 0.1
+    sami_matrices: int = 0  # critic matrices per prompt with off-diagonals (0: all G/K)
     lambda_ot: float = 1.0
     ot_layers: tuple[int, ...] = ()  # empty: one middle layer and the last (method.md §5)
     ot_eps: float = 0.05
@@ -86,6 +87,9 @@ class TrainConfig:
         need(self.epsilon > 0, f"--epsilon must be positive, not {self.epsilon}.")
         need(self.beta >= 0 and self.lambda_sami >= 0 and self.lambda_ot >= 0,
              "--beta, --lambda-sami and --lambda-ot must be non-negative.")
+        need(0 <= self.sami_matrices <= self.group_size // self.principles_per_prompt,
+             f"--sami-matrices must lie in [0, G/K = {self.group_size // self.principles_per_prompt}] "
+             f"(0: all), not {self.sami_matrices}.")
         need(len(self.format_weights) == 3, "format_weights must be three numbers: strict, soft, tags.")
         object.__setattr__(self, "ot_layers", tuple(int(x) for x in self.ot_layers))
         object.__setattr__(self, "format_weights", tuple(float(x) for x in self.format_weights))

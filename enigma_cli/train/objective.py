@@ -85,9 +85,10 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
     rows, cols = list(diag), [ep.prompt_of(i) for i in diag]
     off = []  # (p, s, i, j) for i != j: completion (p, j, s) after principle i's prompt
     critic = cfg.use_sami or cfg.ref_metrics  # the MI bound is logged in every ablation, trained only with SAMI
+    m_sami = sami_matrices(cfg, m)
     if critic:
         for p in prompts:
-            for s in range(m):
+            for s in range(m_sami):
                 for i in range(k):
                     for j in range(k):
                         if i != j:
@@ -116,14 +117,15 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
         metrics["kl_ref"] = _k3(logp.detach(), _fit(ref.logp[diag].to(logp.device), logp), mask)
 
     if critic:
-        S = torch.empty(len(prompts) * m, k, k, device=logp.device, dtype=out.seq_logp.dtype)
+        S = torch.empty(len(prompts) * m_sami, k, k, device=logp.device, dtype=out.seq_logp.dtype)
         base = prompts.start
         for n_i, idx in enumerate(diag):
             p, rem = divmod(idx, g)
             j, s = divmod(rem, m)
-            S[(p - base) * m + s, j, j] = out.seq_logp[n_i]
+            if s < m_sami:
+                S[(p - base) * m_sami + s, j, j] = out.seq_logp[n_i]
         for n_i, (p, s, i, j) in enumerate(off, start=nd):
-            S[(p - base) * m + s, i, j] = out.seq_logp[n_i]
+            S[(p - base) * m_sami + s, i, j] = out.seq_logp[n_i]
         if cfg.use_sami:
             l_sami, _ = sami_loss(S)
             total = total + cfg.lambda_sami * l_sami * scale
@@ -152,6 +154,16 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
             metrics["ot_unconverged"] = unconverged
     metrics["loss"] = float(total.detach() / scale)
     return total, metrics
+
+
+def sami_matrices(cfg, m: int) -> int:
+    """How many of a prompt's m = G/K critic matrices get their off-diagonal entries (``--sami-matrices``; 0: all).
+
+    Matrix s takes sample s of every principle's sub-group. Samples within a sub-group are i.i.d., so the first
+    m' matrices are an unbiased subsample: the SAMI loss and the MI bound keep their expectation (their variance
+    grows) while the extra forward/backward shrinks from G·(K−1) to m'·K·(K−1) sequences per prompt.
+    """
+    return min(cfg.sami_matrices or m, m)
 
 
 def _fit(other: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
