@@ -11,7 +11,14 @@ enigma's GRPO-only step.
 Differences that remain: enigma gives each prompt's G completions to K=2 principles (G/K each), TRL samples G
 completions from one rendered prompt; the generated lengths differ (sampling), which is why tokens/s is shown.
 
+``--model-config PRESET|JSON`` replaces enigma-tiny by a randomly initialised Llama of that shape (see
+``bench/random_models.py``) for GPU throughput; ``upd tok/s`` counts the prompt + completion tokens that go through the
+update's forward and backward, and MFU = 6·N·(upd tok/s) / peak FLOP/s (``--peak-tflops``, or a known GPU's
+dense bf16 peak). ``--sami-matrices M`` adds a full-ENIGMA row whose SAMI term scores M critic matrices per
+prompt instead of all G/K.
+
     OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_step.py --repeats 3
+    .venv/bin/python bench/grpo_step.py --device cuda --dtype bfloat16 --model-config llama-1b --skip-trl
 """
 
 from __future__ import annotations
@@ -23,28 +30,41 @@ import time
 from pathlib import Path
 
 import torch
+from random_models import model_folder, parameter_count, peak_tflops  # bench/random_models.py
 
-import enigma_cli
 from enigma_cli.core import format_reward
 from enigma_cli.models.loading import load_model
 from enigma_cli.prompts import render_prompt
 from enigma_cli.train.config import TrainConfig
+from enigma_cli.train.objective import sami_matrices
 from enigma_cli.train.run import plan
 
-MODEL_DIR = Path(enigma_cli.__file__).parent / "data" / "enigma-tiny"
+
+def update_tokens(ep, cfg) -> int:
+    """Prompt + completion tokens of every sequence the update forwards (the diagonal, plus SAMI's off-diagonal)."""
+    n = sum(len(ep.prompt_ids[ep.prompt_of(i)]) + len(c) for i, c in enumerate(ep.completion_ids))
+    if cfg.use_sami:
+        for p in range(ep.n_prompts):
+            for s in range(sami_matrices(cfg, ep.m)):
+                for i in range(ep.k):
+                    for j in range(ep.k):
+                        if i != j:
+                            n += len(ep.prompt_ids[p * ep.k + i]) + len(ep.completion_ids[ep.completion_index(p, j, s)])
+    return n
 
 
-def enigma_steps(args, out_dir: str, *, sami: bool, ot: bool) -> tuple[list[float], list[float]]:
+def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, matrices: int = 0):
+    """(step seconds, generated tokens, update tokens) of each timed step."""
     from enigma_cli.train.trainer import Trainer
 
-    cfg = TrainConfig(model=str(MODEL_DIR), steps=args.repeats + 1, prompts_per_step=args.prompts,
+    cfg = TrainConfig(model=str(model_dir), steps=args.repeats + 1, prompts_per_step=args.prompts,
                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=1.0,
-                      loss_type="grpo", beta=0.0, updates_per_generation=1, sami=sami, ot=ot,
-                      ref_metrics=False, device=args.device, dtype="float32", output_dir=out_dir, seed=args.seed)
+                      loss_type="grpo", beta=0.0, updates_per_generation=1, sami=sami, ot=ot, sami_matrices=matrices,
+                      ref_metrics=False, device=args.device, dtype=args.dtype, output_dir=out_dir, seed=args.seed)
     pset, examples = plan(cfg)
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
     trainer = Trainer(lm, examples, pset, cfg)
-    times, tokens = [], []
+    times, tokens, updated = [], [], []
     for i in range(args.repeats + 1):
         t0 = time.perf_counter()
         row = trainer.step()
@@ -52,27 +72,28 @@ def enigma_steps(args, out_dir: str, *, sami: bool, ot: bool) -> tuple[list[floa
         if i:  # the first step is the warm-up
             times.append(dt)
             tokens.append(row["completion_len_mean"] * args.prompts * args.group_size)
-    return times, tokens
+            updated.append(update_tokens(trainer._last_episodes, cfg))
+    return times, tokens, updated
 
 
-def trl_prompts(args) -> list[str]:
+def trl_prompts(args, model_dir: Path) -> list[str]:
     """The rendered prompts of enigma's draw, one per prompt (its first principle)."""
-    cfg = TrainConfig(model=str(MODEL_DIR), prompts_per_step=args.prompts, group_size=args.group_size,
+    cfg = TrainConfig(model=str(model_dir), prompts_per_step=args.prompts, group_size=args.group_size,
                       seed=args.seed)
     pset, examples = plan(cfg)
-    tok = load_model(str(MODEL_DIR), device="cpu").tokenizer
+    tok = load_model(str(model_dir), device="cpu").tokenizer
     n = args.prompts * (args.repeats + 1)
     return [render_prompt(tok, pset.principles[i % pset.k].text, examples[i % len(examples)].question)
             for i in range(n)]
 
 
-def trl_steps(args, out_dir: str) -> tuple[list[float], list[float]]:
+def trl_steps(args, model_dir: Path, out_dir: str):
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    lm = load_model(str(MODEL_DIR), device=args.device, dtype="float32", for_training=True)
-    prompts = trl_prompts(args)
+    lm = load_model(str(model_dir), device=args.device, dtype=args.dtype, for_training=True)
+    prompts = trl_prompts(args, model_dir)
     dataset = Dataset.from_dict({"prompt": prompts})
 
     def reward(completions, **kwargs):
@@ -89,6 +110,7 @@ def trl_steps(args, out_dir: str) -> tuple[list[float], list[float]]:
                           processing_class=lm.tokenizer)
     marks: list[float] = []
     lengths: list[float] = []
+    updated: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
@@ -103,12 +125,13 @@ def trl_steps(args, out_dir: str) -> tuple[list[float], list[float]]:
     def spy(inputs):
         out = orig(inputs)
         lengths.append(float(out["completion_mask"].sum()))
+        updated.append(float(out["completion_mask"].sum() + out["prompt_mask"].sum()))
         return out
 
     trainer._generate_and_score_completions = spy
     trainer.train()
     times = [marks[2 * i + 1] - marks[2 * i] for i in range(len(marks) // 2)][1:]
-    return times, lengths[1:len(times) + 1]
+    return times, lengths[1:len(times) + 1], updated[1:len(times) + 1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,25 +143,44 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (both sides)")
+    p.add_argument("--model-config", default=None,
+                   help="a preset (smollm2-135m, llama-1b) or a JSON of LlamaConfig fields: random weights")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s for MFU (default: known GPUs)")
+    p.add_argument("--sami-matrices", type=int, default=0,
+                   help="also time full ENIGMA with SAMI on this many critic matrices per prompt (0: skip)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} model=enigma-tiny "
-          f"prompts={args.prompts} G={args.group_size} max_new_tokens={args.max_new_tokens} steps={args.repeats} "
-          f"(+1 warm-up); s/step = median")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows.append(("enigma grpo", *enigma_steps(args, f"{tmp}/a", sami=False, ot=False)))
+        model_dir = model_folder(args.model_config, tmp, args.seed)
+        n_params = parameter_count(model_dir)
+        peak = peak_tflops(args.device, args.peak_tflops)
+        print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
+              f"model={args.model_config or 'enigma-tiny'} N={n_params:,} dtype={args.dtype} prompts={args.prompts} "
+              f"G={args.group_size} max_new_tokens={args.max_new_tokens} steps={args.repeats} (+1 warm-up); "
+              f"s/step = median")
+        rows.append(("enigma grpo", *enigma_steps(args, model_dir, f"{tmp}/a", sami=False, ot=False)))
         if not args.skip_trl:
-            rows.append(("trl GRPOTrainer", *trl_steps(args, f"{tmp}/t")))
-        rows.append(("enigma +sami+ot", *enigma_steps(args, f"{tmp}/b", sami=True, ot=True)))
+            rows.append(("trl GRPOTrainer", *trl_steps(args, model_dir, f"{tmp}/t")))
+        rows.append(("enigma +sami+ot", *enigma_steps(args, model_dir, f"{tmp}/b", sami=True, ot=True)))
+        if args.sami_matrices:
+            rows.append((f"enigma sami{args.sami_matrices}+ot",
+                         *enigma_steps(args, model_dir, f"{tmp}/c", sami=True, ot=True, matrices=args.sami_matrices)))
     base = statistics.median(rows[0][1])
-    header = f"{'impl':>16} {'s/step':>8} {'steps/s':>8} {'gen tok/s':>10} {'time / enigma grpo':>19}"
+    header = (f"{'impl':>18} {'s/step':>8} {'steps/s':>8} {'gen tok/s':>10} {'upd tok/s':>10} {'MFU':>7} "
+              f"{'time / enigma grpo':>19}")
     print(header)
     print("-" * len(header))
-    for name, times, toks in rows:
+    for name, times, toks, upd in rows:
         t = statistics.median(times)
-        print(f"{name:>16} {t:>8.3f} {1 / t:>8.3f} {sum(toks) / sum(times):>10.1f} {t / base:>19.2f}")
-    print("gen tok/s = completion tokens generated / wall time of the whole step (generation + scoring + update)")
+        upd_rate = sum(upd) / sum(times)
+        mfu = f"{6 * n_params * upd_rate / (peak * 1e12):.2%}" if peak else "-"
+        print(f"{name:>18} {t:>8.3f} {1 / t:>8.3f} {sum(toks) / sum(times):>10.1f} {upd_rate:>10.1f} {mfu:>7} "
+              f"{t / base:>19.2f}")
+    print("gen tok/s = completion tokens generated / wall time of the whole step (generation + scoring + update); "
+          "upd tok/s = tokens through the update's forward+backward / the same wall time; "
+          "MFU = 6·N·upd tok/s / peak")
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from safetensors.torch import load_file
 from enigma_cli.cli import main
 from enigma_cli.plots import grid_plot as _real_grid_plot
 from enigma_cli.train import episodes as episodes_mod
-from enigma_cli.train.episodes import Episodes
 from enigma_cli.train import trainer as trainer_mod
+from enigma_cli.train.episodes import Episodes
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Sinkhorn did not converge:RuntimeWarning"),
@@ -363,14 +363,15 @@ def _mean_logprob(model, prompt: list[int], completion: list[int]) -> float:
     return float(token[len(prompt) - 1:].mean())
 
 
-@pytest.mark.parametrize("sami_matrices", [0, 1])
-def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami_matrices, model_dir, tmp_path):
+@pytest.mark.parametrize("sami, sami_matrices", [(True, 0), (True, 1), (False, 0)])
+def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami, sami_matrices, model_dir, tmp_path):
     """loss_sami and mi_sym of a step equal the core functions on S[p,s][i,j] = mean log π(y_(p,j,s) | c_i, x_p),
-    each entry scored by an independent unpadded forward; --sami-matrices m' keeps matrices s < m' only."""
+    each entry scored by an independent unpadded forward; --sami-matrices m' keeps matrices s < m' only. Without
+    SAMI the critic is still logged (from a no-grad forward of its off-diagonal)."""
     from enigma_cli.core import infonce_bounds, sami_loss
     from enigma_cli.models.loading import load_model
 
-    _, row, ep = _first_update(model_dir, tmp_path / "run", sami=True, ot=False, sami_matrices=sami_matrices)
+    _, row, ep = _first_update(model_dir, tmp_path / "run", sami=sami, ot=False, sami_matrices=sami_matrices)
     base = load_model(str(model_dir), device="cpu").model.eval()
     m_used = sami_matrices or ep.m
     S = torch.empty(ep.n_prompts * m_used, ep.k, ep.k, dtype=torch.float64)
@@ -380,7 +381,10 @@ def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami_matrices, mod
                 for j in range(ep.k):
                     S[p * m_used + s, i, j] = _mean_logprob(base, ep.prompt_ids[p * ep.k + i],
                                                             ep.completion_ids[ep.completion_index(p, j, s)])
-    assert row["loss_sami"] == pytest.approx(float(sami_loss(S)[0]), abs=5e-6)
+    if sami:
+        assert row["loss_sami"] == pytest.approx(float(sami_loss(S)[0]), abs=5e-6)
+    else:
+        assert "loss_sami" not in row
     bounds = infonce_bounds(S)
     assert row["mi_sym"] == pytest.approx(bounds["mi_sym"], abs=5e-6)
     # the row bound is not symmetric in (i, j): it catches a transposed critic, which the symmetric terms cannot

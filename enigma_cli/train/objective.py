@@ -95,9 +95,15 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
                             off.append((p, s, i, j))
                             rows.append(ep.completion_index(p, j, s))
                             cols.append(p * k + i)
-    out = forward(model, ep, rows, cols, pad_id, layers if (cfg.use_ot or ref is not None) else None,
-                  cfg.temperature)
     nd = len(diag)
+    hidden = layers if (cfg.use_ot or ref is not None) else None
+    if cfg.use_sami or not off:  # SAMI trains through the off-diagonal: one forward with the diagonal
+        out = forward(model, ep, rows, cols, pad_id, hidden, cfg.temperature)
+        off_logp = out.seq_logp[nd:]
+    else:  # the critic is only logged: its off-diagonal needs no graph (a forward, no backward)
+        out = forward(model, ep, rows[:nd], cols[:nd], pad_id, hidden, cfg.temperature)
+        with torch.no_grad():
+            off_logp = forward(model, ep, rows[nd:], cols[nd:], pad_id, None, cfg.temperature).seq_logp
     logp, mask = out.logp[:nd], out.mask[:nd]
     adv = ep.advantages[diag].to(logp.device)
     old_logp = old.logp[diag].to(logp.device) if old is not None else None
@@ -124,8 +130,8 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
             j, s = divmod(rem, m)
             if s < m_sami:
                 S[(p - base) * m_sami + s, j, j] = out.seq_logp[n_i]
-        for n_i, (p, s, i, j) in enumerate(off, start=nd):
-            S[(p - base) * m_sami + s, i, j] = out.seq_logp[n_i]
+        for n_i, (p, s, i, j) in enumerate(off):
+            S[(p - base) * m_sami + s, i, j] = off_logp[n_i]
         if cfg.use_sami:
             l_sami, _ = sami_loss(S)
             total = total + cfg.lambda_sami * l_sami * scale

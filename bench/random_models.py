@@ -1,0 +1,79 @@
+"""Models for the benchmarks: the shipped enigma-tiny, or a randomly initialised Llama of a given shape.
+
+``--model-config`` takes a preset name (:data:`PRESETS`) or a JSON file of ``LlamaConfig`` fields. The model is
+built from random weights (seeded) and saved once to a temporary folder with enigma-tiny's tokenizer, so that
+enigma and the peer load the very same weights, and throughput and MFU can be measured on a GPU without
+downloading anything. The vocabulary is the tokenizer's (512 entries): the parameter count N printed (and used
+for MFU) is that of the built model, so it leaves out the large embedding a real checkpoint of that shape has.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import enigma_cli
+
+TINY_DIR = Path(enigma_cli.__file__).parent / "data" / "enigma-tiny"
+
+#: Llama-shaped presets: SmolLM2-135M's and Llama-3.2-1B's transformer shapes.
+PRESETS: dict[str, dict] = {
+    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                     "num_attention_heads": 9, "num_key_value_heads": 3},
+    "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                 "num_attention_heads": 32, "num_key_value_heads": 8},
+}
+
+#: Dense bf16 peak TFLOP/s used for MFU when --peak-tflops is not given (vendor figures, no sparsity).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
+
+
+def model_folder(spec: str | None, tmp: str, seed: int = 0) -> Path:
+    """enigma-tiny's folder when `spec` is None, else a folder holding a random model of that shape."""
+    if spec is None:
+        return TINY_DIR
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    fields = PRESETS.get(spec)
+    if fields is None:
+        path = Path(spec)
+        if not path.is_file():
+            raise SystemExit(f"--model-config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file.")
+        fields = json.loads(path.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
+    base = LlamaConfig.from_pretrained(TINY_DIR).to_dict()
+    base.update(fields)
+    base["vocab_size"] = len(tokenizer)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**base))
+    out = Path(tmp) / f"random-{Path(spec).stem}"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def parameter_count(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return sum(_prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118 - not a dict
+
+
+def _prod(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    """--peak-tflops, else a known GPU's dense bf16 peak, else None (no MFU on CPU)."""
+    if given is not None:
+        return given
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
