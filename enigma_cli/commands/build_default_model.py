@@ -31,9 +31,9 @@ def default_out() -> Path:
 
 @dataclass(frozen=True)
 class BuildConfig:
-    steps: int = 500
-    examples: int = 20000
-    batch_size: int = 16
+    steps: int = 2000
+    examples: int = 64000
+    batch_size: int = 32
     lr: float = 6e-3
     seed: int = 0
     vocab_size: int = 512
@@ -69,9 +69,9 @@ def build_default_model(
     out: Annotated[Path | None, typer.Option(
         help="Folder to write (replaced atomically). Default: the package's enigma_cli/data/enigma-tiny.",
         show_default=False)] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 500,
-    examples: Annotated[int, typer.Option(help="Synthetic training examples.")] = 20000,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 16,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+    examples: Annotated[int, typer.Option(help="Synthetic training examples.")] = 64000,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (warm-up, then cosine decay).")] = 6e-3,
     seed: Annotated[int, typer.Option(help="Seed for data, tokenizer, initialisation, order and evaluation.")] = 0,
     vocab_size: Annotated[int, typer.Option(help="Largest BPE vocabulary, special tokens included.")] = 512,
@@ -88,7 +88,7 @@ def build_default_model(
     config: Annotated[Path | None, typer.Option(help="YAML/TOML file of options; typed flags win.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; train nothing.")] = False,
 ) -> None:
-    """Pre-train the built-in default model enigma-tiny (seeded, a few minutes on CPU) and write it to a folder."""
+    """Pre-train the built-in default model enigma-tiny (seeded, about 20 minutes on one CPU core) and write it to a folder."""
     cfg = cfgmod.resolve(
         BuildConfig, ctx, config, steps=steps, examples=examples, batch_size=batch_size, lr=lr, seed=seed,
         vocab_size=vocab_size, hidden_size=hidden_size, layers=layers, heads=heads,
