@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from random_models import model_folder, parameter_count, peak_tflops  # bench/random_models.py
+from random_models import model_folder, peak_tflops  # bench/random_models.py
 
 from enigma_cli.core import format_reward
 from enigma_cli.models.loading import load_model
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (both sides)")
+    p.add_argument("--model", default=None, help="an enigma model spec instead of enigma-tiny, e.g. smollm2")
     p.add_argument("--model-config", default=None,
                    help="a preset (smollm2-135m, llama-1b) or a JSON of LlamaConfig fields: random weights")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s for MFU (default: known GPUs)")
@@ -153,11 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = model_folder(args.model_config, tmp, args.seed)
-        n_params = parameter_count(model_dir)
+        model_dir = args.model or model_folder(args.model_config, tmp, args.seed)
+        n_params = load_model(str(model_dir), device="cpu").model.num_parameters()
         peak = peak_tflops(args.device, args.peak_tflops)
         print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-              f"model={args.model_config or 'enigma-tiny'} N={n_params:,} dtype={args.dtype} prompts={args.prompts} "
+              f"model={args.model or args.model_config or 'enigma-tiny'} N={n_params:,} dtype={args.dtype} prompts={args.prompts} "
               f"G={args.group_size} max_new_tokens={args.max_new_tokens} steps={args.repeats} (+1 warm-up); "
               f"s/step = median")
         rows.append(("enigma grpo", *enigma_steps(args, model_dir, f"{tmp}/a", sami=False, ot=False)))

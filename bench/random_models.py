@@ -53,20 +53,6 @@ def model_folder(spec: str | None, tmp: str, seed: int = 0) -> Path:
     return out
 
 
-def parameter_count(folder: Path) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        return sum(_prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118 - not a dict
-
-
-def _prod(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
-
-
 def peak_tflops(device: str, given: float | None) -> float | None:
     """--peak-tflops, else a known GPU's dense bf16 peak, else None (no MFU on CPU)."""
     if given is not None:
