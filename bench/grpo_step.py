@@ -39,6 +39,9 @@ from enigma_cli.train.config import TrainConfig
 from enigma_cli.train.objective import sami_matrices
 from enigma_cli.train.run import plan
 
+PHASES = ("generation", "scoring", "update")
+split: dict[tuple, dict[str, list[float]]] = {}  # (sami, ot, matrices) -> phase -> seconds of each timed step
+
 
 def update_tokens(ep, cfg) -> int:
     """Prompt + completion tokens of every sequence the update forwards (the diagonal, plus SAMI's off-diagonal)."""
@@ -73,6 +76,8 @@ def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, m
             times.append(dt)
             tokens.append(row["completion_len_mean"] * args.prompts * args.group_size)
             updated.append(update_tokens(trainer._last_episodes, cfg))
+            for phase in PHASES:
+                split.setdefault((sami, ot, matrices), {}).setdefault(phase, []).append(row[f"seconds_{phase}"])
     return times, tokens, updated
 
 
@@ -179,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         mfu = f"{6 * n_params * upd_rate / (peak * 1e12):.2%}" if peak else "-"
         print(f"{name:>18} {t:>8.3f} {1 / t:>8.3f} {sum(toks) / sum(times):>10.1f} {upd_rate:>10.1f} {mfu:>7} "
               f"{t / base:>19.2f}")
+    print("enigma's step by phase (median seconds): " + "; ".join(
+        f"sami={k[0]} ot={k[1]} matrices={k[2] or 'all'}: " + ", ".join(
+            f"{ph} {statistics.median(v[ph]):.3f}" for ph in PHASES) for k, v in split.items()))
     print("gen tok/s = completion tokens generated / wall time of the whole step (generation + scoring + update); "
           "upd tok/s = tokens through the update's forward+backward / the same wall time; "
           "MFU = 6·N·upd tok/s / peak")
