@@ -43,6 +43,7 @@ def model_folder(spec: str | None, tmp: str, seed: int = 0) -> Path:
         fields = json.loads(path.read_text())
     tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
     base = LlamaConfig.from_pretrained(TINY_DIR).to_dict()
+    base.pop("head_dim", None)  # enigma-tiny's; a shape's own is hidden_size / heads unless it gives one
     base.update(fields)
     base["vocab_size"] = len(tokenizer)
     torch.manual_seed(seed)

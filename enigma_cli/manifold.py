@@ -96,8 +96,8 @@ METRICS = (
 COLUMNS = ("model", "role", "layer", "depth", *METRICS, "log_k", "n_points", "n_tokens", "pca_k")
 # Metrics worth a panel in the plot (Fisher-Rao and KL exist at the final layer only).
 PLOT_METRICS = tuple(m for m in METRICS if m not in ("fisher_rao", "kl", "infonce_mi_col"))
-# At eps = 0.05 spread-out clouds can need thousands of iterations (cheap at N ~ 100 points). tol is in cost
-# units: 1e-5 at eps = 0.05 leaves the plan's marginals off by ~2e-4 relative, far below drifts of interest.
+# At eps = 0.05 spread-out clouds can need thousands of iterations (cheap at N ~ 100 points). tol bounds the L1
+# error of the plan's marginal: 1e-5 misplaces 0.001% of the mass, far below drifts of interest.
 
 
 @dataclass(frozen=True)

@@ -90,8 +90,6 @@ def test_sinkhorn_divergence_matches_pot_with_weights():
     assert ours.item() == pytest.approx(_pot_divergence(x, y, 0.05, a, b), rel=1e-3, abs=1e-6)
 
 
-# Nearly identical clouds are Sinkhorn's slow case (flat dual): the value is accurate before tol is met.
-@pytest.mark.filterwarnings("ignore:Sinkhorn did not converge")
 def test_sinkhorn_divergence_is_zero_only_for_identical_clouds():
     x, y = _clouds(64, 64, 16, seed=2)
     assert abs(sinkhorn_divergence(x, x.clone()).item()) < 1e-5

@@ -363,15 +363,16 @@ def _mean_logprob(model, prompt: list[int], completion: list[int]) -> float:
     return float(token[len(prompt) - 1:].mean())
 
 
-@pytest.mark.parametrize("sami, sami_matrices", [(True, 0), (True, 1), (False, 0)])
-def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami, sami_matrices, model_dir, tmp_path):
+@pytest.mark.parametrize("sami, sami_matrices, grad_accum", [(True, 0, 1), (True, 1, 1), (True, 1, 2), (False, 0, 2)])
+def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami, sami_matrices, grad_accum, model_dir, tmp_path):
     """loss_sami and mi_sym of a step equal the core functions on S[p,s][i,j] = mean log π(y_(p,j,s) | c_i, x_p),
     each entry scored by an independent unpadded forward; --sami-matrices m' keeps matrices s < m' only. Without
     SAMI the critic is still logged (from a no-grad forward of its off-diagonal)."""
     from enigma_cli.core import infonce_bounds, sami_loss
     from enigma_cli.models.loading import load_model
 
-    _, row, ep = _first_update(model_dir, tmp_path / "run", sami=sami, ot=False, sami_matrices=sami_matrices)
+    _, row, ep = _first_update(model_dir, tmp_path / "run", sami=sami, ot=False, sami_matrices=sami_matrices,
+                               grad_accum=grad_accum)
     base = load_model(str(model_dir), device="cpu").model.eval()
     m_used = sami_matrices or ep.m
     S = torch.empty(ep.n_prompts * m_used, ep.k, ep.k, dtype=torch.float64)
@@ -390,6 +391,15 @@ def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami, sami_matrice
     # the row bound is not symmetric in (i, j): it catches a transposed critic, which the symmetric terms cannot
     assert row["mi_row"] == pytest.approx(bounds["mi_row"], abs=5e-6)
     assert abs(bounds["mi_row"] - bounds["mi_col"]) > 4 * 5e-6
+
+
+def test_metrics_of_several_updates_per_generation_are_means_not_sums(model_dir, tmp_path):
+    """With μ updates per generation a logged metric is the mean over the μ updates (μ·value was a bug)."""
+    _, one, _ = _first_update(model_dir, tmp_path / "u1", sami=True, ot=False)
+    _, two, _ = _first_update(model_dir, tmp_path / "u2", sami=True, ot=False, updates_per_generation=2)
+    assert two["grpo_tokens"] == one["grpo_tokens"]  # the same completions in both updates
+    # the first update sees the same weights; the second, one small step later, moves the loss only slightly
+    assert two["loss_sami"] == pytest.approx(one["loss_sami"], rel=0.05)
 
 
 @pytest.mark.parametrize("loss_type, sami", [("grpo", False), ("grpo", True), ("dr_grpo", True), ("dapo", True)])

@@ -110,8 +110,10 @@ def _check_rank0_alone_wrote(out: Path, ranks: list[dict]) -> pd.DataFrame:
     return df
 
 
-def test_two_ranks_end_identical_and_only_rank0_writes(model_dir, tmp_path):
-    out, ranks = torchrun(tmp_path, model_dir)
+@pytest.mark.parametrize("ablation", [[], ["--no-sami"]], ids=["enigma", "no-sami"])
+def test_two_ranks_end_identical_and_only_rank0_writes(ablation, model_dir, tmp_path):
+    """Also without SAMI, whose logged critic runs a no-grad forward in the middle of the DDP micro-step."""
+    out, ranks = torchrun(tmp_path, model_dir, *ablation)
     assert ranks[0]["hashes"] == ranks[1]["hashes"] and list(ranks[0]["hashes"]) == ["2"]
     df = _check_rank0_alone_wrote(out, ranks)
     assert df["skipped"].tolist() == [0, 0]

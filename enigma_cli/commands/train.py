@@ -56,7 +56,9 @@ def train(
     ot: Annotated[bool, typer.Option("--ot/--no-ot", help="Ablation: switch the OT term.")] = True,
     reward: Annotated[str, typer.Option(help="Reward terms with weights, e.g. 'format' or "
                                              "'format=1,coherence=0.5'.")] = _D.reward,
-    coherence_gamma: Annotated[float, typer.Option(help="γ of the coherence target q ∝ p̂^γ.")] = 2.0,
+    coherence_gamma: Annotated[float, typer.Option(
+        help="γ of the coherence target q ∝ p̂^γ. It only scales the coherence reward, so with --scale-rewards "
+             "group it matters only next to other reward terms.")] = 2.0,
     gibbs_beta: Annotated[float, typer.Option(help="β of the Gibbs target q ∝ p̂·exp(R/β).")] = 1.0,
     updates_per_generation: Annotated[int, typer.Option(help="Policy updates per generation (μ).")] = 1,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per update (splits the prompts).")] = 1,

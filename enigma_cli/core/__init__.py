@@ -17,6 +17,7 @@ _EXPORTS = {
     "sufficiency_index": "infonce",
     "bootstrap_si": "infonce",
     # Entropic optimal transport (method.md §5)
+    "SinkhornConvergenceWarning": "sinkhorn",
     "entropic_ot": "sinkhorn",
     "sinkhorn_divergence": "sinkhorn",
     # Geometry (method.md §6)

@@ -95,7 +95,7 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["entropic_ot", "sinkhorn_divergence"]
+__all__ = ["SinkhornConvergenceWarning", "entropic_ot", "sinkhorn_divergence"]
 
 _CHECK_EVERY = 10  # iterations between convergence checks (each costs one host-device sync)
 _OVERRELAX = 1.5  # over-relaxation factor omega of the f, g updates from iteration 2 on (1 = plain Sinkhorn)
@@ -146,9 +146,18 @@ def _softmin(eps: float, cost: Tensor, h: Tensor) -> Tensor:
     return -eps * torch.logsumexp(torch.add(h[None, :], cost, alpha=-1.0 / eps), dim=1)
 
 
+class SinkhornConvergenceWarning(RuntimeWarning):
+    """A Sinkhorn solve reached ``max_iter`` before its marginal error fell below ``tol``."""
+
+
 def _marginal_violation(log_w: Tensor, pot: Tensor, softmin: Tensor, eps: float) -> float:
-    r""":math:`\sum_j w_j |e^{(g_j - \mathrm{softmin}_j)/\varepsilon} - 1|`: the L1 error of one marginal of the plan."""
-    return float((log_w.exp() * torch.expm1((pot - softmin) / eps).abs()).sum())
+    r""":math:`\sum_j w_j |e^{(g_j - \mathrm{softmin}_j)/\varepsilon} - 1|`: the L1 error of one marginal of the plan.
+
+    Points of zero weight carry no mass and are left out (their term would be 0 · inf where the kernel underflows).
+    """
+    w = log_w.exp()
+    terms = w * torch.expm1((pot - softmin) / eps).abs()
+    return float(torch.where(w > 0, terms, torch.zeros_like(terms)).sum())
 
 
 def _sinkhorn_potentials(cost: Tensor, log_a: Tensor, log_b: Tensor | None, eps: float, max_iter: int,
@@ -156,8 +165,9 @@ def _sinkhorn_potentials(cost: Tensor, log_a: Tensor, log_b: Tensor | None, eps:
     """Potentials ``(f, g)`` in cost units whose plan misses a marginal by less than ``tol`` (L1).
 
     ``log_b=None`` marks a symmetric problem (C = C^T, b = a). Called under ``torch.no_grad()``: the loop never
-    enters the autograd graph. The caller recomputes ``f = softmin(g)``, so the returned plan has exact row
-    marginals and the column error that was checked here.
+    enters the autograd graph. Cross problem: the caller recomputes ``f = softmin(g)``, so the returned plan has
+    exact row marginals and exactly the column error checked here. Symmetric problem: the check is the marginal
+    error of the plan of ``(f, f)`` before the averaging step, which converges in a few iterations.
     """
     symmetric = log_b is None
     # Log-kernels -C/eps, computed once; the transpose is made contiguous so both reductions run along rows.
@@ -167,10 +177,11 @@ def _sinkhorn_potentials(cost: Tensor, log_a: Tensor, log_b: Tensor | None, eps:
     check_every = 1 if symmetric else _CHECK_EVERY
     f = torch.zeros_like(log_a)
     g = f if symmetric else torch.zeros_like(log_b)
-    err, prev_err, omega = math.inf, math.inf, 1.0
-    relax = 1.0 if symmetric else _OVERRELAX
+    err, prev_err = math.inf, math.inf
+    relax = 1.0 if symmetric else _OVERRELAX  # omega from iteration 2 on, until the safeguard sets it to 1
     for it in range(1, max_iter + 1):
-        check = it % check_every == 0 or it == max_iter
+        check = it > 1 and (it % check_every == 0 or it == max_iter)  # iteration 1 starts from f = g = 0
+        omega = 1.0 if (it == 1 or check) else relax
         if symmetric:  # the plan of (f, f) misses its marginal a by the gap between f and softmin(f)
             soft = -eps * torch.logsumexp(log_k + (log_a + f / eps)[None, :], dim=1)
             if check:
@@ -179,22 +190,20 @@ def _sinkhorn_potentials(cost: Tensor, log_a: Tensor, log_b: Tensor | None, eps:
         else:
             # A checked iteration makes a plain f step (f = softmin(g), rows exact), so the column error
             # measured next is exactly that of the plan the caller returns if we stop here.
-            f = torch.lerp(f, -eps * torch.logsumexp(log_k + (log_b + g / eps)[None, :], dim=1),
-                           1.0 if check else omega)
+            f = torch.lerp(f, -eps * torch.logsumexp(log_k + (log_b + g / eps)[None, :], dim=1), omega)
             soft = -eps * torch.logsumexp(log_kt + (log_a + f / eps)[None, :], dim=1)
             if check:
                 err = _marginal_violation(log_b, g, soft, eps)
-        if check and it > 1:
+        if check:
             if err < tol or not math.isfinite(err):  # non-finite input: stop, the NaN propagates to the value
                 return f, g
             if err >= prev_err:
                 relax = 1.0  # safeguard: the error grew, so plain Sinkhorn (always convergent) from now on
             prev_err = err
         if not symmetric:  # g <- g + omega (softmin - g); omega = 1 is plain Sinkhorn
-            g = torch.lerp(g, soft, omega)
-        omega = relax
+            g = torch.lerp(g, soft, 1.0 if it == 1 else relax)
     warnings.warn(f"Sinkhorn did not converge in max_iter={max_iter} iterations (last marginal error "
-                  f"{err:.2e} > tol={tol:.1e}); increase max_iter or eps.", RuntimeWarning, stacklevel=4)
+                  f"{err:.2e}, tol={tol:.1e}); increase max_iter or eps.", SinkhornConvergenceWarning, stacklevel=4)
     return f, g
 
 

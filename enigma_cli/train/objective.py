@@ -1,9 +1,11 @@
 """The ENIGMA objective on one micro-batch of prompts: L = L_GRPO + λ_SAMI·L_SAMI + λ_OT·S_ε (method.md §2-5).
 
 One batched forward of the policy serves all three terms: the G "diagonal" sequences (each completion after its
-own principle's prompt) give the GRPO token log-probs and the hidden states for the OT term; the G·(K−1)
-"off-diagonal" sequences (the same completions after the other principles' prompts) complete the SAMI critic
-matrices. Reference log-probs and hidden states come from `reference_pass`, computed once per generation.
+own principle's prompt) give the GRPO token log-probs and the hidden states for the OT term; the m'·K·(K−1)
+"off-diagonal" sequences (m' = ``--sami-matrices`` of the G/K matrices, all by default: G·(K−1) sequences; the
+same completions after the other principles' prompts) complete the SAMI critic matrices. Without SAMI the critic
+is only logged, and its off-diagonal runs in a separate forward without a graph. Reference log-probs and hidden
+states come from `reference_pass`, computed once per generation.
 
 Our choices: OT points are the L2-normalised mean completion-token hidden state per completion, one cloud per
 layer, averaged over layers; S_ε is computed per micro-batch (it is not additive over micro-batches, so gradient
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..core import grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
+from ..core import SinkhornConvergenceWarning, grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
 from ..models.rollout import Batch, mean_pool, pack, token_logprobs
 from .episodes import Episodes
 
@@ -102,8 +104,9 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
         off_logp = out.seq_logp[nd:]
     else:  # the critic is only logged: its off-diagonal needs no graph (a forward, no backward)
         out = forward(model, ep, rows[:nd], cols[:nd], pad_id, hidden, cfg.temperature)
-        with torch.no_grad():
-            off_logp = forward(model, ep, rows[nd:], cols[nd:], pad_id, None, cfg.temperature).seq_logp
+        with torch.no_grad():  # the bare module: a DDP wrapper would sync buffers between forward and backward
+            off_logp = forward(getattr(model, "module", model), ep, rows[nd:], cols[nd:], pad_id, None,
+                               cfg.temperature).seq_logp
     logp, mask = out.logp[:nd], out.mask[:nd]
     adv = ep.advantages[diag].to(logp.device)
     old_logp = old.logp[diag].to(logp.device) if old is not None else None
@@ -149,9 +152,13 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
             x = F.normalize(x if cfg.use_ot else x.detach(), dim=-1)
             y = F.normalize(ref.pooled[layer][diag].to(x.device), dim=-1)
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", RuntimeWarning)
+                warnings.simplefilter("always", SinkhornConvergenceWarning)
                 divs.append(sinkhorn_divergence(x, y, eps=cfg.ot_eps, tol=OT_TOL))
-            unconverged += sum("did not converge" in str(w.message) for w in caught)
+            for w in caught:  # count ours, pass any other warning on
+                if issubclass(w.category, SinkhornConvergenceWarning):
+                    unconverged += 1
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if divs:
             l_ot = torch.stack(divs).mean()
             if cfg.use_ot:

@@ -138,6 +138,7 @@ class Trainer:
         per_micro = cfg.prompts_per_step // cfg.grad_accum
         scale = 1.0 / cfg.grad_accum
         metrics_acc: dict[str, float] = {}
+        micro_steps = cfg.grad_accum * cfg.updates_per_generation
         skipped = False
         grad_norm = float("nan")
         for _ in range(cfg.updates_per_generation):
@@ -149,8 +150,8 @@ class Trainer:
                     loss, metrics = micro_loss(self.wrapped, ep, prompts, cfg, pad_id=self.pad_id, layers=self.layers,
                                                ref=ref, old=old, num_items=num_items, scale=scale)
                     # logged even when non-finite, so a skipped step's row has the same columns as the others
-                    for key, v in metrics.items():
-                        metrics_acc[key] = metrics_acc.get(key, 0.0) + v / cfg.grad_accum
+                    for key, v in metrics.items():  # the mean over every micro-step of every update
+                        metrics_acc[key] = metrics_acc.get(key, 0.0) + v / micro_steps
                     if not dist_utils.all_ranks_true(bool(torch.isfinite(loss))):
                         skipped = True  # on every rank at once: a rank that went on to backward() would hang
                         break
