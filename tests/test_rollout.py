@@ -250,3 +250,17 @@ def test_batch_to_device_roundtrip():
     batch = pack([[1, 2]], [[3]], pad_id=0)
     moved = batch.to("cpu")
     assert isinstance(moved, Batch) and torch.equal(moved.input_ids, batch.input_ids)
+
+
+def test_length_chunks_sort_by_length_and_respect_the_token_budget():
+    from enigma_cli.models.rollout import length_chunks
+
+    lengths = [50, 10, 30, 10, 200, 40, 20]
+    chunks = length_chunks(lengths, 60)
+    flat = [i for c in chunks for i in c]
+    assert sorted(flat) == list(range(len(lengths)))  # every row exactly once
+    assert [lengths[i] for i in flat] == sorted(lengths)  # in length order
+    for c in chunks:  # the padded size fits, except a single row longer than the budget
+        assert len(c) * max(lengths[i] for i in c) <= 60 or len(c) == 1
+    assert chunks == [[1, 3, 6], [2], [5], [0], [4]]
+    assert length_chunks([], 10) == []
