@@ -14,8 +14,8 @@ completions from one rendered prompt; the generated lengths differ (sampling), w
 ``--model-config PRESET|JSON`` replaces enigma-tiny by a randomly initialised Llama of that shape (see
 ``bench/random_models.py``) for GPU throughput; ``upd tok/s`` counts the prompt + completion tokens that go through the
 update's forward and backward, and MFU = 6·N·(upd tok/s) / peak FLOP/s (``--peak-tflops``, or a known GPU's
-dense bf16 peak). ``--sami-matrices M`` adds a full-ENIGMA row whose SAMI term scores M critic matrices per
-prompt instead of all G/K.
+dense bf16 peak). The ``+sami+ot`` row uses `enigma train`'s defaults (SAMI on 1 critic matrix per prompt);
+``--sami-matrices M`` adds a full-ENIGMA row whose SAMI term scores M matrices per prompt (0: all G/K).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_step.py --repeats 3
     .venv/bin/python bench/grpo_step.py --device cuda --dtype bfloat16 --model-config llama-1b --skip-trl
@@ -56,14 +56,15 @@ def update_tokens(ep, cfg) -> int:
     return n
 
 
-def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, matrices: int = 0):
+def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, matrices: int | None = None):
     """(step seconds, generated tokens, update tokens) of each timed step."""
     from enigma_cli.train.trainer import Trainer
 
     cfg = TrainConfig(model=str(model_dir), steps=args.repeats + 1, prompts_per_step=args.prompts,
                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=1.0,
-                      loss_type="grpo", beta=0.0, updates_per_generation=1, sami=sami, ot=ot, sami_matrices=matrices,
-                      ref_metrics=False, device=args.device, dtype=args.dtype, output_dir=out_dir, seed=args.seed)
+                      loss_type="grpo", beta=0.0, updates_per_generation=1, sami=sami, ot=ot,
+                      ref_metrics=False, device=args.device, dtype=args.dtype, output_dir=out_dir, seed=args.seed,
+                      **({} if matrices is None else {"sami_matrices": matrices}))
     pset, examples = plan(cfg)
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
     trainer = Trainer(lm, examples, pset, cfg)
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-config", default=None,
                    help="a preset (smollm2-135m, llama-1b) or a JSON of LlamaConfig fields: random weights")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s for MFU (default: known GPUs)")
-    p.add_argument("--sami-matrices", type=int, default=0,
-                   help="also time full ENIGMA with SAMI on this many critic matrices per prompt (0: skip)")
+    p.add_argument("--sami-matrices", type=int, default=None,
+                   help="also time full ENIGMA with SAMI on this many critic matrices per prompt (0: all G/K)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     rows = []
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_trl:
             rows.append(("trl GRPOTrainer", *trl_steps(args, model_dir, f"{tmp}/t")))
         rows.append(("enigma +sami+ot", *enigma_steps(args, model_dir, f"{tmp}/b", sami=True, ot=True)))
-        if args.sami_matrices:
-            rows.append((f"enigma sami{args.sami_matrices}+ot",
+        if args.sami_matrices is not None:
+            rows.append((f"enigma sami{args.sami_matrices or 'all'}+ot",
                          *enigma_steps(args, model_dir, f"{tmp}/c", sami=True, ot=True, matrices=args.sami_matrices)))
     base = statistics.median(rows[0][1])
     header = (f"{'impl':>18} {'s/step':>8} {'steps/s':>8} {'gen tok/s':>10} {'upd tok/s':>10} {'MFU':>7} "
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:>18} {t:>8.3f} {1 / t:>8.3f} {sum(toks) / sum(times):>10.1f} {upd_rate:>10.1f} {mfu:>7} "
               f"{t / base:>19.2f}")
     print("enigma's step by phase (median seconds): " + "; ".join(
-        f"sami={k[0]} ot={k[1]} matrices={k[2] or 'all'}: " + ", ".join(
+        f"sami={k[0]} ot={k[1]} matrices={'default' if k[2] is None else k[2] or 'all'}: " + ", ".join(
             f"{ph} {statistics.median(v[ph]):.3f}" for ph in PHASES) for k, v in split.items()))
     print("gen tok/s = completion tokens generated / wall time of the whole step (generation + scoring + update); "
           "upd tok/s = tokens through the update's forward+backward / the same wall time; "

@@ -47,7 +47,7 @@ def train(
     beta: Annotated[float, typer.Option(help="KL-to-reference weight (k3 estimator).")] = _D.beta,
     lambda_sami: Annotated[float, typer.Option(help="Weight of the SAMI InfoNCE term.")] = _D.lambda_sami,
     sami_matrices: Annotated[int, typer.Option(help="Critic matrices per prompt that SAMI scores, of G/K "
-                                                    "(0: all; fewer is cheaper, same expectation).")] = 0,
+                                                    "(0: all; fewer is cheaper, same expectation).")] = _D.sami_matrices,
     lambda_ot: Annotated[float, typer.Option(help="Weight of the Sinkhorn OT term.")] = _D.lambda_ot,
     ot_layers: Annotated[str | None, typer.Option(help="Hidden-state layers for OT, e.g. '2,4' (auto: middle "
                                                           "and last).")] = None,

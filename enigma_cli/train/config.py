@@ -34,7 +34,9 @@ class TrainConfig:
     epsilon_high: float | None = None
     beta: float = 0.0
     lambda_sami: float = 0.1
-    sami_matrices: int = 0  # critic matrices per prompt with off-diagonals (0: all G/K)
+    # Critic matrices per prompt that SAMI scores (0: all G/K). One gave the same MI gain as all four in 50 steps
+    # (0.034 vs 0.033 nats) at 1.2-1.35x the GRPO-only step instead of 1.5-1.85x (BENCHMARKS.md).
+    sami_matrices: int = 1
     lambda_ot: float = 1.0
     ot_layers: tuple[int, ...] = ()  # empty: one middle layer and the last (method.md §5)
     ot_eps: float = 0.05
