@@ -264,3 +264,4 @@ def test_length_chunks_sort_by_length_and_respect_the_token_budget():
         assert len(c) * max(lengths[i] for i in c) <= 60 or len(c) == 1
     assert chunks == [[1, 3, 6], [2], [5], [0], [4]]
     assert length_chunks([], 10) == []
+    assert length_chunks([5] * 5, 100, max_rows=2) == [[0, 1], [2, 3], [4]]  # the row cap applies too

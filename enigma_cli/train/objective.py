@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import SinkhornConvergenceWarning, grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
-from ..models.rollout import Batch, length_chunks, mean_pool, pack, token_logprobs
+from ..models.rollout import Batch, chunk_tokens, length_chunks, mean_pool, pack, token_logprobs
 from .episodes import Episodes
 
 #: Sinkhorn tolerance in training (L1 error of the plan's marginal): 1e-4 gives the regulariser's gradient to
@@ -51,24 +51,18 @@ class Forward:
     pooled: dict[int, torch.Tensor]  # layer -> [n, H]
 
 
-#: Padded tokens per forward chunk (rows × longest row). On a CPU, length-sorted chunks of ~2k tokens run the
-#: update ~1.3x faster than one batch (less padding, activations in cache); on a GPU one large chunk is best.
-CHUNK_TOKENS = {"cpu": 2048}
-GPU_CHUNK_TOKENS = 1 << 16
-
-
 def forward(model, ep: Episodes, idx: list[int], prompt_rows: list[int], pad_id: int,
             layers: list[int] | None, temperature: float = 1.0) -> Forward:
     """Log-probs (and pooled hidden states) of completions `idx`, each after prompt `prompt_rows[i]`.
 
     Log-probs are of the sampling distribution, logits / temperature, as in TRL, so that on-policy ratios are 1.
-    The rows run in length-sorted chunks (`CHUNK_TOKENS`); the result is in the order of `idx`, and the graphs of
+    The rows run in length-sorted chunks (`rollout.length_chunks`, `rollout.chunk_tokens`); the result is in the order of `idx`, and the graphs of
     all chunks stay alive for one backward, so the loss and its gradient do not depend on the chunking.
     """
     device = _device(model)
     prompts = [ep.prompt_ids[r] for r in prompt_rows]
     completions = [ep.completion_ids[i] for i in idx]
-    budget = CHUNK_TOKENS.get(device.type, GPU_CHUNK_TOKENS)
+    budget = chunk_tokens(device)
     parts, order = [], []
     for rows in length_chunks([len(p) + len(c) for p, c in zip(prompts, completions)], budget):
         batch: Batch = pack([prompts[i] for i in rows], [completions[i] for i in rows], pad_id)
