@@ -111,7 +111,9 @@ def trl_steps(args, model_dir: Path, out_dir: str):
                       max_completion_length=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
                       loss_type="grpo", beta=0.0, num_iterations=1, epsilon=0.2, scale_rewards="group",
                       max_grad_norm=1.0, seed=args.seed, dataloader_num_workers=0, disable_tqdm=True,
-                      shuffle_dataset=False)
+                      shuffle_dataset=False,
+                      # TRL defaults to bf16=True, which on a CPU means bf16 autocast: keep both sides at --dtype
+                      bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16")
     trainer = GRPOTrainer(model=lm.model, reward_funcs=reward, args=conf, train_dataset=dataset,
                           processing_class=lm.tokenizer)
     marks: list[float] = []
