@@ -47,12 +47,8 @@ def update_tokens(ep, cfg) -> int:
     """Prompt + completion tokens of every sequence the update forwards (the diagonal, plus SAMI's off-diagonal)."""
     n = sum(len(ep.prompt_ids[ep.prompt_of(i)]) + len(c) for i, c in enumerate(ep.completion_ids))
     if cfg.use_sami:
-        for p in range(ep.n_prompts):
-            for s in range(sami_matrices(cfg, ep.m)):
-                for i in range(ep.k):
-                    for j in range(ep.k):
-                        if i != j:
-                            n += len(ep.prompt_ids[p * ep.k + i]) + len(ep.completion_ids[ep.completion_index(p, j, s)])
+        for p, s, i, j in ep.off_diagonal(range(ep.n_prompts), sami_matrices(cfg, ep.m)):
+            n += len(ep.prompt_ids[p * ep.k + i]) + len(ep.completion_ids[ep.completion_index(p, j, s)])
     return n
 
 

@@ -47,6 +47,12 @@ class Episodes:
     def completion_index(self, p: int, j: int, s: int) -> int:
         return (p * self.k + j) * self.m + s
 
+    def off_diagonal(self, prompts: range, matrices: int) -> list[tuple[int, int, int, int]]:
+        """(p, s, i, j) for i != j of critic matrices s < `matrices` of each prompt p: completion (p, j, s) scored
+        after principle i's prompt, i.e. completion row `completion_index(p, j, s)` and prompt row `p·K + i`."""
+        return [(p, s, i, j) for p in prompts for s in range(matrices) for i in range(self.k) for j in range(self.k)
+                if i != j]
+
 
 def draw(examples: list[Example], pset: PrincipleSet, n_prompts: int, k: int, seed: int, step: int, rank: int = 0):
     """The step's prompts and principles: a function of (seed, step, rank) alone, so a resumed run redraws them."""

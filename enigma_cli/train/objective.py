@@ -101,18 +101,11 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
     k, m, g = ep.k, ep.m, ep.group_size
     diag = [i for p in prompts for i in range(p * g, (p + 1) * g)]
     rows, cols = list(diag), [ep.prompt_of(i) for i in diag]
-    off = []  # (p, s, i, j) for i != j: completion (p, j, s) after principle i's prompt
     critic = cfg.use_sami or cfg.ref_metrics  # the MI bound is logged in every ablation, trained only with SAMI
     m_sami = sami_matrices(cfg, m)
-    if critic:
-        for p in prompts:
-            for s in range(m_sami):
-                for i in range(k):
-                    for j in range(k):
-                        if i != j:
-                            off.append((p, s, i, j))
-                            rows.append(ep.completion_index(p, j, s))
-                            cols.append(p * k + i)
+    off = ep.off_diagonal(prompts, m_sami) if critic else []
+    rows += [ep.completion_index(p, j, s) for p, s, i, j in off]
+    cols += [p * k + i for p, s, i, j in off]
     nd = len(diag)
     hidden = layers if (cfg.use_ot or ref is not None) else None
     if cfg.use_sami or not off:  # SAMI trains through the off-diagonal: one forward with the diagonal
