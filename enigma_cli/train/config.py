@@ -9,6 +9,7 @@ from ..errors import InputError
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 IMPORTANCE_LEVELS = ("token", "sequence")
 SCALES = ("group", "batch", "none")
+SAMPLERS = ("auto", "lean", "hf")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class TrainConfig:
     principles_per_prompt: int = 2
     max_new_tokens: int = 96
     temperature: float = 1.0
+    sampler: str = "auto"  # rollout.generate's engine: lean (Llama models), hf (model.generate), auto
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -83,6 +85,7 @@ class TrainConfig:
              f"--importance-level must be token or sequence, not {self.importance_level!r}.")
         need(self.scale_rewards in SCALES, f"--scale-rewards must be one of {', '.join(SCALES)}, "
                                            f"not {self.scale_rewards!r}.")
+        need(self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}.")
         need(self.lr > 0, f"--lr must be positive, not {self.lr}.")
         need(self.temperature > 0, f"--temperature must be positive for GRPO sampling, not {self.temperature}.")
         need(self.ot_eps > 0, f"--ot-eps must be positive, not {self.ot_eps}.")

@@ -68,7 +68,8 @@ def collect(model, tokenizer, examples: list[Example], pset: PrincipleSet, cfg, 
     picks, principles = draw(examples, pset, cfg.prompts_per_step, k, cfg.seed, step, rank)
     prompt_texts = [render_prompt(tokenizer, c.text, ex.question) for ex, cs in zip(picks, principles) for c in cs]
     gen = generate(model, tokenizer, prompt_texts, num_samples=m, max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.temperature, seed=(cfg.seed * 1_000_003 + step * 7_919 + rank) % 2**31)
+                   temperature=cfg.temperature, engine=cfg.sampler,
+                   seed=(cfg.seed * 1_000_003 + step * 7_919 + rank) % 2**31)
     labels = [ex.answer for ex in picks for _ in range(k * m)]
     rewards = compute_rewards(gen.texts, labels, k * m, cfg.reward, format_weights=cfg.format_weights,
                               gamma=cfg.coherence_gamma, gibbs_beta=cfg.gibbs_beta, numeric=cfg.numeric_answers)

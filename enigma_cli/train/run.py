@@ -51,11 +51,15 @@ def _check_output(cfg: TrainConfig, resume: str | None) -> None:
 def run(cfg: TrainConfig, pset, examples, *, resume: str | None = None, stream: str | None = None,
         progress: bool = False) -> Path:
     from .. import config as cfgmod
+    from ..models import decode
     from ..models.loading import load_model
     from .trainer import Trainer
 
     out = Path(cfg.output_dir)  # plan() has checked it (and the model spec) before anything was loaded
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
+    if cfg.sampler == "lean" and not decode.supports(lm.model):
+        raise InputError(f"--sampler lean runs Llama-architecture models only, and {cfg.model} is "
+                         f"{type(lm.model).__name__}; use --sampler auto or hf.")
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)

@@ -1,0 +1,335 @@
+"""A lean sampling loop for Llama-architecture models: preallocated KV cache, prompts cached once per group.
+
+`transformers`' ``generate`` is general: each decoding step builds a 4-D attention mask, grows a dynamic cache
+by ``torch.cat`` (a copy of the whole cache per step), runs a chain of logits processors and stopping
+criteria, and keeps computing rows that have already ended. GRPO spends most of its step sampling ``G``
+completions of each prompt, so `sample` runs the same model with none of that:
+
+- **the prompt is run and cached once per distinct prompt**, not once per sample: the ``G`` samples of a
+  group attend to one shared prompt cache, with one ``[G·H/H_kv, D] × [D, T_prompt]`` matmul per key/value
+  head instead of ``G`` matrix-vector products over ``G`` copies (on a CPU attention is bound by reading the
+  cache, and the prompt is most of it);
+- each sample's own tokens go into a preallocated ``[B, H_kv, max_new_tokens, D]`` buffer per layer, written in
+  place; the scores over prompt and completion are normalised together in float32 (one softmax, as eager
+  attention does);
+- rows that have ended leave the batch once they are a quarter of it, so later steps cost less;
+- the model's own modules (embeddings, norms, rotary embedding, projections, MLP, head) do the arithmetic,
+  with q/k/v and gate/up fused into one matmul each when they are plain ``Linear`` layers; adapter layers
+  injected by ``peft`` are called as they are, so LoRA is honoured;
+- positions follow ``generate``'s for left-padded prompts: a row's first real token is at position 0.
+
+The sampled distribution is the model's: ``softmax(logits / temperature)`` restricted to the smallest top-p
+nucleus (the most likely token is always kept), the warpers `rollout.generate` asks ``generate`` for;
+``temperature == 0`` is greedy. The random stream differs from ``generate``'s, so a seed gives other, equally
+distributed, samples. `supports` says which models this path serves; the rest use ``generate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+#: Rotary embeddings whose frequencies do not depend on the sequence length (dynamic / longrope ones do).
+_STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+#: Ended rows leave the batch once they are at least this share of it (each time a gather of the caches).
+COMPACT_SHARE = 0.25
+
+
+def _unwrap(model):
+    model = getattr(model, "module", model)  # DDP / FSDP
+    if hasattr(model, "get_base_model"):  # peft: the base model, its Linear layers carrying the adapters
+        model = model.get_base_model()
+    return model
+
+
+def supports(model) -> bool:
+    """Whether `sample` can run `model`: a Llama-architecture causal LM with a static rotary embedding."""
+    from transformers import LlamaForCausalLM
+
+    model = _unwrap(model)
+    if not isinstance(model, LlamaForCausalLM) or getattr(model, "hf_quantizer", None) is not None:
+        return False
+    if int(getattr(model.config, "pretraining_tp", 1) or 1) != 1:
+        return False
+    return getattr(model.model.rotary_emb, "rope_type", None) in _STATIC_ROPE
+
+
+def _plain(*modules) -> bool:
+    return all(type(m) is torch.nn.Linear for m in modules)
+
+
+def _fused(*modules: torch.nn.Linear) -> torch.nn.Linear | None:
+    """One Linear computing the outputs of several plain Linears side by side; None if any is not plain."""
+    if not _plain(*modules) or len({m.bias is None for m in modules}) != 1:
+        return None
+    first = modules[0]
+    fused = torch.nn.Linear(first.in_features, sum(m.out_features for m in modules), bias=first.bias is not None,
+                            device=first.weight.device, dtype=first.weight.dtype)
+    fused.weight.data = torch.cat([m.weight.detach() for m in modules])
+    if first.bias is not None:
+        fused.bias.data = torch.cat([m.bias.detach() for m in modules])
+    return fused
+
+
+class _Layer:
+    """One decoder layer's projections, with q/k/v and gate/up fused into single matmuls when they are plain
+    Linear layers (weights copied at construction, i.e. once per `sample` call); adapter-wrapped layers
+    (``peft``) are called as they are."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        attn = layer.self_attn
+        self.attn = attn
+        self.qkv = _fused(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.split = (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features)
+        mlp = layer.mlp
+        self.act = mlp.act_fn
+        self.gate_up = _fused(mlp.gate_proj, mlp.up_proj)
+
+    def project(self, h: torch.Tensor):
+        if self.qkv is None:
+            return self.attn.q_proj(h), self.attn.k_proj(h), self.attn.v_proj(h)
+        return self.qkv(h).split(self.split, dim=-1)
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is None:
+            return self.layer.mlp(h)
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return self.layer.mlp.down_proj(self.act(gate) * up)
+
+
+def _norm(module, x: torch.Tensor) -> torch.Tensor:
+    """``LlamaRMSNorm`` in one fused kernel: ``weight * (x / rms(x))``, normalised in float32, cast back first."""
+    eps = getattr(module, "variance_epsilon", None)
+    if eps is None:
+        return module(x)
+    return module.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _norm(module, x: torch.Tensor) -> torch.Tensor:
+    """``LlamaRMSNorm`` in one fused kernel: ``weight * (x / rms(x))``, normalised in float32, cast back first."""
+    eps = getattr(module, "variance_epsilon", None)
+    if eps is None:
+        return module(x)
+    return module.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _forward(lm, layers: list[_Layer], ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+             attend: Attend) -> torch.Tensor:
+    """Logits ``[B, V]`` of the last position of ``ids`` ``[B, q]``.
+
+    ``cos``/``sin`` ``[B, q, D]`` are the rotary tables at these positions. ``attend(layer, q, k, v)`` gets the
+    rotated queries ``[B, H, q, D]`` and this chunk's keys/values ``[B, H_kv, q, D]``, stores them and returns
+    the attention output ``[B, H, q, D]``.
+    """
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    batch, width = ids.shape
+    x = lm.model.embed_tokens(ids)
+    for index, proj in enumerate(layers):
+        layer, head_dim = proj.layer, proj.attn.head_dim
+        q, k, v = proj.project(_norm(layer.input_layernorm, x))
+        q = q.view(batch, width, -1, head_dim).transpose(1, 2)
+        k = k.view(batch, width, -1, head_dim).transpose(1, 2)
+        v = v.view(batch, width, -1, head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        o = attend(index, q, k, v)
+        x = x + proj.attn.o_proj(o.transpose(1, 2).reshape(batch, width, -1))
+        x = x + proj.mlp(_norm(layer.post_attention_layernorm, x))
+    return lm.lm_head(_norm(lm.model.norm, x[:, -1]))
+
+
+class _Prompts:
+    """The distinct prompts, left-padded to one width, run once: their key/value caches per layer."""
+
+    def __init__(self, lm, layers: list[_Layer], prompts: list[list[int]], pad_id: int, device):
+        self.lengths = torch.tensor([len(p) for p in prompts], device=device)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), int(pad_id), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        columns = torch.arange(width, device=device)
+        pads = width - self.lengths
+        self.valid = columns.unsqueeze(0) >= pads.unsqueeze(1)  # [P, W]: real tokens, not left padding
+        positions = (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp(min=0)
+        cos, sin = _rotary(lm, positions)
+        # Causal and key-padding mask; a padded query row sees itself, so no row of scores is all -inf (NaN).
+        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+        eye = torch.eye(width, dtype=torch.bool, device=device)
+        mask = (causal & self.valid[:, None, None, :]) | eye
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+        def attend(index, q, k, v):
+            self.keys.append(k)
+            self.values.append(v)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layers[index].attn.scaling,
+                                                  enable_gqa=q.shape[1] != k.shape[1])
+
+        self.logits = _forward(lm, layers, ids.to(device), cos, sin, attend)
+
+
+def _rotary(lm, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's rotary ``cos``/``sin`` at integer ``positions`` ``[B, T]``: ``[B, T, D]`` each."""
+    reach = int(positions.max()) + 1
+    probe = lm.model.embed_tokens.weight[:1]
+    cos, sin = lm.model.rotary_emb(probe, torch.arange(reach, device=positions.device).unsqueeze(0))
+    return cos[0][positions], sin[0][positions]
+
+
+class _Rows:
+    """The rows still in the batch: their original index, prompt, slot in the prompt's group, and caches.
+
+    Queries of the rows of prompt ``p`` are laid out as ``[P, H_kv, slots, H / H_kv, D]`` (slot = rank of the row
+    among its prompt's live rows), so that each prompt's cache is read once for all of its rows.
+    """
+
+    def __init__(self, group: torch.Tensor, layers: int, heads_kv: int, steps: int, head_dim: int,
+                 like: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        self.index = torch.arange(len(group), device=group.device)
+        self.group = group
+        self.cos, self.sin = cos, sin  # [B, steps, D]: rotary tables at each row's completion positions
+        shape = (len(group), heads_kv, steps, head_dim)
+        self.keys = [like.new_empty(shape) for _ in range(layers)]
+        self.values = [like.new_empty(shape) for _ in range(layers)]
+        self._slots()
+
+    def _slots(self) -> None:
+        order = torch.argsort(self.group, stable=True)
+        counts = torch.bincount(self.group)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=order.device)
+        self.slot = rank - starts[self.group]
+        self.slots = int(counts.max())
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (positions in the current batch), in that order."""
+        self.index, self.group = self.index[rows], self.group[rows]
+        self.cos, self.sin = self.cos[rows], self.sin[rows]
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self._slots()
+
+
+def _attend_step(prompts: _Prompts, rows: _Rows, step: int, scale: float, index: int, q: torch.Tensor,
+                 k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One query per row ``q`` ``[R, H, 1, D]`` over its prompt's cache and its own first ``step + 1`` tokens.
+
+    Query head ``h`` reads key/value head ``h // (H / H_kv)`` (``repeat_kv``'s grouping). The scores over the
+    prompt (computed per prompt, for all of its rows at once) and over the row's own tokens are normalised
+    together in float32.
+    """
+    keys, values = rows.keys[index], rows.values[index]
+    keys[:, :, step : step + 1] = k
+    values[:, :, step : step + 1] = v
+    n_rows, heads, _, dim = q.shape
+    kv_heads = keys.shape[1]
+    grouped = q.reshape(n_rows, kv_heads, -1, dim)  # [R, H_kv, H/H_kv, D]
+    per_prompt = grouped.new_zeros(prompts.logits.shape[0], kv_heads, rows.slots, grouped.shape[2], dim)
+    per_prompt[rows.group, :, rows.slot] = grouped
+    p_keys, p_values = prompts.keys[index], prompts.values[index]  # [P, H_kv, W, D]
+    flat = per_prompt.flatten(2, 3)  # [P, H_kv, slots·H/H_kv, D]
+    prompt_scores = torch.matmul(flat, p_keys.transpose(-1, -2)).view(*per_prompt.shape[:4], -1)
+    prompt_scores = prompt_scores[rows.group, :, rows.slot]  # [R, H_kv, H/H_kv, W]
+    own_scores = torch.matmul(grouped, keys[:, :, : step + 1].transpose(-1, -2))  # [R, H_kv, H/H_kv, step+1]
+    valid = prompts.valid[rows.group][:, None, None, :]
+    prompt_scores = prompt_scores.float().masked_fill(~valid, float("-inf"))
+    weights = (torch.cat([prompt_scores, own_scores.float()], dim=-1) * scale).softmax(-1).to(values.dtype)
+    width = p_keys.shape[2]
+    per_prompt_w = weights.new_zeros(*per_prompt.shape[:4], width)
+    per_prompt_w[rows.group, :, rows.slot] = weights[..., :width]
+    from_prompt = torch.matmul(per_prompt_w.flatten(2, 3), p_values).view(per_prompt.shape)
+    out = from_prompt[rows.group, :, rows.slot] + torch.matmul(weights[..., width:], values[:, :, : step + 1])
+    return out.reshape(n_rows, heads, 1, dim)
+
+
+def _probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The sampling distribution ``[B, V]`` (float32) of ``[B, V]`` logits at ``temperature > 0``.
+
+    ``softmax(logits / temperature)``, restricted to the top-p nucleus: a token stays if the tokens strictly
+    likelier than it hold less than ``top_p`` of the mass (so the most likely token always stays), then
+    renormalised. This is what ``transformers``' temperature and top-p warpers give (ties aside).
+    """
+    probs = (logits.float() / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the strictly likelier tokens
+        kept = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(before >= top_p, 0.0))
+        probs = kept / kept.sum(-1, keepdim=True)
+    return probs
+
+
+def _draw(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs`` ``[B, V]`` by inverting the row's CDF at one uniform draw.
+
+    ``B`` random numbers per step, not ``B × V`` as ``torch.multinomial``'s exponential race draws; the CDF is
+    accumulated in float64; a token of probability 0 is drawn only if a uniform in [0, 1) rounds up to 1
+    (odds of about 2^-53).
+    """
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row of ``[B, V]`` logits: greedy at temperature 0, else a draw from `_probs`."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return _draw(_probs(logits, temperature, top_p))
+
+
+@torch.inference_mode()
+def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: list[int], pad_id: int,
+           temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+    """Continue each prompt (token ids, any lengths; repeats share one prompt cache) by up to
+    ``max_new_tokens`` tokens.
+
+    Returns ``[B, n]`` long on the CPU, ``n <= max_new_tokens``: row ``b`` holds its new tokens; after the
+    first of ``eos_ids`` a row holds ``pad_id``. Sampling stops once every row has ended. Uses the global RNG
+    (the caller seeds and forks it). The model must satisfy `supports`; its mode is not changed, so call it in
+    eval mode.
+    """
+    lm = _unwrap(model)
+    device = lm.lm_head.weight.device
+    steps = int(max_new_tokens)
+    layers = [_Layer(layer) for layer in lm.model.layers]
+    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+    where = {p: i for i, p in enumerate(distinct)}
+    group = torch.tensor([where[tuple(p)] for p in prompts], device=device)
+    shared = _Prompts(lm, layers, [list(p) for p in distinct], pad_id, device)
+
+    completion_positions = shared.lengths[group].unsqueeze(1) + torch.arange(steps, device=device)
+    cos, sin = _rotary(lm, completion_positions)
+    heads_kv = shared.keys[0].shape[1]
+    rows = _Rows(group, len(layers), heads_kv, steps, layers[0].attn.head_dim, shared.keys[0], cos, sin)
+    logits = shared.logits[group]
+
+    eos = torch.tensor(eos_ids or [-1], device=device)
+    out = torch.full((len(prompts), steps), int(pad_id), dtype=torch.long, device=device)
+    ended = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    done = 0
+    for step in range(steps):
+        token = _pick(logits, temperature, top_p).masked_fill(ended, int(pad_id))
+        out[rows.index, step] = token
+        done = step + 1
+        ended |= torch.isin(token, eos)
+        live = len(ended) - int(ended.sum())
+        if live == 0 or done == steps:
+            break
+        if live <= (1 - COMPACT_SHARE) * len(ended):  # until then, ended rows ride along on pads
+            keep = (~ended).nonzero().squeeze(1)
+            rows.keep(keep)
+            token, ended = token[keep], ended[keep]
+
+        def attend(index, q, k, v, step=step):
+            return _attend_step(shared, rows, step, layers[index].attn.scaling, index, q, k, v)
+
+        logits = _forward(lm, layers, token.unsqueeze(1), rows.cos[:, step : step + 1],
+                          rows.sin[:, step : step + 1], attend)
+    return out[:, :done].cpu()
