@@ -208,3 +208,26 @@ def test_engines_sample_the_same_distribution(tiny_lm):
         truth = (model(input_ids=ids).logits[0, -1] / 0.1).softmax(-1).double()
     for engine, f in freq.items():
         assert 0.5 * (f - truth).abs().sum() < 0.16, engine
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_score_equals_the_padded_forward(name):
+    """`decode.score` (each prompt run once) against `token_logprobs` on the right-padded batch: log-probs of
+    every completion token at temperature 0.7 and mean hidden states, empty completion included."""
+    from enigma_cli.models.rollout import mean_pool, pack, token_logprobs
+
+    model = _configured(name)
+    completions = [[40, 41, 42], [50], [60, 61, 62, 63, 64, 65], [], [70, 71], [80, 81]]
+    layers = [0, 1, -1]
+    with torch.no_grad():
+        logp, pooled = decode.score(model, PROMPTS, completions, hidden_layers=layers, temperature=0.7)
+        batch = pack(PROMPTS, completions, pad_id=0)
+        ref, hidden = token_logprobs(model, batch, hidden_layers=layers, temperature=0.7)
+    assert logp.shape == (len(PROMPTS), max(map(len, completions)))
+    for i, c in enumerate(completions):
+        torch.testing.assert_close(logp[i, : len(c)], ref[i][batch.completion_mask[i].bool()], atol=1e-5,
+                                   rtol=1e-5)
+        assert (logp[i, len(c) :] == 0).all()
+        for layer in layers:
+            expected = mean_pool(hidden[layer][i : i + 1], batch.completion_mask[i : i + 1])[0]
+            torch.testing.assert_close(pooled[layer][i], expected, atol=1e-5, rtol=1e-5)

@@ -119,18 +119,21 @@ def _norm(module, x: torch.Tensor) -> torch.Tensor:
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _forward(lm, layers: list[_Layer], ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-             attend: Attend) -> torch.Tensor:
-    """Logits ``[B, V]`` of the last position of ``ids`` ``[B, q]``.
+def _forward(lm, layers: list[_Layer], ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend,
+             capture: dict[int, torch.Tensor | None] | None = None) -> torch.Tensor:
+    """The last decoder layer's output ``[B, q, H]`` (before the final norm) for ``ids`` ``[B, q]``.
 
     ``cos``/``sin`` ``[B, q, D]`` are the rotary tables at these positions. ``attend(layer, q, k, v)`` gets the
-    rotated queries ``[B, H, q, D]`` and this chunk's keys/values ``[B, H_kv, q, D]``, stores them and returns
-    the attention output ``[B, H, q, D]``.
+    rotated queries ``[B, H, q, D]`` and this chunk's keys/values ``[B, H_kv, q, D]``, stores what it needs and
+    returns the attention output ``[B, H, q, D]``. ``capture`` keys are hidden-state indices (0: the embeddings,
+    ``i``: the output of layer ``i``); their values are filled in.
     """
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     batch, width = ids.shape
     x = lm.model.embed_tokens(ids)
+    if capture is not None and 0 in capture:
+        capture[0] = x
     for index, proj in enumerate(layers):
         layer, head_dim = proj.layer, proj.attn.head_dim
         q, k, v = proj.project(_norm(layer.input_layernorm, x))
@@ -141,11 +144,20 @@ def _forward(lm, layers: list[_Layer], ids: torch.Tensor, cos: torch.Tensor, sin
         o = attend(index, q, k, v)
         x = x + proj.attn.o_proj(o.transpose(1, 2).reshape(batch, width, -1))
         x = x + proj.mlp(_norm(layer.post_attention_layernorm, x))
-    return lm.lm_head(_norm(lm.model.norm, x[:, -1]))
+        if capture is not None and index + 1 in capture:
+            capture[index + 1] = x
+    return x
+
+
+def _head(lm, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the final-layer states ``x`` (final norm, then the LM head)."""
+    return lm.lm_head(_norm(lm.model.norm, x))
 
 
 class _Prompts:
-    """The distinct prompts, left-padded to one width, run once: their key/value caches per layer."""
+    """The distinct prompts, left-padded to one width, run once: their key/value caches per layer
+    (``keys[layer]`` ``[P, H_kv, D, W]``, transposed; ``values[layer]`` ``[P, H_kv, W, D]``), the mask of real
+    tokens ``valid`` ``[P, W]``, and the logits of each prompt's last position."""
 
     def __init__(self, lm, layers: list[_Layer], prompts: list[list[int]], pad_id: int, device):
         self.lengths = torch.tensor([len(p) for p in prompts], device=device)
@@ -166,12 +178,16 @@ class _Prompts:
         self.values: list[torch.Tensor] = []
 
         def attend(index, q, k, v):
-            self.keys.append(k)
-            self.values.append(v)
+            # Stored in the layouts the later matmuls read, so that they never copy: keys transposed.
+            self.keys.append(k.transpose(-1, -2).contiguous())  # [P, H_kv, D, W]
+            self.values.append(v.contiguous())  # [P, H_kv, W, D]
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layers[index].attn.scaling,
                                                   enable_gqa=q.shape[1] != k.shape[1])
 
-        self.logits = _forward(lm, layers, ids.to(device), cos, sin, attend)
+        self.logits = _head(lm, _forward(lm, layers, ids.to(device), cos, sin, attend)[:, -1])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
 
 
 def _rotary(lm, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,71 +198,90 @@ def _rotary(lm, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return cos[0][positions], sin[0][positions]
 
 
-class _Rows:
-    """The rows still in the batch: their original index, prompt, slot in the prompt's group, and caches.
+def _distinct(prompts: list[list[int]], device) -> tuple[list[list[int]], torch.Tensor]:
+    """The distinct prompts (first-seen order) and, for each row, the index of its prompt among them."""
+    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+    where = {p: i for i, p in enumerate(distinct)}
+    return [list(p) for p in distinct], torch.tensor([where[tuple(p)] for p in prompts], device=device)
 
-    Queries of the rows of prompt ``p`` are laid out as ``[P, H_kv, slots, H / H_kv, D]`` (slot = rank of the row
-    among its prompt's live rows), so that each prompt's cache is read once for all of its rows.
+
+class _Groups:
+    """Which prompt each row continues, and its slot (rank among that prompt's rows).
+
+    Queries of the rows of prompt ``p`` are laid out as ``[P, H_kv, slots, ·, D]``, so that each prompt's cache
+    is read by one matmul for all of its rows.
     """
+
+    def __init__(self, group: torch.Tensor):
+        self.group = group
+        order = torch.argsort(group, stable=True)
+        counts = torch.bincount(group)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=order.device)
+        self.slot = rank - starts[group]
+        self.slots = int(counts.max())
+
+    def spread(self, rows: torch.Tensor, n_prompts: int) -> torch.Tensor:
+        """``[R, H_kv, ...]`` → ``[P, H_kv, slots, ...]`` (zeros in unused slots)."""
+        out = rows.new_zeros(n_prompts, rows.shape[1], self.slots, *rows.shape[2:])
+        out[self.group, :, self.slot] = rows
+        return out
+
+    def gather(self, per_prompt: torch.Tensor) -> torch.Tensor:
+        """``[P, H_kv, slots, ...]`` → ``[R, H_kv, ...]``."""
+        return per_prompt[self.group, :, self.slot]
+
+
+def _attend_shared(prompts: _Prompts, groups: _Groups, index: int, q: torch.Tensor, own_k: torch.Tensor,
+                   own_v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
+    """Attention of ``q`` ``[R, H, T_q, D]`` over its prompt's cache and the row's own ``own_k``/``own_v``
+    ``[R, H_kv, T, D]`` (the queries are the last ``T_q`` of those ``T`` positions).
+
+    Query head ``h`` reads key/value head ``h // (H / H_kv)`` (``repeat_kv``'s grouping). Scores over the prompt
+    (one matmul per prompt and key/value head, for all of its rows) and over the row's own tokens (causal if
+    ``causal``) are normalised together, in float32 as eager attention does.
+    """
+    n_rows, heads, n_q, dim = q.shape
+    kv_heads, n_own = own_k.shape[1], own_k.shape[2]
+    grouped = q.reshape(n_rows, kv_heads, -1, dim)  # [R, H_kv, (H/H_kv)·T_q, D]
+    per_prompt = groups.spread(grouped, len(prompts))
+    p_keys, p_values = prompts.keys[index], prompts.values[index]  # [P, H_kv, D, W], [P, H_kv, W, D]
+    width = p_values.shape[2]
+    prompt_scores = torch.matmul(per_prompt.flatten(2, 3), p_keys).view(*per_prompt.shape[:4], width)
+    prompt_scores = groups.gather(prompt_scores).float()  # [R, H_kv, (H/H_kv)·T_q, W]
+    prompt_scores = prompt_scores.masked_fill(~prompts.valid[groups.group][:, None, None, :], float("-inf"))
+    own_scores = torch.matmul(grouped, own_k.transpose(-1, -2)).float()  # [R, H_kv, (H/H_kv)·T_q, T]
+    if causal:
+        seen = torch.ones(n_q, n_own, dtype=torch.bool, device=q.device).tril(n_own - n_q)
+        own_scores = own_scores.view(n_rows, kv_heads, -1, n_q, n_own).masked_fill(~seen, float("-inf"))
+        own_scores = own_scores.view(n_rows, kv_heads, -1, n_own)
+    weights = (torch.cat([prompt_scores, own_scores], dim=-1) * scale).softmax(-1).to(own_v.dtype)
+    per_prompt_w = groups.spread(weights[..., :width].contiguous(), len(prompts)).flatten(2, 3)
+    from_prompt = groups.gather(torch.matmul(per_prompt_w, p_values).view(per_prompt.shape))
+    out = from_prompt + torch.matmul(weights[..., width:], own_v)
+    return out.reshape(n_rows, heads, n_q, dim)
+
+
+class _Rows(_Groups):
+    """The rows still being sampled: their original index, prompt and slot, rotary tables and own caches."""
 
     def __init__(self, group: torch.Tensor, layers: int, heads_kv: int, steps: int, head_dim: int,
                  like: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        super().__init__(group)
         self.index = torch.arange(len(group), device=group.device)
-        self.group = group
         self.cos, self.sin = cos, sin  # [B, steps, D]: rotary tables at each row's completion positions
         shape = (len(group), heads_kv, steps, head_dim)
         self.keys = [like.new_empty(shape) for _ in range(layers)]
         self.values = [like.new_empty(shape) for _ in range(layers)]
-        self._slots()
-
-    def _slots(self) -> None:
-        order = torch.argsort(self.group, stable=True)
-        counts = torch.bincount(self.group)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order), device=order.device)
-        self.slot = rank - starts[self.group]
-        self.slots = int(counts.max())
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (positions in the current batch), in that order."""
-        self.index, self.group = self.index[rows], self.group[rows]
+        super().__init__(self.group[rows])
+        self.index = self.index[rows]
         self.cos, self.sin = self.cos[rows], self.sin[rows]
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
-        self._slots()
-
-
-def _attend_step(prompts: _Prompts, rows: _Rows, step: int, scale: float, index: int, q: torch.Tensor,
-                 k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One query per row ``q`` ``[R, H, 1, D]`` over its prompt's cache and its own first ``step + 1`` tokens.
-
-    Query head ``h`` reads key/value head ``h // (H / H_kv)`` (``repeat_kv``'s grouping). The scores over the
-    prompt (computed per prompt, for all of its rows at once) and over the row's own tokens are normalised
-    together in float32.
-    """
-    keys, values = rows.keys[index], rows.values[index]
-    keys[:, :, step : step + 1] = k
-    values[:, :, step : step + 1] = v
-    n_rows, heads, _, dim = q.shape
-    kv_heads = keys.shape[1]
-    grouped = q.reshape(n_rows, kv_heads, -1, dim)  # [R, H_kv, H/H_kv, D]
-    per_prompt = grouped.new_zeros(prompts.logits.shape[0], kv_heads, rows.slots, grouped.shape[2], dim)
-    per_prompt[rows.group, :, rows.slot] = grouped
-    p_keys, p_values = prompts.keys[index], prompts.values[index]  # [P, H_kv, W, D]
-    flat = per_prompt.flatten(2, 3)  # [P, H_kv, slots·H/H_kv, D]
-    prompt_scores = torch.matmul(flat, p_keys.transpose(-1, -2)).view(*per_prompt.shape[:4], -1)
-    prompt_scores = prompt_scores[rows.group, :, rows.slot]  # [R, H_kv, H/H_kv, W]
-    own_scores = torch.matmul(grouped, keys[:, :, : step + 1].transpose(-1, -2))  # [R, H_kv, H/H_kv, step+1]
-    valid = prompts.valid[rows.group][:, None, None, :]
-    prompt_scores = prompt_scores.float().masked_fill(~valid, float("-inf"))
-    weights = (torch.cat([prompt_scores, own_scores.float()], dim=-1) * scale).softmax(-1).to(values.dtype)
-    width = p_keys.shape[2]
-    per_prompt_w = weights.new_zeros(*per_prompt.shape[:4], width)
-    per_prompt_w[rows.group, :, rows.slot] = weights[..., :width]
-    from_prompt = torch.matmul(per_prompt_w.flatten(2, 3), p_values).view(per_prompt.shape)
-    out = from_prompt[rows.group, :, rows.slot] + torch.matmul(weights[..., width:], values[:, :, : step + 1])
-    return out.reshape(n_rows, heads, 1, dim)
 
 
 def _probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -299,15 +334,13 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: lis
     device = lm.lm_head.weight.device
     steps = int(max_new_tokens)
     layers = [_Layer(layer) for layer in lm.model.layers]
-    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
-    where = {p: i for i, p in enumerate(distinct)}
-    group = torch.tensor([where[tuple(p)] for p in prompts], device=device)
-    shared = _Prompts(lm, layers, [list(p) for p in distinct], pad_id, device)
+    distinct, group = _distinct(prompts, device)
+    shared = _Prompts(lm, layers, distinct, pad_id, device)
 
     completion_positions = shared.lengths[group].unsqueeze(1) + torch.arange(steps, device=device)
     cos, sin = _rotary(lm, completion_positions)
-    heads_kv = shared.keys[0].shape[1]
-    rows = _Rows(group, len(layers), heads_kv, steps, layers[0].attn.head_dim, shared.keys[0], cos, sin)
+    heads_kv = shared.values[0].shape[1]
+    rows = _Rows(group, len(layers), heads_kv, steps, layers[0].attn.head_dim, shared.values[0], cos, sin)
     logits = shared.logits[group]
 
     eos = torch.tensor(eos_ids or [-1], device=device)
@@ -328,8 +361,61 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: lis
             token, ended = token[keep], ended[keep]
 
         def attend(index, q, k, v, step=step):
-            return _attend_step(shared, rows, step, layers[index].attn.scaling, index, q, k, v)
+            keys, values = rows.keys[index], rows.values[index]
+            keys[:, :, step : step + 1] = k
+            values[:, :, step : step + 1] = v
+            return _attend_shared(shared, rows, index, q, keys[:, :, : step + 1], values[:, :, : step + 1],
+                                  layers[index].attn.scaling, causal=False)
 
-        logits = _forward(lm, layers, token.unsqueeze(1), rows.cos[:, step : step + 1],
-                          rows.sin[:, step : step + 1], attend)
+        x = _forward(lm, layers, token.unsqueeze(1), rows.cos[:, step : step + 1], rows.sin[:, step : step + 1],
+                     attend)
+        logits = _head(lm, x[:, -1])
     return out[:, :done].cpu()
+
+
+def score(model, prompts: list[list[int]], completions: list[list[int]], *, hidden_layers: list[int] = (),
+          temperature: float = 1.0) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Per-token log-probs of each completion after its prompt, and mean hidden states over its tokens.
+
+    Each distinct prompt is run once (repeats share its cache) and the completions are run together against
+    those caches, so the prompt tokens cost once per prompt, not once per row. Returns ``(logp, pooled)``:
+    ``logp`` ``[n, L]`` float32, ``logp[i, j] = log softmax(logits / temperature)[completions[i][j]]`` for
+    ``j < len(completions[i])`` and 0 beyond (``L`` the longest completion); ``pooled[layer]`` ``[n, H]`` float32
+    is the mean over the completion's positions of hidden state ``layer`` (0 the embeddings, ``i`` the output of
+    layer ``i``, the last one after the final norm, as ``output_hidden_states`` numbers them; negative counts from
+    the last; 0 for an empty completion). Runs under the caller's grad mode, with the model's modules as they
+    are (call it in eval mode). The model must satisfy `supports`.
+    """
+    lm = _unwrap(model)
+    device = lm.lm_head.weight.device
+    layers = [_Layer(layer) for layer in lm.model.layers]
+    n_states = len(layers) + 1
+    wanted = {int(layer) % n_states: int(layer) for layer in hidden_layers}
+    distinct, group = _distinct(prompts, device)
+    shared = _Prompts(lm, layers, distinct, 0, device)
+    lengths = torch.tensor([len(c) for c in completions], device=device)
+    width = max(1, int(lengths.max()))
+    ids = torch.zeros((len(completions), width), dtype=torch.long)
+    for i, c in enumerate(completions):
+        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+    ids = ids.to(device)
+    positions = shared.lengths[group].unsqueeze(1) + torch.arange(width, device=device)
+    cos, sin = _rotary(lm, positions)
+    groups = _Groups(group)
+
+    def attend(index, q, k, v):
+        return _attend_shared(shared, groups, index, q, k, v, layers[index].attn.scaling, causal=True)
+
+    capture = dict.fromkeys(wanted)
+    x = _forward(lm, layers, ids, cos, sin, attend, capture)
+    if len(layers) in capture:
+        capture[len(layers)] = _norm(lm.model.norm, x)
+    # Token j is predicted by the prompt's last position (j = 0) or by completion position j - 1.
+    logits = torch.cat([shared.logits[group].unsqueeze(1), _head(lm, x[:, :-1])], dim=1).float() / temperature
+    picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    mask = torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    logp = torch.where(mask, picked, torch.zeros_like(picked))[:, : int(lengths.max())]
+    weights = mask.float().unsqueeze(-1)
+    pooled = {asked: (capture[index].float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+              for index, asked in wanted.items()}
+    return logp, pooled

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import SinkhornConvergenceWarning, grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
+from ..models import decode
 from ..models.rollout import Batch, chunk_tokens, length_chunks, mean_pool, pack, token_logprobs
 from .episodes import Episodes
 
@@ -89,10 +90,24 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def reference_pass(model, ep: Episodes, pad_id: int, layers: list[int] | None, temperature: float = 1.0) -> Forward:
-    """Log-probs and pooled hidden states of every completion under `model` (reference or old policy)."""
+    """Log-probs and pooled hidden states of every completion under `model` (reference or old policy).
+
+    No gradient is needed, so Llama-architecture models take `decode.score`, which runs each of the step's
+    prompts once for its G/K completions instead of once per completion (the prompts are most of the tokens);
+    other models take `forward`. Both give the same numbers (tests/test_objective.py).
+    """
     n = len(ep.completion_ids)
     idx = list(range(n))
-    return forward(model, ep, idx, [ep.prompt_of(i) for i in idx], pad_id, layers, temperature)
+    if not decode.supports(model):
+        return forward(model, ep, idx, [ep.prompt_of(i) for i in idx], pad_id, layers, temperature)
+    device = _device(model)
+    prompts = [ep.prompt_ids[ep.prompt_of(i)] for i in idx]
+    logp, pooled = decode.score(model, prompts, [list(c) for c in ep.completion_ids],
+                                hidden_layers=layers or (), temperature=temperature)
+    lengths = torch.tensor([len(c) for c in ep.completion_ids], device=device)
+    mask = torch.arange(logp.shape[1], device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    seq = logp.sum(1) / lengths.clamp(min=1)
+    return Forward(logp, mask, seq, pooled)
 
 
 def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers: list[int], ref: Forward | None,
