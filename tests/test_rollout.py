@@ -22,6 +22,8 @@ from enigma_cli.models.rollout import (
 )
 from enigma_cli.prompts import render_prompt
 
+ENGINES = pytest.mark.parametrize("engine", ["lean", "hf"])
+
 
 def _random_pairs(vocab: int, lengths: list[tuple[int, int]], seed: int = 0):
     rng = random.Random(seed)
@@ -140,7 +142,8 @@ def test_gradient_flows(tiny_lm):
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
-def test_score_pairs_equals_each_pair_alone(tiny_lm):
+@ENGINES
+def test_score_pairs_equals_each_pair_alone(tiny_lm, engine):
     model, tokenizer = tiny_lm
     principles = ["Be concise.", "Explain each step carefully.", "Think step by step."]
     question = "What is 3 + 4?"
@@ -149,7 +152,7 @@ def test_score_pairs_equals_each_pair_alone(tiny_lm):
     # The K x K critic matrix: row i = principle i, column j = completion j.
     pair_prompts = [prompt_texts[i] for i in range(3) for _ in range(3)]
     pair_completions = [completions[j] for _ in range(3) for j in range(3)]
-    scores = score_pairs(model, tokenizer, pair_prompts, pair_completions, batch_size=4)
+    scores = score_pairs(model, tokenizer, pair_prompts, pair_completions, batch_size=4, engine=engine)
     assert scores.shape == (9,)
     encoded = encode_prompts(tokenizer, prompt_texts)
     for k, (i, j) in enumerate((i, j) for i in range(3) for j in range(3)):
@@ -176,9 +179,6 @@ def test_encode_prompts_no_duplicate_bos(tiny_lm):
     plain, with_bos = encode_prompts(tok, ["hello", tok.bos_token + "hello"])
     assert plain[0] == bos and plain[1] != bos
     assert with_bos == plain
-
-
-ENGINES = pytest.mark.parametrize("engine", ["lean", "hf"])
 
 
 @ENGINES

@@ -60,17 +60,15 @@ def _plain(*modules) -> bool:
     return all(type(m) is torch.nn.Linear for m in modules)
 
 
-def _fused(*modules: torch.nn.Linear) -> torch.nn.Linear | None:
-    """One Linear computing the outputs of several plain Linears side by side; None if any is not plain."""
+def _fused(*modules: torch.nn.Linear) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """One matmul computing the outputs of several plain Linears side by side; None if any is not plain.
+
+    The weights are concatenated (not detached: under autograd the gradient reaches each module's own)."""
     if not _plain(*modules) or len({m.bias is None for m in modules}) != 1:
         return None
-    first = modules[0]
-    fused = torch.nn.Linear(first.in_features, sum(m.out_features for m in modules), bias=first.bias is not None,
-                            device=first.weight.device, dtype=first.weight.dtype)
-    fused.weight.data = torch.cat([m.weight.detach() for m in modules])
-    if first.bias is not None:
-        fused.bias.data = torch.cat([m.bias.detach() for m in modules])
-    return fused
+    weight = torch.cat([m.weight for m in modules])
+    bias = None if modules[0].bias is None else torch.cat([m.bias for m in modules])
+    return lambda x: F.linear(x, weight, bias)
 
 
 class _Layer:
@@ -377,15 +375,18 @@ def score(model, prompts: list[list[int]], completions: list[list[int]], *, hidd
           temperature: float = 1.0) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Per-token log-probs of each completion after its prompt, and mean hidden states over its tokens.
 
-    Each distinct prompt is run once (repeats share its cache) and the completions are run together against
-    those caches, so the prompt tokens cost once per prompt, not once per row. Returns ``(logp, pooled)``:
-    ``logp`` ``[n, L]`` float32, ``logp[i, j] = log softmax(logits / temperature)[completions[i][j]]`` for
-    ``j < len(completions[i])`` and 0 beyond (``L`` the longest completion); ``pooled[layer]`` ``[n, H]`` float32
-    is the mean over the completion's positions of hidden state ``layer`` (0 the embeddings, ``i`` the output of
-    layer ``i``, the last one after the final norm, as ``output_hidden_states`` numbers them; negative counts from
-    the last; 0 for an empty completion). Runs under the caller's grad mode, with the model's modules as they
-    are (call it in eval mode). The model must satisfy `supports`.
+    Each distinct prompt is run once and its cache serves all of its completions, so prompt tokens cost once
+    per prompt, not once per row; the completions then run in length-sorted chunks (`rollout.length_chunks`).
+    Returns ``(logp, pooled)``: ``logp`` ``[n, L]`` float32,
+    ``logp[i, j] = log softmax(logits / temperature)[completions[i][j]]`` for ``j < len(completions[i])`` and 0
+    beyond (``L`` the longest completion); ``pooled[layer]`` ``[n, H]`` float32 is the mean over the completion's
+    positions of hidden state ``layer`` (0 the embeddings, ``i`` the output of layer ``i``, the last one after
+    the final norm, as ``output_hidden_states`` numbers them; negative counts from the last; 0 for an empty
+    completion). Runs under the caller's grad mode, with the model's modules as they are (call it in eval mode).
+    The model must satisfy `supports`.
     """
+    from .rollout import chunk_tokens, length_chunks
+
     lm = _unwrap(model)
     device = lm.lm_head.weight.device
     layers = [_Layer(layer) for layer in lm.model.layers]
@@ -393,18 +394,42 @@ def score(model, prompts: list[list[int]], completions: list[list[int]], *, hidd
     wanted = {int(layer) % n_states: int(layer) for layer in hidden_layers}
     distinct, group = _distinct(prompts, device)
     shared = _Prompts(lm, layers, distinct, 0, device)
+    lengths = [len(c) for c in completions]
+    logp = torch.zeros((len(completions), max(lengths)), dtype=torch.float32, device=device)
+    pooled = {asked: torch.zeros((len(completions), lm.config.hidden_size), device=device)
+              for asked in wanted.values()}
+    for chunk in length_chunks([max(1, n) for n in lengths], chunk_tokens(device)):
+        rows = torch.tensor(chunk, device=device)
+        part_logp, part_pooled = _score_rows(lm, layers, shared, group[rows], [completions[i] for i in chunk],
+                                             wanted, temperature)
+        logp[rows, : part_logp.shape[1]] = part_logp
+        for asked, value in part_pooled.items():
+            pooled[asked][rows] = value
+    return logp, pooled
+
+
+def _score_rows(lm, layers: list[_Layer], shared: _Prompts, group: torch.Tensor, completions: list[list[int]],
+                wanted: dict[int, int], temperature: float) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """`score` for one chunk of rows, whose prompts are already in ``shared``."""
+    device = group.device
     lengths = torch.tensor([len(c) for c in completions], device=device)
     width = max(1, int(lengths.max()))
     ids = torch.zeros((len(completions), width), dtype=torch.long)
     for i, c in enumerate(completions):
         ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
     ids = ids.to(device)
-    positions = shared.lengths[group].unsqueeze(1) + torch.arange(width, device=device)
-    cos, sin = _rotary(lm, positions)
-    groups = _Groups(group)
+    cos, sin = _rotary(lm, shared.lengths[group].unsqueeze(1) + torch.arange(width, device=device))
+    # Many queries per row: each row gets a copy of its prompt's keys and one fused attention call runs (the
+    # shared-cache matmuls of `_attend_shared` pay off when reading the cache dominates, i.e. when decoding).
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    prompt_keys = shared.valid[group][:, None, None, :].expand(-1, 1, width, -1)
+    mask = torch.cat([prompt_keys, causal.expand(len(group), 1, width, width)], dim=-1)
 
     def attend(index, q, k, v):
-        return _attend_shared(shared, groups, index, q, k, v, layers[index].attn.scaling, causal=True)
+        keys = torch.cat([shared.keys[index][group].transpose(-1, -2), k], dim=2)
+        values = torch.cat([shared.values[index][group], v], dim=2)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=layers[index].attn.scaling,
+                                              enable_gqa=q.shape[1] != k.shape[1])
 
     capture = dict.fromkeys(wanted)
     x = _forward(lm, layers, ids, cos, sin, attend, capture)
@@ -413,9 +438,9 @@ def score(model, prompts: list[list[int]], completions: list[list[int]], *, hidd
     # Token j is predicted by the prompt's last position (j = 0) or by completion position j - 1.
     logits = torch.cat([shared.logits[group].unsqueeze(1), _head(lm, x[:, :-1])], dim=1).float() / temperature
     picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    mask = torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)
-    logp = torch.where(mask, picked, torch.zeros_like(picked))[:, : int(lengths.max())]
-    weights = mask.float().unsqueeze(-1)
+    real = torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    logp = torch.where(real, picked, torch.zeros_like(picked))[:, : int(lengths.max())]
+    weights = real.float().unsqueeze(-1)
     pooled = {asked: (capture[index].float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
               for index, asked in wanted.items()}
     return logp, pooled

@@ -271,18 +271,23 @@ def score_pairs(
     *,
     batch_size: int = 64,
     temperature: float = 1.0,
+    engine: str = "auto",
 ) -> torch.Tensor:
     """Mean token log-prob of ``completion_ids[i]`` under ``prompt_texts[i]`` for every pair, no gradient.
 
     This fills the critic matrix of method.md §3: for one question with K principles, pass the K² (principle
-    prompt, completion) pairs and reshape the result to ``[K, K]``. Rows are sorted by length and scored in
-    chunks of ``batch_size`` to keep padding small; the result (float32, CPU, ``[len(prompt_texts)]``) is in the
-    input order. An empty completion scores 0. The model runs in eval mode (restored afterwards). For the
+    prompt, completion) pairs and reshape the result to ``[K, K]``. ``engine="lean"`` runs each distinct prompt
+    once for all of its pairs (`decode.score`, Llama-architecture models); ``"hf"`` runs the model's forward on
+    right-padded rows, sorted by length and cut into chunks of at most ``batch_size`` to keep padding small;
+    ``"auto"`` (default) is lean where `decode.supports` the model. Either way the result (float32, CPU,
+    ``[len(prompt_texts)]``) is in the input order. An empty completion scores 0. The model runs in eval mode (restored afterwards). For the
     training loss, where gradient must flow through the matrix, use `pack` + `token_logprobs` +
     `sequence_mean_logprob` directly.
     """
     if len(prompt_texts) != len(completion_ids):
         raise ValueError(f"score_pairs: {len(prompt_texts)} prompts but {len(completion_ids)} completions")
+    if engine not in ("auto", "lean", "hf"):
+        raise ValueError(f"score_pairs: engine must be auto, lean or hf, not {engine!r}")
     n = len(prompt_texts)
     result = torch.zeros(n, dtype=torch.float32)
     if n == 0:
@@ -298,6 +303,10 @@ def score_pairs(
     was_training = model.training
     model.eval()  # no dropout noise in a metric
     try:
+        if engine == "lean" or (engine == "auto" and decode.supports(model)):
+            logp, _ = decode.score(model, prompts, [list(c) for c in completion_ids], temperature=temperature)
+            counts = torch.tensor([len(c) for c in completion_ids], dtype=torch.float32, device=logp.device)
+            return (logp.sum(1) / counts.clamp(min=1.0)).float().cpu()
         for idx in chunks:
             batch = pack([prompts[i] for i in idx], [list(completion_ids[i]) for i in idx], pad_id)
             logp, _ = token_logprobs(model, batch, temperature=temperature)
