@@ -31,6 +31,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from enigma_cli.errors import InputError
+
 #: Rotary embeddings whose frequencies do not depend on the sequence length (dynamic / longrope ones do).
 _STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 #: Ended rows leave the batch once they are at least this share of it (each time a gather of the caches).
@@ -38,22 +40,54 @@ COMPACT_SHARE = 0.25
 
 
 def _unwrap(model):
-    model = getattr(model, "module", model)  # DDP / FSDP
+    model = getattr(model, "module", model)  # DDP
     if hasattr(model, "get_base_model"):  # peft: the base model, its Linear layers carrying the adapters
         model = model.get_base_model()
     return model
 
 
+def _bypassed(lm) -> list[torch.nn.Module]:
+    """The modules whose ``forward`` the lean path does not call (it reads their weights or calls their parts)."""
+    body = lm.model
+    out = [body, body.norm]
+    for layer in body.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        out += [layer, attn, mlp, layer.input_layernorm, layer.post_attention_layernorm]
+        out += [m for m in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj) if _plain(m)]
+    return out
+
+
 def supports(model) -> bool:
-    """Whether `sample` can run `model`: a Llama-architecture causal LM with a static rotary embedding."""
+    """Whether `sample` and `score` can run `model` exactly as its own forward would.
+
+    Yes for a Llama-architecture causal LM (also under DDP, or with ``peft`` adapters that replace layers, such
+    as LoRA) with a rotary embedding that does not depend on the sequence length. No for prompt-learning
+    adapters (virtual tokens), FSDP, quantised or device-mapped (offloaded) models, and models with forward hooks
+    on modules the lean path does not call.
+    """
     from transformers import LlamaForCausalLM
 
-    model = _unwrap(model)
-    if not isinstance(model, LlamaForCausalLM) or getattr(model, "hf_quantizer", None) is not None:
+    peft_config = getattr(getattr(model, "module", model), "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
         return False
-    if int(getattr(model.config, "pretraining_tp", 1) or 1) != 1:
+    if "FullyShardedDataParallel" in type(model).__name__:
         return False
-    return getattr(model.model.rotary_emb, "rope_type", None) in _STATIC_ROPE
+    lm = _unwrap(model)
+    if not isinstance(lm, LlamaForCausalLM) or getattr(lm, "hf_quantizer", None) is not None:
+        return False
+    if getattr(lm, "hf_device_map", None) or int(getattr(lm.config, "pretraining_tp", 1) or 1) != 1:
+        return False
+    if getattr(lm.model.rotary_emb, "rope_type", None) not in _STATIC_ROPE:
+        return False
+    return not any(_hooked(m) for m in _bypassed(lm))
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether someone hooked ``module``'s forward (``transformers``' own output recorders, which only act when
+    hidden states or attentions are asked for, do not count)."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    foreign = [h for h in hooks if "output_capturing_hook" not in getattr(h, "__qualname__", "")]
+    return bool(foreign) or hasattr(module, "_hf_hook")
 
 
 def _plain(*modules) -> bool:
@@ -106,14 +140,6 @@ def _norm(module, x: torch.Tensor) -> torch.Tensor:
     return module.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
-def _norm(module, x: torch.Tensor) -> torch.Tensor:
-    """``LlamaRMSNorm`` in one fused kernel: ``weight * (x / rms(x))``, normalised in float32, cast back first."""
-    eps = getattr(module, "variance_epsilon", None)
-    if eps is None:
-        return module(x)
-    return module.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
-
-
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -153,39 +179,73 @@ def _head(lm, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Prompts:
-    """The distinct prompts, left-padded to one width, run once: their key/value caches per layer
-    (``keys[layer]`` ``[P, H_kv, D, W]``, transposed; ``values[layer]`` ``[P, H_kv, W, D]``), the mask of real
-    tokens ``valid`` ``[P, W]``, and the logits of each prompt's last position."""
+    """The distinct prompts, run once: their key/value caches per layer (``keys[layer]`` ``[P, H_kv, D, W]``,
+    transposed; ``values[layer]`` ``[P, H_kv, W, D]``), left-padded to the longest, the mask of real tokens
+    ``valid`` ``[P, W]``, their ``lengths`` and the logits of each prompt's last position ``[P, V]``.
 
-    def __init__(self, lm, layers: list[_Layer], prompts: list[list[int]], pad_id: int, device):
+    The prompts run in length-sorted chunks (`rollout.length_chunks`), each left-padded to its own longest.
+    """
+
+    def __init__(self, lm, layers: list[_Layer], prompts: list[list[int]], device):
+        from .rollout import chunk_tokens, length_chunks
+
         self.lengths = torch.tensor([len(p) for p in prompts], device=device)
         width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), int(pad_id), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        columns = torch.arange(width, device=device)
-        pads = width - self.lengths
-        self.valid = columns.unsqueeze(0) >= pads.unsqueeze(1)  # [P, W]: real tokens, not left padding
-        positions = (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp(min=0)
-        cos, sin = _rotary(lm, positions)
-        # Causal and key-padding mask; a padded query row sees itself, so no row of scores is all -inf (NaN).
-        causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-        eye = torch.eye(width, dtype=torch.bool, device=device)
-        mask = (causal & self.valid[:, None, None, :]) | eye
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        parts, order = [], []
+        for chunk in length_chunks([len(p) for p in prompts], chunk_tokens(device)):
+            parts.append(_prefill(lm, layers, [prompts[i] for i in chunk], device))
+            order.extend(chunk)
+        back = torch.argsort(torch.tensor(order, device=device))  # chunk order -> prompt order
 
-        def attend(index, q, k, v):
-            # Stored in the layouts the later matmuls read, so that they never copy: keys transposed.
-            self.keys.append(k.transpose(-1, -2).contiguous())  # [P, H_kv, D, W]
-            self.values.append(v.contiguous())  # [P, H_kv, W, D]
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layers[index].attn.scaling,
-                                                  enable_gqa=q.shape[1] != k.shape[1])
+        def joined(tensors: list[torch.Tensor], dim: int, fill) -> torch.Tensor:
+            padded = [_left_pad(t, width, dim, fill) for t in tensors]
+            return torch.cat(padded)[back]
 
-        self.logits = _head(lm, _forward(lm, layers, ids.to(device), cos, sin, attend)[:, -1])
+        self.valid = joined([part[0] for part in parts], 1, False)
+        self.logits = torch.cat([part[1] for part in parts])[back]
+        self.keys = [joined([part[2][i] for part in parts], 3, 0.0) for i in range(len(layers))]
+        self.values = [joined([part[3][i] for part in parts], 2, 0.0) for i in range(len(layers))]
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int, fill) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_full(shape, fill), t], dim=dim)
+
+
+def _prefill(lm, layers: list[_Layer], prompts: list[list[int]], device):
+    """Run left-padded ``prompts``: (valid ``[P, W]``, last logits ``[P, V]``, keys and values per layer)."""
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
+    columns = torch.arange(width, device=device)
+    pads = width - lengths
+    valid = columns.unsqueeze(0) >= pads.unsqueeze(1)  # real tokens, not left padding
+    cos, sin = _rotary(lm, (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp(min=0))
+    # Causal and key-padding mask; a padded query row sees itself, so no row of scores is all -inf (NaN).
+    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+    eye = torch.eye(width, dtype=torch.bool, device=device)
+    mask = (causal & valid[:, None, None, :]) | eye
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+
+    def attend(index, q, k, v):
+        # Stored in the layouts the later matmuls read, so that they never copy: keys transposed.
+        keys.append(k.transpose(-1, -2).contiguous())  # [P, H_kv, D, W]
+        values.append(v.contiguous())  # [P, H_kv, W, D]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layers[index].attn.scaling,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+
+    logits = _head(lm, _forward(lm, layers, ids.to(device), cos, sin, attend)[:, -1])
+    return valid, logits, keys, values
 
 
 def _rotary(lm, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,33 +292,29 @@ class _Groups:
 
 
 def _attend_shared(prompts: _Prompts, groups: _Groups, index: int, q: torch.Tensor, own_k: torch.Tensor,
-                   own_v: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
-    """Attention of ``q`` ``[R, H, T_q, D]`` over its prompt's cache and the row's own ``own_k``/``own_v``
-    ``[R, H_kv, T, D]`` (the queries are the last ``T_q`` of those ``T`` positions).
+                   own_v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of one query per row ``q`` ``[R, H, 1, D]`` over its prompt's cache and the row's own keys and
+    values so far, ``own_k``/``own_v`` ``[R, H_kv, T, D]`` (the query is the last of those ``T`` positions).
 
-    Query head ``h`` reads key/value head ``h // (H / H_kv)`` (``repeat_kv``'s grouping). Scores over the prompt
-    (one matmul per prompt and key/value head, for all of its rows) and over the row's own tokens (causal if
-    ``causal``) are normalised together, in float32 as eager attention does.
+    Query head ``h`` reads key/value head ``h // (H / H_kv)`` (``repeat_kv``'s grouping). The scores over the
+    prompt (one matmul per prompt and key/value head, for all of its rows) and over the row's own tokens are
+    normalised together, in float32 as eager attention does.
     """
-    n_rows, heads, n_q, dim = q.shape
-    kv_heads, n_own = own_k.shape[1], own_k.shape[2]
-    grouped = q.reshape(n_rows, kv_heads, -1, dim)  # [R, H_kv, (H/H_kv)·T_q, D]
+    n_rows, heads, _, dim = q.shape
+    kv_heads = own_k.shape[1]
+    grouped = q.reshape(n_rows, kv_heads, -1, dim)  # [R, H_kv, H/H_kv, D]
     per_prompt = groups.spread(grouped, len(prompts))
     p_keys, p_values = prompts.keys[index], prompts.values[index]  # [P, H_kv, D, W], [P, H_kv, W, D]
     width = p_values.shape[2]
     prompt_scores = torch.matmul(per_prompt.flatten(2, 3), p_keys).view(*per_prompt.shape[:4], width)
-    prompt_scores = groups.gather(prompt_scores).float()  # [R, H_kv, (H/H_kv)·T_q, W]
+    prompt_scores = groups.gather(prompt_scores).float()  # [R, H_kv, H/H_kv, W]
     prompt_scores = prompt_scores.masked_fill(~prompts.valid[groups.group][:, None, None, :], float("-inf"))
-    own_scores = torch.matmul(grouped, own_k.transpose(-1, -2)).float()  # [R, H_kv, (H/H_kv)·T_q, T]
-    if causal:
-        seen = torch.ones(n_q, n_own, dtype=torch.bool, device=q.device).tril(n_own - n_q)
-        own_scores = own_scores.view(n_rows, kv_heads, -1, n_q, n_own).masked_fill(~seen, float("-inf"))
-        own_scores = own_scores.view(n_rows, kv_heads, -1, n_own)
+    own_scores = torch.matmul(grouped, own_k.transpose(-1, -2)).float()  # [R, H_kv, H/H_kv, T]
     weights = (torch.cat([prompt_scores, own_scores], dim=-1) * scale).softmax(-1).to(own_v.dtype)
     per_prompt_w = groups.spread(weights[..., :width].contiguous(), len(prompts)).flatten(2, 3)
     from_prompt = groups.gather(torch.matmul(per_prompt_w, p_values).view(per_prompt.shape))
     out = from_prompt + torch.matmul(weights[..., width:], own_v)
-    return out.reshape(n_rows, heads, n_q, dim)
+    return out.reshape(n_rows, heads, 1, dim)
 
 
 class _Rows(_Groups):
@@ -328,12 +384,14 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: lis
     (the caller seeds and forks it). The model must satisfy `supports`; its mode is not changed, so call it in
     eval mode.
     """
+    if max_new_tokens < 1 or not prompts or not all(prompts):
+        raise ValueError("sample: needs max_new_tokens >= 1 and at least one prompt, none of them empty")
     lm = _unwrap(model)
     device = lm.lm_head.weight.device
     steps = int(max_new_tokens)
     layers = [_Layer(layer) for layer in lm.model.layers]
     distinct, group = _distinct(prompts, device)
-    shared = _Prompts(lm, layers, distinct, pad_id, device)
+    shared = _Prompts(lm, layers, distinct, device)
 
     completion_positions = shared.lengths[group].unsqueeze(1) + torch.arange(steps, device=device)
     cos, sin = _rotary(lm, completion_positions)
@@ -363,7 +421,7 @@ def sample(model, prompts: list[list[int]], *, max_new_tokens: int, eos_ids: lis
             keys[:, :, step : step + 1] = k
             values[:, :, step : step + 1] = v
             return _attend_shared(shared, rows, index, q, keys[:, :, : step + 1], values[:, :, : step + 1],
-                                  layers[index].attn.scaling, causal=False)
+                                  layers[index].attn.scaling)
 
         x = _forward(lm, layers, token.unsqueeze(1), rows.cos[:, step : step + 1], rows.sin[:, step : step + 1],
                      attend)
@@ -387,18 +445,25 @@ def score(model, prompts: list[list[int]], completions: list[list[int]], *, hidd
     """
     from .rollout import chunk_tokens, length_chunks
 
+    if temperature <= 0:
+        raise ValueError("score: temperature must be > 0")
     lm = _unwrap(model)
     device = lm.lm_head.weight.device
     layers = [_Layer(layer) for layer in lm.model.layers]
     n_states = len(layers) + 1
-    wanted = {int(layer) % n_states: int(layer) for layer in hidden_layers}
+    for layer in hidden_layers:
+        if not -n_states <= int(layer) < n_states:
+            raise InputError(f"Hidden layer {layer} does not exist: the model has {n_states - 1} layers "
+                             f"(use 0..{n_states - 1}, or negative indices from the last).")
+    wanted = {int(layer): int(layer) % n_states for layer in hidden_layers}  # as asked -> state index
     distinct, group = _distinct(prompts, device)
-    shared = _Prompts(lm, layers, distinct, 0, device)
+    shared = _Prompts(lm, layers, distinct, device)
     lengths = [len(c) for c in completions]
     logp = torch.zeros((len(completions), max(lengths)), dtype=torch.float32, device=device)
-    pooled = {asked: torch.zeros((len(completions), lm.config.hidden_size), device=device)
-              for asked in wanted.values()}
-    for chunk in length_chunks([max(1, n) for n in lengths], chunk_tokens(device)):
+    pooled = {asked: torch.zeros((len(completions), lm.config.hidden_size), device=device) for asked in wanted}
+    # A row attends over its prompt's (copied) keys and its own: both count towards a chunk's budget.
+    spans = (shared.lengths[group] + torch.tensor([max(1, n) for n in lengths], device=device)).tolist()
+    for chunk in length_chunks(spans, chunk_tokens(device)):
         rows = torch.tensor(chunk, device=device)
         part_logp, part_pooled = _score_rows(lm, layers, shared, group[rows], [completions[i] for i in chunk],
                                              wanted, temperature)
@@ -410,7 +475,8 @@ def score(model, prompts: list[list[int]], completions: list[list[int]], *, hidd
 
 def _score_rows(lm, layers: list[_Layer], shared: _Prompts, group: torch.Tensor, completions: list[list[int]],
                 wanted: dict[int, int], temperature: float) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """`score` for one chunk of rows, whose prompts are already in ``shared``."""
+    """`score` for one chunk of rows, whose prompts are already in ``shared`` (``wanted``: layer as asked ->
+    hidden-state index)."""
     device = group.device
     lengths = torch.tensor([len(c) for c in completions], device=device)
     width = max(1, int(lengths.max()))
@@ -431,7 +497,7 @@ def _score_rows(lm, layers: list[_Layer], shared: _Prompts, group: torch.Tensor,
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=layers[index].attn.scaling,
                                               enable_gqa=q.shape[1] != k.shape[1])
 
-    capture = dict.fromkeys(wanted)
+    capture = dict.fromkeys(wanted.values())
     x = _forward(lm, layers, ids, cos, sin, attend, capture)
     if len(layers) in capture:
         capture[len(layers)] = _norm(lm.model.norm, x)
@@ -442,5 +508,5 @@ def _score_rows(lm, layers: list[_Layer], shared: _Prompts, group: torch.Tensor,
     logp = torch.where(real, picked, torch.zeros_like(picked))[:, : int(lengths.max())]
     weights = real.float().unsqueeze(-1)
     pooled = {asked: (capture[index].float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-              for index, asked in wanted.items()}
+              for asked, index in wanted.items()}
     return logp, pooled

@@ -13,8 +13,10 @@ Layout choices (ours):
 - **Log-probs are aligned with the input**: ``logp[b, t] = log π(input_ids[b, t] | input_ids[b, :t])`` where
   ``completion_mask[b, t] == 1`` and exactly 0 elsewhere (including ``t = 0``). Hidden states are
   ``[B, T, H]`` on the same positions, so ``completion_mask`` selects both.
-- **Generation batches are left-padded** (what `model.generate` needs); the results are returned as plain id
-  lists, truncated after the first EOS (EOS kept when produced), so no pad id ever leaks into scoring.
+- **Generation** runs on Llama-architecture models through the lean sampler of `decode` (each distinct prompt run
+  and cached once for all of its samples, ended rows dropped from the batch), and on other models through
+  ``model.generate`` on left-padded batches; both return plain id lists, truncated after the first EOS (EOS
+  kept when produced), so no pad id ever leaks into scoring.
 - Sampling is plain ancestral sampling at ``temperature`` with nucleus ``top_p``: top-k, min-p, typical-p and
   repetition penalties from the model's own ``generation_config`` are switched off, so the sampled
   distribution is the one GRPO's log-ratios assume. ``temperature == 0`` means greedy.
@@ -303,6 +305,8 @@ def score_pairs(
     was_training = model.training
     model.eval()  # no dropout noise in a metric
     try:
+        if engine == "lean" and not decode.supports(model):
+            raise ValueError("score_pairs: the lean engine runs Llama-architecture models only; use engine='hf'")
         if engine == "lean" or (engine == "auto" and decode.supports(model)):
             logp, _ = decode.score(model, prompts, [list(c) for c in completion_ids], temperature=temperature)
             counts = torch.tensor([len(c) for c in completion_ids], dtype=torch.float32, device=logp.device)

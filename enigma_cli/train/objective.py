@@ -94,7 +94,7 @@ def reference_pass(model, ep: Episodes, pad_id: int, layers: list[int] | None, t
 
     No gradient is needed, so Llama-architecture models take `decode.score`, which runs each of the step's
     prompts once for its G/K completions instead of once per completion (the prompts are most of the tokens);
-    other models take `forward`. Both give the same numbers (tests/test_objective.py).
+    other models take `forward`. Both give the same numbers (tests/test_train.py).
     """
     n = len(ep.completion_ids)
     idx = list(range(n))
