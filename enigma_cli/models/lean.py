@@ -202,16 +202,25 @@ def _left_pad(t: torch.Tensor, width: int, dim: int, fill) -> torch.Tensor:
     return torch.cat([t.new_full(shape, fill), t], dim=dim)
 
 
+def left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prompts`` left-padded with ``pad_id`` to the longest: ids and attention mask (1 on real tokens), each
+    ``[B, W]`` long on the CPU (the layout ``generate`` expects)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[b, width - len(p) :] = 1
+    return ids, mask
+
+
 def _prefill(lm, layers: list[Layer], prompts: list[list[int]], device):
     """Run left-padded ``prompts``: (valid ``[P, W]``, last logits ``[P, V]``, keys and values per layer)."""
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros((len(prompts), width), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
+    ids, real = left_padded(prompts, 0)
+    ids, valid = ids.to(device), real.to(device).bool()  # valid: real tokens, not left padding
+    width = ids.shape[1]
     columns = torch.arange(width, device=device)
-    pads = width - lengths
-    valid = columns.unsqueeze(0) >= pads.unsqueeze(1)  # real tokens, not left padding
+    pads = width - valid.sum(1)
     cos, sin = rotary(lm, (columns.unsqueeze(0) - pads.unsqueeze(1)).clamp(min=0))
     # Causal and key-padding mask; a padded query row sees itself, so no row of scores is all -inf (NaN).
     causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
@@ -227,7 +236,7 @@ def _prefill(lm, layers: list[Layer], prompts: list[list[int]], device):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layers[index].attn.scaling,
                                               enable_gqa=q.shape[1] != k.shape[1])
 
-    logits = head(lm, forward(lm, layers, ids.to(device), cos, sin, attend)[:, -1])
+    logits = head(lm, forward(lm, layers, ids, cos, sin, attend)[:, -1])
     return valid, logits, keys, values
 
 

@@ -35,6 +35,7 @@ from transformers import GenerationConfig
 
 from enigma_cli.errors import InputError
 from enigma_cli.models import decode
+from enigma_cli.models.lean import left_padded
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,12 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / weights.sum(dim=1).clamp(min=1.0)
 
 
+def completion_positions(completion_ids: list[list[int]], like: torch.Tensor) -> torch.Tensor:
+    """Boolean ``[n, L]`` on ``like``'s device: True at ``j < len(completion_ids[i])`` (`decode.score`'s layout)."""
+    lengths = torch.tensor([len(c) for c in completion_ids], device=like.device)
+    return torch.arange(like.shape[1], device=like.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
 def sequence_mean_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean token log-prob of each row over ``mask``: ``[B, T]`` → ``[B]`` (0 for an empty mask)."""
     mask = mask.to(device=logp.device, dtype=logp.dtype)
@@ -282,14 +289,13 @@ def score_pairs(
     once for all of its pairs (`decode.score`, Llama-architecture models); ``"hf"`` runs the model's forward on
     right-padded rows, sorted by length and cut into chunks of at most ``batch_size`` to keep padding small;
     ``"auto"`` (default) is lean where `decode.supports` the model. Either way the result (float32, CPU,
-    ``[len(prompt_texts)]``) is in the input order. An empty completion scores 0. The model runs in eval mode (restored afterwards). For the
-    training loss, where gradient must flow through the matrix, use `pack` + `token_logprobs` +
+    ``[len(prompt_texts)]``) is in the input order. An empty completion scores 0. The model runs in eval mode
+    (restored afterwards). For the training loss, where gradient must flow through the matrix, use `pack` + `token_logprobs` +
     `sequence_mean_logprob` directly.
     """
     if len(prompt_texts) != len(completion_ids):
         raise ValueError(f"score_pairs: {len(prompt_texts)} prompts but {len(completion_ids)} completions")
-    if engine not in ("auto", "lean", "hf"):
-        raise ValueError(f"score_pairs: engine must be auto, lean or hf, not {engine!r}")
+    lean = _lean_engine(engine, model, "score_pairs")
     n = len(prompt_texts)
     result = torch.zeros(n, dtype=torch.float32)
     if n == 0:
@@ -298,20 +304,16 @@ def score_pairs(
     distinct = list(dict.fromkeys(prompt_texts))
     encoded = dict(zip(distinct, encode_prompts(tokenizer, distinct)))
     prompts = [encoded[t] for t in prompt_texts]
-    lengths = [len(prompts[i]) + len(completion_ids[i]) for i in range(n)]
-    device = next(model.parameters()).device
-    chunks = length_chunks(lengths, chunk_tokens(device), max_rows=max(1, int(batch_size)))
-    pad_id = _pad_id(tokenizer)
     was_training = model.training
     model.eval()  # no dropout noise in a metric
     try:
-        if engine == "lean" and not decode.supports(model):
-            raise ValueError("score_pairs: the lean engine runs Llama-architecture models only; use engine='hf'")
-        if engine == "lean" or (engine == "auto" and decode.supports(model)):
+        if lean:
             logp, _ = decode.score(model, prompts, [list(c) for c in completion_ids], temperature=temperature)
-            counts = torch.tensor([len(c) for c in completion_ids], dtype=torch.float32, device=logp.device)
-            return (logp.sum(1) / counts.clamp(min=1.0)).float().cpu()
-        for idx in chunks:
+            return sequence_mean_logprob(logp, completion_positions(completion_ids, logp)).float().cpu()
+        lengths = [len(prompts[i]) + len(completion_ids[i]) for i in range(n)]
+        device = next(model.parameters()).device
+        pad_id = _pad_id(tokenizer)
+        for idx in length_chunks(lengths, chunk_tokens(device), max_rows=max(1, int(batch_size))):
             batch = pack([prompts[i] for i in idx], [list(completion_ids[i]) for i in idx], pad_id)
             logp, _ = token_logprobs(model, batch, temperature=temperature)
             means = sequence_mean_logprob(logp, batch.completion_mask.to(logp.device))
@@ -346,15 +348,23 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 def _hf_generate(model, prompts: list[list[int]], pad_id: int, config: GenerationConfig) -> torch.Tensor:
     """``model.generate`` on left-padded ``prompts``: the new tokens ``[B, n]`` on the CPU."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[b, width - len(p) :] = 1
+    ids, mask = left_padded(prompts, pad_id)
     device = next(model.parameters()).device
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-    return out[:, width:].cpu()
+    return out[:, ids.shape[1] :].cpu()
+
+
+ENGINES = ("auto", "lean", "hf")
+
+
+def _lean_engine(engine: str, model, caller: str) -> bool:
+    """Whether `caller` runs ``model`` on the lean path for ``engine`` (auto, lean or hf); bad choices raise."""
+    if engine not in ENGINES:
+        raise ValueError(f"{caller}: engine must be auto, lean or hf, not {engine!r}")
+    supported = decode.supports(model)
+    if engine == "lean" and not supported:
+        raise ValueError(f"{caller}: the lean engine runs Llama-architecture models only; use engine='hf'")
+    return engine == "lean" or (engine == "auto" and supported)
 
 
 def generate(
@@ -387,11 +397,7 @@ def generate(
         raise ValueError("generate: temperature must be >= 0")
     if not 0 < top_p <= 1:
         raise ValueError("generate: top_p must be in (0, 1]")
-    if engine not in ("auto", "lean", "hf"):
-        raise ValueError(f"generate: engine must be auto, lean or hf, not {engine!r}")
-    lean = engine == "lean" or (engine == "auto" and decode.supports(model))
-    if lean and not decode.supports(model):
-        raise ValueError("generate: the lean engine runs Llama-architecture models only; use engine='hf'")
+    lean = _lean_engine(engine, model, "generate")
     device = next(model.parameters()).device
     prompts = encode_prompts(tokenizer, list(prompt_texts))
     for i, p in enumerate(prompts):

@@ -22,7 +22,16 @@ import torch.nn.functional as F
 
 from ..core import SinkhornConvergenceWarning, grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
 from ..models import decode
-from ..models.rollout import Batch, chunk_tokens, length_chunks, mean_pool, pack, token_logprobs
+from ..models.rollout import (
+    Batch,
+    chunk_tokens,
+    completion_positions,
+    length_chunks,
+    mean_pool,
+    pack,
+    sequence_mean_logprob,
+    token_logprobs,
+)
 from .episodes import Episodes
 
 #: Sinkhorn tolerance in training (L1 error of the plan's marginal): 1e-4 gives the regulariser's gradient to
@@ -100,14 +109,11 @@ def reference_pass(model, ep: Episodes, pad_id: int, layers: list[int] | None, t
     idx = list(range(n))
     if not decode.supports(model):
         return forward(model, ep, idx, [ep.prompt_of(i) for i in idx], pad_id, layers, temperature)
-    device = _device(model)
     prompts = [ep.prompt_ids[ep.prompt_of(i)] for i in idx]
     logp, pooled = decode.score(model, prompts, [list(c) for c in ep.completion_ids],
                                 hidden_layers=layers or (), temperature=temperature)
-    lengths = torch.tensor([len(c) for c in ep.completion_ids], device=device)
-    mask = torch.arange(logp.shape[1], device=device).unsqueeze(0) < lengths.unsqueeze(1)
-    seq = logp.sum(1) / lengths.clamp(min=1)
-    return Forward(logp, mask, seq, pooled)
+    mask = completion_positions(ep.completion_ids, logp)
+    return Forward(logp, mask, sequence_mean_logprob(logp, mask), pooled)
 
 
 def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers: list[int], ref: Forward | None,
