@@ -160,7 +160,7 @@ def gather_states(model, pad_id: int, comps: Completions, layers: Sequence[int],
     ``layers`` are hidden-state indices 0..L; ``rows``/``positions`` come from `sample_tokens`. Completions
     are read in length-sorted batches of ``batch_size`` (one forward pass each, the batch's logits in memory).
     """
-    from .models.rollout import mean_pool, pack
+    from .models.logprobs import mean_pool, pack
 
     device = next(model.parameters()).device
     n = len(comps)

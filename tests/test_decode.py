@@ -198,7 +198,7 @@ def test_engines_sample_the_same_distribution(tiny_lm):
 def test_score_equals_the_padded_forward(name):
     """`decode.score` (each prompt run once) against `token_logprobs` on the right-padded batch: log-probs of
     every completion token at temperature 0.7 and mean hidden states, empty completion included."""
-    from enigma_cli.models.rollout import mean_pool, pack, token_logprobs
+    from enigma_cli.models.logprobs import mean_pool, pack, token_logprobs
 
     model = _configured(name)
     completions = [[40, 41, 42], [50], [60, 61, 62, 63, 64, 65], [], [70, 71], [80, 81]]
@@ -234,7 +234,7 @@ def test_supports_only_models_whose_forward_it_reproduces(tiny_lm):
 
 def test_chunked_prompts_and_rows_change_nothing(monkeypatch):
     """Prompts and scored rows run in length-sorted chunks; a budget of one row per chunk gives the same."""
-    from enigma_cli.models import rollout
+    from enigma_cli.models import logprobs
 
     model = _configured("gqa")
     prompts = PROMPTS
@@ -242,7 +242,7 @@ def test_chunked_prompts_and_rows_change_nothing(monkeypatch):
     with torch.no_grad():
         whole = decode.score(model, prompts, completions, hidden_layers=[1, -1])
         greedy = decode.sample(model, prompts, max_new_tokens=6, eos_ids=[], pad_id=0, temperature=0.0)
-    monkeypatch.setattr(rollout, "CPU_CHUNK_TOKENS", 1)
+    monkeypatch.setattr(logprobs, "CPU_CHUNK_TOKENS", 1)
     with torch.no_grad():
         chunked = decode.score(model, prompts, completions, hidden_layers=[1, -1])
         assert torch.equal(decode.sample(model, prompts, max_new_tokens=6, eos_ids=[], pad_id=0, temperature=0.0),

@@ -9,17 +9,9 @@ import pytest
 import torch
 
 from enigma_cli.errors import InputError
-from enigma_cli.models import rollout
-from enigma_cli.models.rollout import (
-    Batch,
-    encode_prompts,
-    generate,
-    mean_pool,
-    pack,
-    score_pairs,
-    sequence_mean_logprob,
-    token_logprobs,
-)
+from enigma_cli.models import logprobs
+from enigma_cli.models.logprobs import Batch, mean_pool, pack, sequence_mean_logprob, token_logprobs
+from enigma_cli.models.rollout import encode_prompts, generate, score_pairs
 from enigma_cli.prompts import render_prompt
 
 ENGINES = pytest.mark.parametrize("engine", ["lean", "hf"])
@@ -86,7 +78,7 @@ def test_token_logprobs_without_logits_to_keep(tiny_lm, monkeypatch):
     batch = pack(prompts, completions, pad_id=tokenizer.pad_token_id)
     with torch.no_grad():
         trimmed, _ = token_logprobs(model, batch)
-        monkeypatch.setattr(rollout, "_forward_accepts", lambda model, name: False)
+        monkeypatch.setattr(logprobs, "_forward_accepts", lambda model, name: False)
         full, _ = token_logprobs(model, batch)
     torch.testing.assert_close(trimmed, full, atol=1e-6, rtol=0)
 
@@ -267,7 +259,7 @@ def test_batch_to_device_roundtrip():
 
 
 def test_length_chunks_sort_by_length_and_respect_the_token_budget():
-    from enigma_cli.models.rollout import length_chunks
+    from enigma_cli.models.logprobs import length_chunks
 
     lengths = [50, 10, 30, 10, 200, 40, 20]
     chunks = length_chunks(lengths, 60)

@@ -401,11 +401,11 @@ def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami, sami_matrice
 @pytest.mark.parametrize("sami", [False, True])
 def test_length_chunked_forward_gives_the_one_batch_loss_and_gradient(sami, model_dir, tmp_path, monkeypatch):
     """The update's rows run in length-sorted chunks; a budget of one row per chunk changes nothing but speed."""
-    from enigma_cli.models import rollout
+    from enigma_cli.models import logprobs
 
-    monkeypatch.setattr(rollout, "CPU_CHUNK_TOKENS", 1 << 30)
+    monkeypatch.setattr(logprobs, "CPU_CHUNK_TOKENS", 1 << 30)
     whole, row1, ep1 = _first_update(model_dir, tmp_path / "a", sami=sami, ot=True)
-    monkeypatch.setattr(rollout, "CPU_CHUNK_TOKENS", 1)  # every row alone
+    monkeypatch.setattr(logprobs, "CPU_CHUNK_TOKENS", 1)  # every row alone
     chunked, row2, ep2 = _first_update(model_dir, tmp_path / "b", sami=sami, ot=True)
     assert ep1.texts == ep2.texts
     scale = max(float(g.abs().max()) for g in whole.values())

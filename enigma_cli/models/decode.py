@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from enigma_cli.errors import InputError
 
 from .lean import Layer, Prompts, distinct, forward, head, norm, rotary, supports, unwrap
+from .logprobs import chunk_tokens, length_chunks
 
 __all__ = ["COMPACT_SHARE", "sample", "score", "supports"]
 
@@ -209,7 +210,7 @@ def score(model, prompts: list[list[int]], completions: list[list[int]], *, hidd
     """Per-token log-probs of each completion after its prompt, and mean hidden states over its tokens.
 
     Each distinct prompt is run once and its cache serves all of its completions, so prompt tokens cost once
-    per prompt, not once per row; the completions then run in length-sorted chunks (`rollout.length_chunks`).
+    per prompt, not once per row; the completions then run in length-sorted chunks (`logprobs.length_chunks`).
     Returns ``(logp, pooled)``: ``logp`` ``[n, L]`` float32,
     ``logp[i, j] = log softmax(logits / temperature)[completions[i][j]]`` for ``j < len(completions[i])`` and 0
     beyond (``L`` the longest completion); ``pooled[layer]`` ``[n, H]`` float32 is the mean over the completion's
@@ -218,8 +219,6 @@ def score(model, prompts: list[list[int]], completions: list[list[int]], *, hidd
     completion). Runs under the caller's grad mode, with the model's modules as they are (call it in eval mode).
     The model must satisfy `supports`.
     """
-    from .rollout import chunk_tokens, length_chunks
-
     if temperature <= 0:
         raise ValueError("score: temperature must be > 0")
     lm = unwrap(model)

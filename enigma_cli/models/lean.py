@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .logprobs import chunk_tokens, length_chunks
+
 #: Rotary embeddings whose frequencies do not depend on the sequence length (dynamic / longrope ones do).
 _STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
 
@@ -166,12 +168,10 @@ class Prompts:
     transposed; ``values[layer]`` ``[P, H_kv, W, D]``), left-padded to the longest, the mask of real tokens
     ``valid`` ``[P, W]``, their ``lengths`` and the logits of each prompt's last position ``[P, V]``.
 
-    The prompts run in length-sorted chunks (`rollout.length_chunks`), each left-padded to its own longest.
+    The prompts run in length-sorted chunks (`logprobs.length_chunks`), each left-padded to its own longest.
     """
 
     def __init__(self, lm, layers: list[Layer], prompts: list[list[int]], device):
-        from .rollout import chunk_tokens, length_chunks
-
         self.lengths = torch.tensor([len(p) for p in prompts], device=device)
         width = max(len(p) for p in prompts)
         parts, order = [], []

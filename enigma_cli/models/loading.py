@@ -32,7 +32,7 @@ Choices (ours):
 - ``--device auto`` is ``cuda:$LOCAL_RANK`` (``cuda`` when unset) when CUDA is available, else CPU, so that the
   same call does the right thing under ``torchrun`` / ``accelerate launch``.
 - Tokenizers pad on the left (batched generation) and get ``pad = eos`` when they have no pad token. Scoring code
-  (`enigma_cli.models.rollout.pack`) builds its own right-padded batches and does not rely on this setting.
+  (`enigma_cli.models.logprobs.pack`) builds its own right-padded batches and does not rely on this setting.
 """
 
 from __future__ import annotations

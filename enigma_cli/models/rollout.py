@@ -1,18 +1,11 @@
-"""Batched generation and batched scoring (per-token log-probs and hidden states) for any causal LM.
+"""Generation, and the critic-pair scores of `score-principles`, for any causal LM.
 
-Every command goes through these functions: rollouts for GRPO (method.md §2), the K×K critic matrix of SAMI
-(§3, `score_pairs` or `pack` + `token_logprobs` with gradient), and hidden states for the Sinkhorn term and the
-geometry analysis (§5, §6).
+Every command samples through `generate`: rollouts for GRPO (method.md §2), completions to score and analyse.
+`score_pairs` fills the K×K critic matrix of SAMI without gradient (§3). The scoring layout (right-padded rows,
+log-probs aligned with the input) is `logprobs`'.
 
-Layout choices (ours):
+Choices (ours):
 
-- **Scoring batches are right-padded** (`pack`): each row is ``prompt + completion + pad…``. Position ``t`` of a
-  row then has position id ``t`` exactly as when the row is run alone, and causal attention never looks at the
-  trailing pads, so padding cannot change any value we read (the tests check this against one-at-a-time runs).
-  No position-id bookkeeping is needed, which left padding would require.
-- **Log-probs are aligned with the input**: ``logp[b, t] = log π(input_ids[b, t] | input_ids[b, :t])`` where
-  ``completion_mask[b, t] == 1`` and exactly 0 elsewhere (including ``t = 0``). Hidden states are
-  ``[B, T, H]`` on the same positions, so ``completion_mask`` selects both.
 - **Generation** runs on Llama-architecture models through the lean sampler of `decode` (each distinct prompt run
   and cached once for all of its samples, ended rows dropped from the batch), and on other models through
   ``model.generate`` on left-padded batches; both return plain id lists, truncated after the first EOS (EOS
@@ -20,14 +13,10 @@ Layout choices (ours):
 - Sampling is plain ancestral sampling at ``temperature`` with nucleus ``top_p``: top-k, min-p, typical-p and
   repetition penalties from the model's own ``generation_config`` are switched off, so the sampled
   distribution is the one GRPO's log-ratios assume. ``temperature == 0`` means greedy.
-- Log-probs avoid a full ``[B, T, V]`` log-softmax copy: logits are computed only from the first position that
-  predicts a completion token (``logits_to_keep``, where the model supports it), and the normaliser is a
-  per-row ``logsumexp`` in float32 (as in TRL's ``selective_log_softmax``).
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -36,27 +25,14 @@ from transformers import GenerationConfig
 from enigma_cli.errors import InputError
 from enigma_cli.models import decode
 from enigma_cli.models.lean import left_padded
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A right-padded batch of ``prompt + completion`` rows, each ``[B, T]`` (long / long / long).
-
-    ``attention_mask`` is 1 on real tokens; ``completion_mask`` is 1 on completion tokens only.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    completion_mask: torch.Tensor
-
-    def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device)
-        )
-
-    @property
-    def completion_lengths(self) -> torch.Tensor:
-        return self.completion_mask.sum(-1)
+from enigma_cli.models.logprobs import (
+    chunk_tokens,
+    completion_positions,
+    length_chunks,
+    pack,
+    sequence_mean_logprob,
+    token_logprobs,
+)
 
 
 @dataclass(frozen=True)
@@ -100,175 +76,6 @@ def encode_prompts(tokenizer, prompt_texts: list[str]) -> list[list[int]]:
             ids = [bos, *ids]
         out.append(ids)
     return out
-
-
-def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int) -> Batch:
-    """Right-pad the concatenations ``prompt + completion`` into a `Batch` (CPU tensors).
-
-    Every prompt must be non-empty (the first completion token needs a context to be scored).
-    """
-    if len(prompt_ids) != len(completion_ids):
-        raise ValueError(f"pack: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
-    if not prompt_ids:
-        raise ValueError("pack: empty batch")
-    lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids)]
-    width = max(lengths)
-    batch = len(prompt_ids)
-    input_ids = torch.full((batch, width), int(pad_id), dtype=torch.long)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
-    completion_mask = torch.zeros((batch, width), dtype=torch.long)
-    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-        if len(p) == 0:
-            raise ValueError(f"pack: prompt {b} is empty")
-        n = len(p) + len(c)
-        input_ids[b, :n] = torch.tensor([*p, *c], dtype=torch.long)
-        attention_mask[b, :n] = 1
-        completion_mask[b, len(p) : n] = 1
-    return Batch(input_ids, attention_mask, completion_mask)
-
-
-def _forward_accepts(model, name: str) -> bool:
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    target = getattr(target, "module", target)  # DDP / FSDP wrappers
-    try:
-        return name in inspect.signature(target.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _num_hidden_layers(model) -> int:
-    config = getattr(model, "module", model).config  # DDP / FSDP wrappers hold the model in .module
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text_config.num_hidden_layers)
-
-
-def _selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``log_softmax(logits / temperature)`` gathered at ``targets``, in float32, one row at a time."""
-    rows = []
-    for row_logits, row_targets in zip(logits, targets):
-        row = row_logits.float()
-        if temperature != 1.0:
-            row = row / temperature
-        picked = row.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row, dim=-1))
-    return torch.stack(rows)
-
-
-def token_logprobs(
-    model,
-    batch: Batch,
-    *,
-    hidden_layers: list[int] | None = None,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, dict[int, torch.Tensor] | None]:
-    """One forward pass: per-token log-probs of the batch and, if asked, hidden states.
-
-    Returns ``(logp, hidden)``. ``logp`` is ``[B, T]`` float32 aligned with ``batch.input_ids``:
-    ``logp[b, t] = log softmax(logits[b, t-1] / temperature)[input_ids[b, t]]`` where
-    ``completion_mask[b, t] == 1``, else 0. ``hidden`` maps each requested layer index (as given; negative
-    indices count from the last, 0 is the embedding output, ``num_hidden_layers`` the last block, after the
-    final norm in HF Llama-style models) to a ``[B, T, H]`` tensor in the model's dtype, or is ``None`` when
-    no layers were asked for (then ``output_hidden_states`` stays off). Runs under whatever grad mode the
-    caller is in: gradient flows to both outputs under ``torch.enable_grad``.
-    """
-    if temperature <= 0:
-        raise ValueError("token_logprobs: temperature must be > 0")
-    device = next(model.parameters()).device
-    batch = batch.to(device)
-    input_ids, attention_mask, completion_mask = batch.input_ids, batch.attention_mask, batch.completion_mask
-    bsz, width = input_ids.shape
-
-    wanted: dict[int, int] = {}
-    if hidden_layers:
-        n_states = _num_hidden_layers(model) + 1
-        for layer in hidden_layers:
-            if not -n_states <= int(layer) < n_states:
-                raise InputError(
-                    f"Hidden layer {layer} does not exist: the model has {n_states - 1} layers "
-                    f"(use 0..{n_states - 1}, or negative indices from the last)."
-                )
-            wanted[int(layer)] = int(layer) % n_states
-
-    # The first position whose logits predict a completion token; earlier logits are never needed.
-    has_completion = completion_mask.any(dim=0)
-    first_target = int(has_completion.nonzero()[0].item()) if bool(has_completion.any()) else width
-    first_target = max(first_target, 1)
-    keep = width - (first_target - 1)  # logits for positions first_target-1 .. width-1
-
-    kwargs: dict = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-    if wanted:
-        kwargs["output_hidden_states"] = True
-    trimmed = keep < width and _forward_accepts(model, "logits_to_keep")
-    if trimmed:
-        kwargs["logits_to_keep"] = keep
-    out = model(**kwargs)
-    logits = out.logits
-    if not trimmed:
-        logits = logits[:, width - keep :]
-    # logits[:, j] is at position (width - keep + j) and predicts the token at position (width - keep + j + 1).
-    targets = input_ids[:, width - keep + 1 :]
-    logp = torch.zeros((bsz, width), dtype=torch.float32, device=device)
-    if keep > 1:
-        picked = _selected_logprobs(logits[:, :-1], targets, temperature)
-        logp = torch.cat([logp[:, : width - keep + 1], picked], dim=1)
-    logp = torch.where(completion_mask.bool(), logp, torch.zeros_like(logp))
-
-    hidden = None
-    if wanted:
-        states = out.hidden_states
-        hidden = {layer: states[index] for layer, index in wanted.items()}
-    return logp, hidden
-
-
-#: Padded tokens per forward chunk (rows × longest row) on a CPU; see `length_chunks`.
-CPU_CHUNK_TOKENS = 2048
-#: The same on an accelerator: large, so that a chunk is usually the whole batch.
-GPU_CHUNK_TOKENS = 1 << 16
-
-
-def chunk_tokens(device: torch.device | str) -> int:
-    """The padded-token budget of one forward chunk on `device`."""
-    return CPU_CHUNK_TOKENS if torch.device(device).type == "cpu" else GPU_CHUNK_TOKENS
-
-
-def length_chunks(lengths: list[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
-    """Indices of `lengths` sorted by length and cut into chunks whose padded size (rows × longest) ≤ max_tokens.
-
-    Every chunk holds at least one row, and at most `max_rows`. Forwarding such chunks instead of one
-    right-padded batch wastes less compute on padding and, on a CPU, keeps the activations in cache: 64 training
-    sequences of 70-160 tokens take 0.72 s (fwd+bwd, enigma-tiny, one thread) in chunks of 8-16 against 0.97 s
-    as one batch, and critic scoring runs 2.4x faster in chunks of 16 than of 64 (BENCHMARKS.md).
-    """
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        full = max_rows is not None and len(current) >= max_rows
-        if current and (full or (len(current) + 1) * lengths[i] > max_tokens):
-            chunks.append(current)
-            current = []
-        current.append(i)
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean over positions: ``[B, T, H]``, ``[B, T]`` → ``[B, H]`` in float32 (0 for an empty mask)."""
-    weights = mask.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
-    total = (hidden.float() * weights).sum(dim=1)
-    return total / weights.sum(dim=1).clamp(min=1.0)
-
-
-def completion_positions(completion_ids: list[list[int]], like: torch.Tensor) -> torch.Tensor:
-    """Boolean ``[n, L]`` on ``like``'s device: True at ``j < len(completion_ids[i])`` (`decode.score`'s layout)."""
-    lengths = torch.tensor([len(c) for c in completion_ids], device=like.device)
-    return torch.arange(like.shape[1], device=like.device).unsqueeze(0) < lengths.unsqueeze(1)
-
-
-def sequence_mean_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean token log-prob of each row over ``mask``: ``[B, T]`` → ``[B]`` (0 for an empty mask)."""
-    mask = mask.to(device=logp.device, dtype=logp.dtype)
-    return (logp * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
 
 
 @torch.no_grad()

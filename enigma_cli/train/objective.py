@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..core import SinkhornConvergenceWarning, grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
 from ..models import decode
-from ..models.rollout import (
+from ..models.logprobs import (
     Batch,
     chunk_tokens,
     completion_positions,
@@ -66,7 +66,7 @@ def forward(model, ep: Episodes, idx: list[int], prompt_rows: list[int], pad_id:
     """Log-probs (and pooled hidden states) of completions `idx`, each after prompt `prompt_rows[i]`.
 
     Log-probs are of the sampling distribution, logits / temperature, as in TRL, so that on-policy ratios are 1.
-    The rows run in length-sorted chunks (`rollout.length_chunks`, `rollout.chunk_tokens`); the result is in the order of `idx`, and the graphs of
+    The rows run in length-sorted chunks (`logprobs.length_chunks`, `logprobs.chunk_tokens`); the result is in the order of `idx`, and the graphs of
     all chunks stay alive for one backward, so the loss and its gradient do not depend on the chunking.
     """
     device = _device(model)
