@@ -64,7 +64,23 @@ def _register() -> None:
     app.command("self-check")(self_check.self_check)
 
 
+def _no_type_for_flags() -> None:
+    """typer's rich help prints a type column, and `<bool>` beside an on/off flag says nothing: leave it blank."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_enigma", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return "" if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._enigma = True
+    TyperOption.display_type_rich = display_type_rich
+
+
 _register()
+_no_type_for_flags()
 
 
 def main(argv: list[str] | None = None) -> int:

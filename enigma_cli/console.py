@@ -4,8 +4,9 @@ import sys
 
 from rich.console import Console
 
-# A pipe or log file gets a fixed, wide layout rather than rich's 80-column fallback, so tables stay whole.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 132)
+# A pipe or log file gets a fixed, wide layout rather than rich's 80-column fallback, so tables stay whole; and
+# no line of ours is ever wrapped (soft_wrap), so an error or status line stays one line a script can grep.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 132, soft_wrap=True)
 
 
 def show_progress() -> bool:

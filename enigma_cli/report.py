@@ -18,13 +18,47 @@ Format = Literal["csv", "jsonl", "parquet"]
 FORMATS = ("csv", "jsonl", "parquet")
 
 
-def check_format(fmt: str, out: Path | None) -> str:
+def check_format(fmt: str, out: str | Path | None, flag: str = "--out") -> str:
     """Validate the format before any work is done (parquet cannot go to a terminal)."""
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}.")
     if fmt == "parquet" and out is None:
-        raise InputError("--format parquet needs --out FILE (parquet is binary and cannot go to stdout).")
+        raise InputError(f"--format parquet needs {flag} (parquet is binary and cannot go to stdout).")
+    check_output_file(out, flag) if flag == "--out" else check_output_dir(out, flag)
     return fmt
+
+
+def check_output_file(path: str | Path | None, flag: str = "--out") -> None:
+    """Fail now, before any work, if a report could not be written to `path` (a folder, or an unwritable place)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name.")
+    _check_creatable(path.parent, flag, path)
+
+
+def check_output_dir(path: str | Path | None, flag: str = "--output-dir") -> None:
+    """Fail now if `path` is a file, or a folder that cannot be created or written."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a folder.")
+    _check_creatable(path, flag, path)
+
+
+def _check_creatable(folder: Path, flag: str, target: Path) -> None:
+    """The nearest existing ancestor of `folder` must be a writable folder (we create the rest)."""
+    probe = folder if str(folder) else Path(".")
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{flag} {target}: {probe} is a file, so the folder cannot be created.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {target}: {probe} is not writable.")
 
 
 def _jsonl(df: pd.DataFrame) -> str:
@@ -74,7 +108,7 @@ class _AtomicPath:
             self.tmp.unlink(missing_ok=True)
 
 
-def write_table(df: pd.DataFrame, out: Path | None = None, fmt: str = "csv") -> None:
+def write_table(df: pd.DataFrame, out: str | Path | None = None, fmt: str = "csv") -> None:
     """Write `df` to `out` (atomically) or to stdout; nothing half-written is left on failure."""
     check_format(fmt, out)
     if out is None:

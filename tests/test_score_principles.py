@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
-from enigma_cli import scoring
+from enigma_cli.score import ScoreConfig
+from enigma_cli.score import scoring
 from enigma_cli.cli import main
 from enigma_cli.datasets import Example
 from enigma_cli.models.rollout import Generation
@@ -219,7 +220,7 @@ def score_with(monkeypatch, tokenizer, set_name, critic, marginal=lambda j, q, s
     pset = load_principle_set(set_name)
     fake = FakeLM(QUESTIONS[:n], critic, marginal).install(monkeypatch, pset)
     examples = [Example(q, "1") for q in QUESTIONS[:n]]
-    cfg = scoring.ScoreSettings(samples=samples, max_new_tokens=4, batch_size=5, seed=0, bootstrap=200)
+    cfg = ScoreConfig(samples=samples, max_new_tokens=4, batch_size=5, seed=0, bootstrap=200)
     result = scoring.score_set(SimpleNamespace(tokenizer=tokenizer, model=None), pset, examples, cfg)
     assert fake.mixed == [], "a critic matrix mixes completions of different prompts"
     k = pset.k
@@ -409,7 +410,7 @@ def test_dry_run_loads_no_weights_and_writes_nothing(monkeypatch, tmp_path, caps
 
 def test_config_file_fills_options_and_typed_flags_win(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("prompts: 5\nsamples: 3\nsets: [placebo]\n")
+    cfg.write_text("prompts: 5\nsamples: 3\nprinciples: [placebo]\n")
     rc, out, err = run(["--config", cfg, "--samples", "1", "--dry-run"], capsys)
     assert rc == 0, err
     assert "placebo:K=2,5prompts×2principles×1samples=10completions" in flat(err)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from enigma_cli.core.format_rewards import parse_completion
-from enigma_cli.models import pretrain as P
+from enigma_cli.pretrain import training as P
 from enigma_cli.models.tiny import (
     ASSISTANT_TOKEN,
     END_TOKEN,
@@ -278,7 +278,7 @@ def test_shipped_model_writes_the_format_greedily(enigma_tiny):
 
 
 def test_shipped_model_leaves_room_for_training():
-    from enigma_cli.commands.build_default_model import default_out
+    from enigma_cli.pretrain.config import default_out
 
     path = default_out() / "build_info.json"
     if not path.exists():

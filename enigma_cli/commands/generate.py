@@ -2,55 +2,70 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from dataclasses import dataclass
 
-import pandas as pd
-import typer
-
+from ..console import console
 from ..errors import InputError
-from ..report import check_format, write_table
+from ..options import Options, command, opt
+from ..report import FORMATS
 
 
-def generate(
-    question: Annotated[list[str], typer.Argument(help="Question(s) to answer.")],
-    model: Annotated[str, typer.Option(help="enigma-tiny, smollm2, a local model folder or a hub id.")] = "enigma-tiny",
-    principle: Annotated[str | None, typer.Option(help="A principle: its text, or SET:ID of a shipped set "
-                                                          "(e.g. stepwise-vs-oneline:show-steps).")] = None,
-    samples: Annotated[int, typer.Option("--samples", "-n", help="Completions per question.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = 96,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Write the completions here instead of stdout.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "jsonl",
-) -> None:
-    """Generate completions in the <reasoning>/<answer> format, one row per completion."""
-    check_format(fmt, out)
-    if samples < 1 or max_new_tokens < 1:
-        raise InputError("--samples and --max-new-tokens must be at least 1.")
-    if temperature < 0:
-        raise InputError(f"--temperature must be >= 0, not {temperature}.")
-    text = _principle_text(principle)
+@dataclass(frozen=True)
+class GenerateConfig(Options):
+    question: tuple[str, ...] = opt((), "Question(s) to answer.", argument=True, metavar="QUESTION")
+    model: str = opt("enigma-tiny", "enigma-tiny, smollm2, a local model folder, a run folder or a hub id.")
+    principle: str | None = opt(None, "A principle: its text, or SET:ID of a shipped set "
+                                      "(e.g. stepwise-vs-oneline:show-steps).")
+    samples: int = opt(1, "Completions per question.", short="-n", ge=1)
+    max_new_tokens: int = opt(96, "Longest completion, in tokens.", ge=1)
+    temperature: float = opt(0.0, "Sampling temperature (0 = greedy).", ge=0)
+    seed: int = opt(0, "Sampling seed.")
+    device: str = opt("auto", "auto, cpu or cuda.")
+    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    out: str | None = opt(None, "Write the completions here instead of stdout.", metavar="FILE")
+    format: str = opt("jsonl", "Report format.", choices=FORMATS)
+
+    def check(self) -> None:
+        if not self.question:
+            raise InputError("give at least one QUESTION to answer.")
+        if any(not q.strip() for q in self.question):
+            raise InputError("a QUESTION is empty.")
+
+
+def run(cfg: GenerateConfig, dry_run: bool) -> None:
+    from ..models.loading import model_path_for
+    from ..report import check_format
+
+    check_format(cfg.format, cfg.out)
+    text = principle_text(cfg.principle)
+    model_path_for(cfg.model)
+    if dry_run:
+        console.print(f"{len(cfg.question)} question(s) × {cfg.samples} sample(s) of ≤{cfg.max_new_tokens} tokens "
+                      f"from {cfg.model}" + (f" under {cfg.principle!r}" if text else "") + "; nothing loaded "
+                      "(--dry-run).", highlight=False)
+        return
+    import pandas as pd
+
     from ..core import parse_completion
     from ..models.loading import load_model
     from ..models.rollout import generate as sample
     from ..prompts import render_prompt
+    from ..report import write_table
 
-    lm = load_model(model, device=device, dtype=dtype)
-    prompts = [render_prompt(lm.tokenizer, text, q) for q in question]
-    gen = sample(lm.model, lm.tokenizer, prompts, num_samples=samples, max_new_tokens=max_new_tokens,
-                 temperature=temperature, seed=seed)
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    prompts = [render_prompt(lm.tokenizer, text, q) for q in cfg.question]
+    gen = sample(lm.model, lm.tokenizer, prompts, num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
+                 temperature=cfg.temperature, seed=cfg.seed)
     rows = []
     for i, completion in enumerate(gen.texts):
         parsed = parse_completion(completion)
-        rows.append({"question": question[gen.prompt_index[i]], "principle": text or "", "completion": completion,
-                     "strict_format": parsed.strict, "answer": parsed.answer, "model": model})
-    write_table(pd.DataFrame(rows), out, fmt)
+        rows.append({"question": cfg.question[gen.prompt_index[i]], "principle": text or "",
+                     "completion": completion, "strict_format": parsed.strict, "answer": parsed.answer,
+                     "model": cfg.model})
+    write_table(pd.DataFrame(rows), cfg.out, cfg.format)
 
 
-def _principle_text(spec: str | None) -> str | None:
+def principle_text(spec: str | None) -> str | None:
     """`SET:ID` names a shipped principle; anything else is the principle's text itself."""
     if not spec:
         return None
@@ -65,3 +80,7 @@ def _principle_text(spec: str | None) -> str | None:
         raise InputError(f"--principle {spec}: set {pset.name} has no principle {pid!r} "
                          f"(it has {', '.join(pset.ids)}).")
     return spec
+
+
+generate = command(GenerateConfig, "generate", run,
+                   help="Generate completions in the <reasoning>/<answer> format, one row per completion.")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Annotated
+from dataclasses import dataclass
 
 import pandas as pd
-import typer
 
 from ..console import console
 from ..errors import EnigmaError
-from ..report import write_table
+from ..options import Options, command, opt
+from ..report import FORMATS, write_table
 
 
 def _checks(seed: int):
@@ -48,17 +47,32 @@ def _checks(seed: int):
     yield "format: strict layout parsed", 0.0 if core.parse_completion(text).strict else 1.0, 0.5
 
 
-def self_check(
-    seed: Annotated[int, typer.Option(help="Seed for the random inputs.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write the report here instead of stdout.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "csv",
-) -> None:
-    """Check the core library against independent references (POT, brute force) in a few seconds."""
-    rows = [{"check": name, "error": err, "tolerance": tol, "ok": err <= tol} for name, err, tol in _checks(seed)]
+@dataclass(frozen=True)
+class SelfCheckConfig(Options):
+    seed: int = opt(0, "Seed for the random inputs.")
+    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE")
+    format: str = opt("csv", "Report format.", choices=FORMATS)
+
+
+def run(cfg: SelfCheckConfig, dry_run: bool) -> None:
+    from ..report import check_format
+
+    check_format(cfg.format, cfg.out)
+    if dry_run:
+        console.print("would run the core estimators against POT and brute force (a few seconds); nothing run "
+                      "(--dry-run).")
+        return
+    rows = [{"check": name, "error": err, "tolerance": tol, "ok": err <= tol}
+            for name, err, tol in _checks(cfg.seed)]
     df = pd.DataFrame(rows)
     for r in rows:
         console.print(f"{'[green]ok[/]' if r['ok'] else '[red]FAIL[/]'}  {r['check']}  (error {r['error']:.2e})",
                       highlight=False)
-    write_table(df, out, fmt)
+    write_table(df, cfg.out, cfg.format)
     if not df["ok"].all():
         raise EnigmaError(f"{(~df['ok']).sum()} self-check(s) failed.")
+
+
+self_check = command(SelfCheckConfig, "self-check", run,
+                     help="Check the core library against independent references (POT, brute force) in a few "
+                          "seconds.")

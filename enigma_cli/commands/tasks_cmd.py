@@ -4,44 +4,54 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
 from ..console import console
-from ..errors import InputError
+from ..options import Options, command, opt
 
 app = typer.Typer(help="Built-in synthetic reasoning tasks.", no_args_is_help=True, add_completion=False)
 
 
-@app.command("generate")
-def generate(
-    n: Annotated[int, typer.Option("--n", help="Number of rows.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed; the rows are a deterministic function of (n, seed).")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write JSONL here (atomically) instead of stdout.")] = None,
-    sets: Annotated[list[str] | None, typer.Option(
-        "--set", help="Principle sets to draw principles from (repeatable; default: every shipped set).")] = None,
-    plain: Annotated[bool, typer.Option(
-        "--plain", help="Only question and answer, no principle or completion.")] = False,
-    split: Annotated[str, typer.Option(help="train, heldout or all (held-out questions never appear in train).")]
-    = "train",
-) -> None:
-    """Rows with question, answer, principle_id, principle_text and a completion obeying the principle."""
-    from ..principles import resolve_sets
-    from ..tasks.synthetic import SPLITS, generate_problems, training_examples, write_jsonl
+@dataclass(frozen=True)
+class TasksConfig(Options):
+    n: int = opt(1000, "Number of rows.", ge=1)
+    seed: int = opt(0, "Seed; the rows are a deterministic function of (n, seed).")
+    out: str | None = opt(None, "Write JSONL here (atomically) instead of stdout.", metavar="FILE")
+    set: tuple[str, ...] = opt((), "Principle sets to draw principles from (repeatable; default: every shipped "
+                                   "set).")
+    plain: bool = opt(False, "Only question and answer, no principle or completion.")
+    split: str = opt("train", "train, heldout or all (held-out questions never appear in train).",
+                     choices=("train", "heldout", "all"))
 
-    if n < 1:
-        raise InputError(f"--n must be at least 1, not {n}.")
-    if split not in SPLITS:
-        raise InputError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}.")
-    if plain:
-        rows = [{"question": p.question, "answer": p.answer} for p in generate_problems(n, seed, split=split)]
+
+def run(cfg: TasksConfig, dry_run: bool) -> None:
+    from ..principles import resolve_sets
+    from ..report import check_output_file
+    from ..tasks.synthetic import generate_problems, training_examples, write_jsonl
+
+    check_output_file(cfg.out)
+    sets = None if cfg.plain else resolve_sets(list(cfg.set) or None)
+    if dry_run:
+        what = "question/answer rows" if cfg.plain else f"rows with principles from {len(sets)} set(s)"
+        console.print(f"would write {cfg.n} {what} of the {cfg.split} split to {cfg.out or 'stdout'} (--dry-run).",
+                      highlight=False)
+        return
+    if cfg.plain:
+        rows = [{"question": p.question, "answer": p.answer} for p in generate_problems(cfg.n, cfg.seed,
+                                                                                         split=cfg.split)]
     else:
-        rows = training_examples(n, seed, resolve_sets(sets or None), split=split)
-    if out is None:
+        rows = training_examples(cfg.n, cfg.seed, sets, split=cfg.split)
+    if cfg.out is None:
         sys.stdout.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         sys.stdout.flush()
     else:
-        write_jsonl(rows, out)
-        console.print(f"wrote {len(rows)} rows to {out}", highlight=False)
+        write_jsonl(rows, Path(cfg.out))
+        console.print(f"wrote {len(rows)} rows to {cfg.out}", highlight=False)
+
+
+app.command("generate")(command(
+    TasksConfig, "tasks-generate", run,
+    help="Rows with question, answer, principle_id, principle_text and a completion obeying the principle."))

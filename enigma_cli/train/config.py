@@ -1,103 +1,102 @@
-"""`TrainConfig`: every option of `enigma train`, validated before anything is loaded."""
+"""`TrainConfig`: every option of `enigma train` (the single source of its flags), validated before anything loads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import InputError
+from ..options import Options, opt
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 IMPORTANCE_LEVELS = ("token", "sequence")
 SCALES = ("group", "batch", "none")
 SAMPLERS = ("auto", "lean", "hf")
+STREAM_FORMATS = ("csv", "jsonl")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    model: str = "enigma-tiny"
-    principles: str = "stepwise-vs-oneline"
-    dataset: str | None = None
-    question_column: str | None = None
-    answer_column: str | None = None
-    steps: int = 50
-    prompts_per_step: int = 4
-    group_size: int = 8
-    principles_per_prompt: int = 2
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    sampler: str = "auto"  # rollout.generate's engine: lean (Llama models), hf (model.generate), auto
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    loss_type: str = "grpo"
-    importance_level: str = "sequence"
-    scale_rewards: str = "group"
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
-    beta: float = 0.0
-    lambda_sami: float = 0.1
+class TrainConfig(Options):
+    # what to train on
+    model: str = opt("enigma-tiny", "enigma-tiny, smollm2, a local model folder, a run folder or a hub id.")
+    principles: str = opt("stepwise-vs-oneline", "Principle set: a shipped name or a YAML file.")
+    dataset: str = opt("synthetic", "'synthetic', a JSONL/CSV/parquet file, or a hub id.")
+    question_column: str | None = opt(None, "Column holding the question.")
+    answer_column: str | None = opt(None, "Column holding the answer.")
+    # the rollout
+    steps: int = opt(50, "Optimisation steps (generations).", ge=1)
+    prompts_per_step: int = opt(4, "Prompts per step (per process).", ge=1)
+    group_size: int = opt(8, "Completions per prompt (G).", short="-G", ge=1)
+    principles_per_prompt: int = opt(2, "Principles per prompt (K); G/K completions each.", short="-K", ge=2)
+    max_new_tokens: int = opt(96, "Longest completion, in tokens.", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature.", gt=0)
+    sampler: str = opt("auto", "Rollout sampler: lean (Llama-architecture models, prompts cached once per "
+                               "group), hf (transformers' generate), or auto.", choices=SAMPLERS)
+    # the optimiser
+    lr: float = opt(3e-4, "AdamW learning rate.", gt=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
+    warmup_steps: int = opt(0, "Linear learning-rate warm-up, in steps.", ge=0)
+    max_grad_norm: float = opt(1.0, "Gradient clipping norm.", gt=0)
+    updates_per_generation: int = opt(1, "Policy updates per generation (μ).", ge=1)
+    grad_accum: int = opt(1, "Micro-batches per update (splits the prompts).", ge=1)
+    lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning).", ge=0)
+    lora_alpha: int = opt(16, "LoRA alpha (scale = alpha / r).", ge=1)
+    # the GRPO term
+    loss_type: str = opt("grpo", "Loss aggregation (TRL's definitions).", choices=LOSS_TYPES)
+    importance_level: str = opt("sequence", "Importance ratio per token, or per sequence (GSPO, the paper's).",
+                                choices=IMPORTANCE_LEVELS)
+    scale_rewards: str = opt("group", "Advantage scaling.", choices=SCALES)
+    epsilon: float = opt(0.2, "Clip range below (and above, unless --epsilon-high).", gt=0)
+    epsilon_high: float | None = opt(None, "Clip range above.", gt=0)
+    beta: float = opt(0.0, "KL-to-reference weight (k3 estimator).", ge=0)
+    # rewards
+    reward: str = opt("format", "Reward terms with weights, e.g. 'format' or 'format=1,coherence=0.5'.")
+    format_weights: tuple[float, ...] = opt((1.0, 0.5, 0.5), "Weights of the strict, soft and tag parts of the "
+                                                              "format reward, e.g. 1,0.5,0.5.", ge=0)
+    coherence_gamma: float = opt(2.0, "γ of the coherence target q ∝ p̂^γ. It only scales the coherence reward, "
+                                      "so with --scale-rewards group it matters only next to other reward terms.",
+                                 gt=0)
+    gibbs_beta: float = opt(1.0, "β of the Gibbs target q ∝ p̂·exp(R/β).", gt=0)
+    numeric_answers: bool = opt(True, "Compare answers as numbers where they parse as numbers.",
+                                negative="--text-answers")
+    # the SAMI term
+    sami: bool = opt(True, "Ablation: switch the SAMI term.", negative="--no-sami")
+    lambda_sami: float = opt(0.1, "Weight of the SAMI InfoNCE term.", ge=0)
     # Critic matrices per prompt that SAMI scores (0: all G/K). One gave the same MI gain as all four in 50 steps
     # (0.034 vs 0.033 nats) at 1.2-1.35x the GRPO-only step instead of 1.5-1.85x (BENCHMARKS.md).
-    sami_matrices: int = 1
-    lambda_ot: float = 1.0
-    ot_layers: tuple[int, ...] = ()  # empty: one middle layer and the last (method.md §5)
-    ot_eps: float = 0.05
-    sami: bool = True
-    ot: bool = True
-    reward: str = "format"
-    format_weights: tuple[float, float, float] = (1.0, 0.5, 0.5)  # strict, soft, tags (method.md §1)
-    coherence_gamma: float = 2.0
-    gibbs_beta: float = 1.0
-    numeric_answers: bool = True
-    updates_per_generation: int = 1
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    lora_r: int = 0
-    lora_alpha: int = 16
-    output_dir: str = "runs/enigma"
-    save_every: int = 0
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    max_nonfinite: int = 3
-    ref_metrics: bool = True
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
+    sami_matrices: int = opt(1, "Critic matrices per prompt that SAMI scores, of G/K (0: all; fewer is cheaper, "
+                                "same expectation).", ge=0)
+    # the OT term
+    ot: bool = opt(True, "Ablation: switch the OT term.", negative="--no-ot")
+    lambda_ot: float = opt(1.0, "Weight of the Sinkhorn OT term.", ge=0)
+    ot_layers: tuple[int, ...] = opt((), "Hidden-state layers for OT, e.g. 2,4 (auto: one middle layer and the "
+                                          "last).", metavar="auto|LIST")
+    ot_eps: float = opt(0.05, "Entropic regularisation of the OT term.", gt=0)
+    ref_metrics: bool = opt(True, "Log KL, OT drift and the MI bound in every ablation (costs a reference pass).",
+                            negative="--no-ref-metrics")
+    # the run
+    output_dir: str = opt("runs/enigma", "Where metrics, completions and checkpoints go.", metavar="DIR")
+    save_every: int = opt(0, "Checkpoint every N steps (0: only at the end).", ge=0)
+    resume: str | None = opt(None, "'latest' or a checkpoint folder to continue from.")
+    max_nonfinite: int = opt(3, "Abort after this many steps in a row with a non-finite loss or gradient.", ge=1)
+    format: str | None = opt(None, "Also stream the metrics rows to stdout.", choices=STREAM_FORMATS)
+    seed: int = opt(0, "Seed for prompts, principles and sampling.")
+    device: str = opt("auto", "auto, cpu or cuda.")
+    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
 
-    def __post_init__(self):
+    def check(self) -> None:
         def need(cond: bool, msg: str):
             if not cond:
                 raise InputError(msg)
 
-        for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "updates_per_generation",
-                     "grad_accum", "max_nonfinite"):
-            need(int(getattr(self, name)) >= 1, f"--{name.replace('_', '-')} must be at least 1, "
-                                                f"not {getattr(self, name)}.")
-        need(self.principles_per_prompt >= 2, f"--principles-per-prompt (K) must be at least 2, "
-                                              f"not {self.principles_per_prompt}.")
         need(self.group_size % self.principles_per_prompt == 0,
              f"--group-size ({self.group_size}) must be divisible by --principles-per-prompt "
              f"({self.principles_per_prompt}): each principle gets G/K completions.")
         need(self.prompts_per_step % self.grad_accum == 0,
              f"--prompts-per-step ({self.prompts_per_step}) must be divisible by --grad-accum ({self.grad_accum}).")
-        need(self.loss_type in LOSS_TYPES, f"--loss-type must be one of {', '.join(LOSS_TYPES)}, "
-                                           f"not {self.loss_type!r}.")
-        need(self.importance_level in IMPORTANCE_LEVELS,
-             f"--importance-level must be token or sequence, not {self.importance_level!r}.")
-        need(self.scale_rewards in SCALES, f"--scale-rewards must be one of {', '.join(SCALES)}, "
-                                           f"not {self.scale_rewards!r}.")
-        need(self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}.")
-        need(self.lr > 0, f"--lr must be positive, not {self.lr}.")
-        need(self.temperature > 0, f"--temperature must be positive for GRPO sampling, not {self.temperature}.")
-        need(self.ot_eps > 0, f"--ot-eps must be positive, not {self.ot_eps}.")
-        need(self.epsilon > 0, f"--epsilon must be positive, not {self.epsilon}.")
-        need(self.beta >= 0 and self.lambda_sami >= 0 and self.lambda_ot >= 0,
-             "--beta, --lambda-sami and --lambda-ot must be non-negative.")
-        need(0 <= self.sami_matrices <= self.group_size // self.principles_per_prompt,
+        need(self.sami_matrices <= self.group_size // self.principles_per_prompt,
              f"--sami-matrices must lie in [0, G/K = {self.group_size // self.principles_per_prompt}] "
              f"(0: all), not {self.sami_matrices}.")
-        need(len(self.format_weights) == 3, "format_weights must be three numbers: strict, soft, tags.")
-        object.__setattr__(self, "ot_layers", tuple(int(x) for x in self.ot_layers))
-        object.__setattr__(self, "format_weights", tuple(float(x) for x in self.format_weights))
+        need(len(self.format_weights) == 3, "--format-weights must be three numbers: strict, soft, tags.")
         from .rewards import parse_reward_spec
 
         parse_reward_spec(self.reward)  # raises InputError on an unknown reward

@@ -16,7 +16,7 @@ METRICS = "metrics.csv"
 COMPLETIONS = "completions.jsonl"
 
 
-def plan(cfg: TrainConfig, resume: str | None = None):
+def plan(cfg: TrainConfig):
     """Everything that can be checked without loading weights: the model spec, the principle set, K, the data,
     and the output folder (a finished run is never overwritten; --resume needs a checkpoint)."""
     from ..datasets import load_examples
@@ -33,12 +33,15 @@ def plan(cfg: TrainConfig, resume: str | None = None):
     from ..models.loading import model_path_for
 
     model_path_for(cfg.model)  # a missing folder or package is an InputError here, before anything is written
-    _check_output(cfg, resume)
+    _check_output(cfg)
     return pset, examples
 
 
-def _check_output(cfg: TrainConfig, resume: str | None) -> None:
-    out = Path(cfg.output_dir)
+def _check_output(cfg: TrainConfig) -> None:
+    from ..report import check_output_dir
+
+    out, resume = Path(cfg.output_dir), cfg.resume
+    check_output_dir(out)
     if not resume and (out / METRICS).exists():
         raise InputError(f"{out} already holds a run ({METRICS}); pass --resume latest to continue it or choose "
                          "another --output-dir.")
@@ -48,13 +51,13 @@ def _check_output(cfg: TrainConfig, resume: str | None) -> None:
         find_checkpoint(resume, out)
 
 
-def run(cfg: TrainConfig, pset, examples, *, resume: str | None = None, stream: str | None = None,
-        progress: bool = False) -> Path:
-    from .. import config as cfgmod
+def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
+    from .. import options as cfgmod
     from ..models import decode
     from ..models.loading import load_model
     from .trainer import Trainer
 
+    resume, stream = cfg.resume, cfg.format
     out = Path(cfg.output_dir)  # plan() has checked it (and the model spec) before anything was loaded
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
     if cfg.sampler == "lean" and not decode.supports(lm.model):

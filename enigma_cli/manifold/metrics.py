@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 SINKHORN_MAX_ITER = 10_000
 SINKHORN_TOL = 1e-5
@@ -20,7 +20,7 @@ SINKHORN_TOL = 1e-5
 
 def reference_metrics(X: torch.Tensor, X_ref: torch.Tensor, *, eps: float = 0.05, pca_k: int = 8) -> dict:
     """Drift, CKA and principal angles of pooled points X against the base's X_ref (rows paired)."""
-    from .core import linear_cka, principal_angles, sinkhorn_divergence
+    from ..core import linear_cka, principal_angles, sinkhorn_divergence
 
     X, X_ref = X.double(), X_ref.double()
     n, d = X.shape
@@ -44,7 +44,7 @@ def reference_metrics(X: torch.Tensor, X_ref: torch.Tensor, *, eps: float = 0.05
 
 def intrinsic_metrics(pooled: torch.Tensor, tokens: torch.Tensor) -> dict:
     """Effective rank, participation ratio and anisotropy of pooled points; TwoNN and erank of tokens."""
-    from .core import anisotropy, effective_rank, participation_ratio, twonn_dimension
+    from ..core import anisotropy, effective_rank, participation_ratio, twonn_dimension
 
     out = {"effective_rank": effective_rank(pooled), "participation_ratio": participation_ratio(pooled)}
     nonzero = int((pooled.norm(dim=1) > 0).sum())
@@ -59,7 +59,7 @@ def intrinsic_metrics(pooled: torch.Tensor, tokens: torch.Tensor) -> dict:
 
 def distribution_metrics(logp: torch.Tensor, logp_ref: torch.Tensor) -> dict:
     """Mean Fisher-Rao distance and KL(model ‖ base) between next-token distributions (rows paired)."""
-    from .core import fisher_rao_distance, kl_divergence
+    from ..core import fisher_rao_distance, kl_divergence
 
     if logp.shape[0] == 0:
         return {"fisher_rao": math.nan, "kl": math.nan}
@@ -80,7 +80,7 @@ def decodability(X: torch.Tensor, labels: Sequence[int], groups: Sequence[int], 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedGroupKFold
 
-    from .core import infonce_bounds
+    from ..core import infonce_bounds
 
     nan = {"probe_acc": math.nan, "infonce_mi": math.nan, "infonce_mi_col": math.nan, "log_k": math.log(k)}
     y = np.asarray(labels, dtype=int)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .manifold import ManifoldSettings
+    from .config import ManifoldConfig
 
 COMPLETIONS_FILE = "completions.jsonl"
 
@@ -62,7 +62,7 @@ def base_identity(spec: str) -> str:
     The size and mtime of the config and weight files are included, so that a checkpoint rewritten in place does
     not reuse completions written by its previous weights.
     """
-    from .models.loading import model_path_for
+    from ..models.loading import model_path_for
 
     path, gguf = model_path_for(spec)
     folder = Path(path)
@@ -80,7 +80,7 @@ def base_identity(spec: str) -> str:
 
 
 def completions_key(base_source: str, set_name: str, principles: Sequence[tuple[str, str]],
-                    questions: Sequence[str], settings: ManifoldSettings) -> str:
+                    questions: Sequence[str], settings: ManifoldConfig) -> str:
     """A short fingerprint of everything that determines the completions (not batch size or device)."""
     payload = {
         "base": base_source, "set": set_name, "principles": [list(p) for p in principles],
@@ -90,11 +90,11 @@ def completions_key(base_source: str, set_name: str, principles: Sequence[tuple[
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def generate_completions(lm, pset, questions: Sequence[str], settings: ManifoldSettings,
+def generate_completions(lm, pset, questions: Sequence[str], settings: ManifoldConfig,
                          key: str) -> Completions:
     """The base writes ``samples`` completions per (question, principle), principle in the system prompt."""
-    from .models.rollout import generate
-    from .prompts import render_prompt
+    from ..models.rollout import generate
+    from ..prompts import render_prompt
 
     k, m = pset.k, settings.samples
     prompts = [render_prompt(lm.tokenizer, p.text, q) for q in questions for p in pset.principles]
@@ -112,7 +112,7 @@ def generate_completions(lm, pset, questions: Sequence[str], settings: ManifoldS
 
 def save_completions(comps: Completions, path: Path) -> None:
     """One JSON object per completion (ids included, so a reuse reads exactly the same tokens); atomic."""
-    from .report import atomic_path
+    from ..report import atomic_path
 
     with atomic_path(Path(path)) as tmp, open(tmp, "w") as fh:
         for i in range(len(comps)):

@@ -18,23 +18,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .core import bootstrap_si, infonce_bounds, parse_completion, pointwise_critic, sufficiency_index
-from .datasets import Example
-from .models.rollout import generate, score_pairs
-from .principles import PrincipleSet
-from .prompts import render_prompt
+from ..core import bootstrap_si, infonce_bounds, parse_completion, pointwise_critic, sufficiency_index
+from ..datasets import Example
+from ..models.rollout import generate, score_pairs
+from ..principles import PrincipleSet
+from ..prompts import render_prompt
+from .config import ScoreConfig
 
 SATURATION = 0.95  # warn when mi_sym reaches this fraction of log K: the bound cannot rank sets any more
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    samples: int = 4
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    batch_size: int = 64
-    seed: int = 0
-    bootstrap: int = 1000
 
 
 @dataclass
@@ -48,7 +39,7 @@ class SetScore:
     saturated: bool = False
 
 
-def critic_matrices(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreSettings, progress=None):
+def critic_matrices(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreConfig, progress=None):
     """Generate, then fill the critic tensors.
 
     Returns (S [N·M, K, K], marginal [N·M, K], texts (N·K·M) in (prompt, principle, sample) order).
@@ -79,7 +70,7 @@ def critic_matrices(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreS
     return S, marginal.float(), gen.texts
 
 
-def score_set(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreSettings, progress=None) -> SetScore:
+def score_set(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreConfig, progress=None) -> SetScore:
     """One row of the report for `pset` (and one per principle)."""
     n, k, m = len(examples), pset.k, cfg.samples
     with torch.no_grad():

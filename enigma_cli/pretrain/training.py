@@ -291,7 +291,7 @@ def build_tiny_model(*, examples: int, steps: int, batch_size: int, lr: float, s
     ``info`` (JSON-safe) holds the settings, the data size, the training metrics, the parameter count and, when
     ``eval_prompts`` > 0, the measured metrics of `evaluate_default_model` on held-out problems.
     """
-    from .tiny import init_tiny_lm, param_count, train_tokenizer
+    from ..models.tiny import init_tiny_lm, param_count, train_tokenizer
 
     start = time.perf_counter()
     rows = noisy_training_examples(examples, seed, format_noise=format_noise, style_noise=style_noise)

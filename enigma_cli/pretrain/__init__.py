@@ -1,0 +1,1 @@
+"""Pre-training enigma-tiny, the built-in default model (`enigma build-default-model`)."""

@@ -1,0 +1,31 @@
+"""`ScoreConfig`: every option of `enigma score-principles` (the single source of its flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..options import Options, opt
+from ..report import FORMATS
+
+
+@dataclass(frozen=True)
+class ScoreConfig(Options):
+    principles: tuple[str, ...] = opt((), "Principle sets: shipped names or YAML files (default: every shipped "
+                                          "set).", argument=True, metavar="SETS")
+    model: str = opt("enigma-tiny", "enigma-tiny, smollm2, a local model folder, a run folder or a hub id.")
+    dataset: str = opt("synthetic", "Prompts: 'synthetic' (built-in held-out problems), a JSONL/CSV/parquet "
+                                    "file, or a hub id.")
+    question_column: str | None = opt(None, "Column holding the question.")
+    answer_column: str | None = opt(None, "Column holding the answer.")
+    prompts: int = opt(24, "Prompts per set (N).", ge=1)
+    samples: int = opt(4, "Completions per principle and prompt (M).", ge=1)
+    max_new_tokens: int = opt(96, "Longest completion, in tokens.", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature (0 = greedy).", ge=0)
+    batch_size: int = opt(64, "Sequences per forward pass.", ge=1)
+    bootstrap: int = opt(1000, "Bootstrap resamples for the SI interval.", ge=1)
+    per_principle: bool = opt(False, "Also one row per principle.")
+    seed: int = opt(0, "Seed for prompts, sampling and bootstrap.")
+    device: str = opt("auto", "auto, cpu or cuda.")
+    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE")
+    format: str = opt("csv", "Report format.", choices=FORMATS)
