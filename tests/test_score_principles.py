@@ -18,12 +18,11 @@ import pandas as pd
 import pytest
 import torch
 
-from enigma_cli.score import ScoreConfig
-from enigma_cli.score import scoring
 from enigma_cli.cli import main
 from enigma_cli.datasets import Example
 from enigma_cli.models.rollout import Generation
 from enigma_cli.principles import load_principle_set
+from enigma_cli.score import ScoreConfig, scoring
 
 FAST = ["--prompts", "3", "--samples", "2", "--max-new-tokens", "12", "--batch-size", "16", "--bootstrap", "200",
         "--device", "cpu"]

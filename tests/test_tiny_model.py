@@ -9,7 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 from enigma_cli.core.format_rewards import parse_completion
-from enigma_cli.pretrain import training as P
 from enigma_cli.models.tiny import (
     ASSISTANT_TOKEN,
     END_TOKEN,
@@ -19,6 +18,7 @@ from enigma_cli.models.tiny import (
     param_count,
     train_tokenizer,
 )
+from enigma_cli.pretrain import training as P
 from enigma_cli.prompts import FORMAT_INSTRUCTION, render_prompt
 
 SMALL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64",
