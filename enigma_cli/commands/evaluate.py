@@ -2,62 +2,75 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-import pandas as pd
-import typer
+from dataclasses import dataclass
 
 from ..console import console
 from ..errors import InputError
-from ..report import check_format, write_table
+from ..options import Options, command, opt
+from ..report import FORMATS
 
 
-def evaluate(
-    models: Annotated[list[str] | None, typer.Option("--model", help="Model(s) to evaluate (repeatable): "
-                                                        "enigma-tiny, smollm2, a folder or a hub id.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="'synthetic' (held-out problems), a file or a hub id.")] = None,
-    question_column: Annotated[str | None, typer.Option(help="Column holding the question.")] = None,
-    answer_column: Annotated[str | None, typer.Option(help="Column holding the answer.")] = None,
-    prompts: Annotated[int, typer.Option(help="Prompts to evaluate on.")] = 64,
-    samples: Annotated[int, typer.Option("--samples", "-k", help="Completions per prompt.")] = 8,
-    principle: Annotated[str | None, typer.Option(help="Principle text for the system prompt (default: none).")]
-    = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest completion, in tokens.")] = 96,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")] = 1.0,
-    batch_size: Annotated[int, typer.Option(help="Sequences per generation batch.")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed for prompts and sampling.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Write the report here instead of stdout.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "csv",
-) -> None:
-    """Report format rate, accuracy@1, majority-vote accuracy and answer entropy, one row per model."""
-    check_format(fmt, out)
-    for name, value in (("--prompts", prompts), ("--samples", samples), ("--max-new-tokens", max_new_tokens),
-                        ("--batch-size", batch_size)):
-        if value < 1:
-            raise InputError(f"{name} must be at least 1, not {value}.")
-    if temperature < 0:
-        raise InputError(f"--temperature must be >= 0, not {temperature}.")
+@dataclass(frozen=True)
+class EvaluateConfig(Options):
+    model: tuple[str, ...] = opt(("enigma-tiny",), "Model(s) to evaluate (repeatable): enigma-tiny, smollm2, a "
+                                                   "folder, a run folder or a hub id.")
+    dataset: str = opt("synthetic", "'synthetic' (held-out problems), a file or a hub id.")
+    question_column: str | None = opt(None, "Column holding the question.")
+    answer_column: str | None = opt(None, "Column holding the answer.")
+    prompts: int = opt(64, "Prompts to evaluate on.", ge=1)
+    samples: int = opt(8, "Completions per prompt.", short="-k", ge=1)
+    principle: str | None = opt(None, "Principle text for the system prompt (default: none).")
+    max_new_tokens: int = opt(96, "Longest completion, in tokens.", ge=1)
+    temperature: float = opt(1.0, "Sampling temperature (0 = greedy).", ge=0)
+    batch_size: int = opt(64, "Sequences per generation batch.", ge=1)
+    seed: int = opt(0, "Seed for prompts and sampling.")
+    device: str = opt("auto", "auto, cpu or cuda.")
+    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE")
+    format: str = opt("csv", "Report format.", choices=FORMATS)
+
+    def check(self) -> None:
+        if not self.model:
+            raise InputError("give at least one --model to evaluate.")
+
+
+def run(cfg: EvaluateConfig, dry_run: bool) -> None:
     from ..datasets import load_examples
+    from ..models.loading import model_path_for
+    from ..report import check_format
+
+    check_format(cfg.format, cfg.out)
+    examples = load_examples(cfg.dataset, n=cfg.prompts, seed=cfg.seed, question_column=cfg.question_column,
+                             answer_column=cfg.answer_column)
+    if not examples:
+        raise InputError(f"dataset {cfg.dataset} has no prompts.")
+    for spec in cfg.model:
+        model_path_for(spec)
+    if dry_run:
+        console.print(f"{len(cfg.model)} model(s) × {len(examples)} prompts × {cfg.samples} samples of "
+                      f"≤{cfg.max_new_tokens} tokens; nothing loaded (--dry-run).", highlight=False)
+        return
+    import pandas as pd
+
     from ..evaluation import EvalSettings
     from ..evaluation import evaluate as run_eval
     from ..models.loading import load_model
+    from ..report import write_table
 
-    examples = load_examples(dataset, n=prompts, seed=seed, question_column=question_column,
-                             answer_column=answer_column)
-    if not examples:
-        raise InputError(f"dataset {dataset or 'synthetic'} has no prompts.")
-    settings = EvalSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                            batch_size=batch_size, seed=seed)
+    settings = EvalSettings(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            batch_size=cfg.batch_size, seed=cfg.seed)
     rows = []
-    for spec in models or ["enigma-tiny"]:
-        lm = load_model(spec, device=device, dtype=dtype)
-        row = {"model": spec, **run_eval(lm, examples, principle, settings), "temperature": temperature,
-               "seed": seed}
+    for spec in cfg.model:
+        lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
+        row = {"model": spec, **run_eval(lm, examples, cfg.principle, settings), "temperature": cfg.temperature,
+               "seed": cfg.seed}
         console.print(f"{spec}: format {row['format_rate']:.3f}  acc@1 {row['accuracy_at_1']:.3f}  "
                       f"majority {row['majority_accuracy']:.3f}  entropy {row['answer_entropy']:.3f}",
                       highlight=False)
         rows.append(row)
-    write_table(pd.DataFrame(rows), out, fmt)
+    write_table(pd.DataFrame(rows), cfg.out, cfg.format)
+
+
+evaluate = command(EvaluateConfig, "evaluate", run,
+                   help="Report format rate, accuracy@1, majority-vote accuracy and answer entropy, one row per "
+                        "model.")
