@@ -86,7 +86,10 @@ _no_type_for_flags()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map EnigmaError to its exit code with one sentence on stderr."""
     # Library chatter (download/loading bars, advisory warnings) would drown our one-line messages on stderr.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Progress bars are for a person at a terminal only; elsewhere the hub's are switched off for the whole run
+    # (and nothing of ours switches them back on, which would make huggingface_hub warn).
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         rc = app(args=argv, standalone_mode=False)

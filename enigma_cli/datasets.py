@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .console import show_progress
-from .errors import InputError
+from .errors import InputError, first_line
 
 SYNTHETIC = "synthetic"
 SYNTHETIC_SEED_OFFSET = 10_000_000
@@ -65,11 +65,6 @@ def _looks_local(spec: str) -> bool:
             or os.sep != "/" and os.sep in spec)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
-
-
 def _synthetic(n: int | None, seed: int) -> list[Example]:
     from .tasks.synthetic import generate_problems
 
@@ -100,7 +95,7 @@ def _load_local(path: Path):
             try:
                 ds = datasets.load_from_disk(str(path))
             except Exception as err:  # any failure to read is bad input
-                raise InputError(f"dataset folder {str(path)!r} cannot be read ({_first_line(err)}).") from err
+                raise InputError(f"dataset folder {str(path)!r} cannot be read ({first_line(err)}).") from err
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds[next(iter(ds))]
             return ds
@@ -114,7 +109,7 @@ def _load_local(path: Path):
         with open(path, "rb") as handle:
             head = handle.read(4096)
     except OSError as err:
-        raise InputError(f"dataset file {str(path)!r} cannot be read ({err.strerror or _first_line(err)}).") \
+        raise InputError(f"dataset file {str(path)!r} cannot be read ({err.strerror or first_line(err)}).") \
             from err
     if size == 0 or (builder != "parquet" and size <= len(head) and not head.strip()):
         raise InputError(f"dataset file {str(path)!r} is empty.")
@@ -125,7 +120,7 @@ def _load_local(path: Path):
         if "corresponds to no data" in str(err):  # a CSV header with no rows, a JSON file of []
             raise InputError(f"dataset file {str(path)!r} has no rows.") from err
         raise InputError(f"dataset file {str(path)!r} cannot be read as {path.suffix.lstrip('.')} "
-                         f"({_first_line(err)}).") from err
+                         f"({first_line(err)}).") from err
 
 
 def _unreachable_hub(timeout: float = 3.0) -> str | None:
@@ -162,7 +157,7 @@ def _load_hub(name: str, split: str, n: int | None, seed: int):
             return _hub_rows(datasets, name, split, n, seed)
     except Exception as err:  # not found, no network, bad split: one sentence
         raise InputError(f"dataset {name!r} (split {split!r}) cannot be loaded from the hub "
-                         f"({_first_line(err)}).") from err
+                         f"({first_line(err)}).") from err
 
 
 def _hub_rows(datasets, name: str, split: str, n: int | None, seed: int):

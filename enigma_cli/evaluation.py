@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .core import normalize_answer, parse_completion
-from .core.answer_rewards import group_answer_stats, majority_vote
+from .core.answer_stats import group_answer_stats, majority_vote
 from .datasets import Example
 from .models.rollout import generate
 from .prompts import render_prompt

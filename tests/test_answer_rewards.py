@@ -18,7 +18,8 @@ from enigma_cli.core import (
     pairwise_coherence_rewards,
     target_distribution,
 )
-from enigma_cli.core.answer_rewards import LOG_FLOOR, group_answer_stats, majority_vote
+from enigma_cli.core.answer_rewards import LOG_FLOOR
+from enigma_cli.core.answer_stats import group_answer_stats, majority_vote
 
 # One hand-computed group, G = 4: p̂(3) = 2/4, p̂(5) = 1/4, and one unparsable completion.
 GROUP = ["3", "3", "5", None]

@@ -65,7 +65,7 @@ def test_flags_derive_from_the_dataclass(name):
 
 
 def test_help_shows_no_bool_type_for_flags(capsys):
-    rc, out, err = run(["train", "--help"], capsys)
+    rc, out, _ = run(["train", "--help"], capsys)
     assert rc == 0
     assert "--no-sami" in out and "<bool>" not in out
 

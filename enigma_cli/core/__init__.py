@@ -44,8 +44,8 @@ _EXPORTS = {
     "pairwise_coherence_rewards": "answer_rewards",
     "diversity_rewards": "answer_rewards",
     "gibbs_rewards": "answer_rewards",
-    "majority_vote": "answer_rewards",
-    "group_answer_stats": "answer_rewards",
+    "majority_vote": "answer_stats",
+    "group_answer_stats": "answer_stats",
 }
 
 __all__ = sorted(_EXPORTS)  # noqa: PLE0605 - built from the lazy export table above

