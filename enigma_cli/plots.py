@@ -8,9 +8,18 @@ from pathlib import Path
 import pandas as pd
 
 
+def smoothed(values: pd.Series, window: int) -> pd.Series:
+    """Trailing moving average over `window` points (fewer at the start), NaNs skipped: what a curve trends to."""
+    return pd.to_numeric(values, errors="coerce").rolling(window, min_periods=1).mean()
+
+
 def grid_plot(df: pd.DataFrame, x: str, columns: list[str], path: Path, *, hue: str | None = None,
-              title: str = "") -> Path | None:
-    """One small panel per column against `x`, one line per `hue` value; written atomically. None if no columns."""
+              title: str = "", smooth: int = 0) -> Path | None:
+    """One small panel per column against `x`, one line per `hue` value; written atomically. None if no columns.
+
+    Every panel carries its own legend. With ``smooth`` > 1 each line is drawn raw (thin, faint) and as a trailing
+    moving average over ``smooth`` points (bold), so noisy training curves still show their trend.
+    """
     columns = [c for c in columns if c in df.columns and pd.to_numeric(df[c], errors="coerce").notna().any()]
     if not columns:
         return None
@@ -25,20 +34,28 @@ def grid_plot(df: pd.DataFrame, x: str, columns: list[str], path: Path, *, hue: 
     nrows = math.ceil(len(columns) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
     groups = list(df.groupby(hue, sort=False)) if hue else [(None, df)]
+    smooth = smooth if smooth > 1 and len(df) > smooth else 0
     for ax, col in zip(axes.flat, columns):
-        for name, part in groups:
-            ax.plot(part[x], pd.to_numeric(part[col], errors="coerce"), marker="o" if len(part) < 30 else None,
-                    markersize=3, label=str(name) if name is not None else None)
+        for i, (name, part) in enumerate(groups):
+            color = f"C{i % 10}"
+            label = str(name) if name is not None else col
+            values = pd.to_numeric(part[col], errors="coerce")
+            if smooth:
+                ax.plot(part[x], values, color=color, linewidth=0.8, alpha=0.35, label=f"{label} (raw)")
+                ax.plot(part[x], smoothed(values, smooth), color=color, linewidth=1.8,
+                        label=f"{label} (mean of {smooth})")
+            else:
+                ax.plot(part[x], values, color=color, marker="o" if len(part) < 30 else None, markersize=3,
+                        label=label)
         ax.set_title(col, fontsize=10)
         ax.set_xlabel(x, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
         if pd.api.types.is_integer_dtype(df[x]):
             ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
-    if hue and len(groups) > 1:
-        axes.flat[0].legend(fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

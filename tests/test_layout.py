@@ -99,3 +99,14 @@ def test_no_module_is_too_long():
     long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_nothing_points_outside_the_repository():
+    """The method and conventions live in docs/; no file may send a reader to a folder beside the checkout."""
+    repo = ROOT.parent
+    offenders = []
+    for path in [*repo.glob("*.md"), *repo.glob("Makefile"), *repo.glob("pyproject.toml"),
+                 *(repo / "docs").rglob("*.md"), *ROOT.rglob("*.py"), *(repo / "bench").rglob("*.py")]:
+        if "../shared" in path.read_text(errors="replace"):
+            offenders.append(str(path.relative_to(repo)))
+    assert offenders == []

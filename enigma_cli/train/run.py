@@ -100,7 +100,10 @@ def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
     if main:
         from ..plots import grid_plot
 
-        png = grid_plot(log.frame(), "step", CURVES, out / "training_curves.png", title=f"enigma train: {cfg.ablation}")
+        frame = log.frame()
+        title = f"{out.name}: {cfg.ablation} on {cfg.model}, set {pset.name}, seed {cfg.seed}"
+        png = grid_plot(frame, "step", CURVES, out / "training_curves.png", title=title,
+                        smooth=max(2, min(10, len(frame) // 5)))
         console.print(f"done: {out / METRICS}, {final}" + (f", {png}" if png else ""))
     dist_utils.barrier()
     dist_utils.shutdown()
