@@ -207,3 +207,26 @@ def test_normalize_is_idempotent_and_total(s):
     assert once is None or (once == once.strip() and once != "")
     if once is not None:
         assert normalize_answer(once) == once
+
+
+def test_wrapped_numbers_are_read_as_numbers_and_idempotent():
+    """The docstring's case: text-mode cleaning is tried as a number too, so '(12.0)!' is 12."""
+    for raw in ("(12.0)!", "[12]", "**12.**", "'12.00'"):
+        assert normalize_answer(raw) == "12"
+        assert normalize_answer(normalize_answer(raw)) == "12"
+
+
+def test_core_docstring_examples_hold():
+    """Every example written in a core docstring is run (they are documentation a user copies)."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    import enigma_cli.core as core
+
+    failed = tried = 0
+    for info in pkgutil.iter_modules(core.__path__):
+        module = importlib.import_module(f"enigma_cli.core.{info.name}")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        failed, tried = failed + result.failed, tried + result.attempted
+    assert tried > 0 and failed == 0

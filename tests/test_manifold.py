@@ -266,3 +266,35 @@ def test_completions_roundtrip_and_key_mismatch(tmp_path):
     assert back is not None and back.completion_ids == comps.completion_ids and back.labels == comps.labels
     assert manifold.load_completions(path, "other-key", ("a", "b")) is None
     assert json.loads(path.read_text().splitlines()[0])["principle_id"] == "a"
+
+
+def test_decodability_critic_has_principles_in_rows_and_completions_in_columns(monkeypatch):
+    """With a probe whose posterior is known, infonce_mi_col must be log K minus the mean of −log p(own principle |
+    completion) over the completions of complete cells: the column softmax of S[i, j] = log p(i | completion j) is
+    that posterior. A transposed S (completions in rows) gives another number."""
+    import numpy as np
+
+    from enigma_cli.manifold import metrics
+
+    comps, labels, groups = _cells(6, 3, 2)
+    n, k = len(labels), 3
+    gen = np.random.default_rng(0)
+    logits = gen.normal(size=(n, k)) * 2.0
+    post = np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))  # the fake probe's posterior
+    X = torch.arange(n, dtype=torch.float64).unsqueeze(1)  # the row index travels as the only feature
+
+    class Scaler:
+        def transform(self, A):
+            return A
+
+    class Probe:
+        classes_ = np.arange(k)
+
+        def predict_log_proba(self, A):
+            return np.log(post[A[:, 0].astype(int)])
+
+    monkeypatch.setattr(metrics, "_fit_probe", lambda *args, **kwargs: (Scaler(), Probe()))
+    out = metrics.decodability(X, labels, groups, comps.matrix_index(), k, folds=3, seed=0)
+    rows = comps.matrix_index().reshape(-1).tolist()
+    expected_col = math.log(k) + float(np.mean([np.log(post[i, labels[i]]) for i in rows]))
+    assert out["infonce_mi_col"] == pytest.approx(expected_col, abs=1e-9)
