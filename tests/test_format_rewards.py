@@ -222,7 +222,7 @@ def test_core_docstring_examples_hold():
     import importlib
     import pkgutil
 
-    import enigma_cli.core as core
+    from enigma_cli import core
 
     failed = tried = 0
     for info in pkgutil.iter_modules(core.__path__):

@@ -44,5 +44,5 @@ def test_hue_gives_one_labelled_line_per_model(tmp_path, monkeypatch):
     monkeypatch.setattr(plt, "close", lambda fig=None: captured.setdefault("fig", fig) and real_close(fig))
     df = pd.DataFrame({"layer": [0, 1, 0, 1], "cka": [1.0, 0.9, 1.0, 0.7], "model": ["base", "base", "x", "x"]})
     grid_plot(df, "layer", ["cka"], tmp_path / "m.png", hue="model")
-    ax = [a for a in captured["fig"].axes if a.get_title()][0]
+    ax = next(a for a in captured["fig"].axes if a.get_title())
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["base", "x"]
