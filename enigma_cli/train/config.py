@@ -32,13 +32,15 @@ class TrainConfig(Options):
     sampler: str = opt("auto", "Rollout sampler: lean (Llama-architecture models, prompts cached once per "
                                "group), hf (transformers' generate), or auto.", choices=SAMPLERS)
     # the optimiser
-    lr: float = opt(3e-4, "AdamW learning rate.", gt=0)
+    lr: float | None = opt(None, "AdamW learning rate (default: per model size, see docs: 3e-4 for enigma-tiny, "
+                                 "2e-5 with LoRA above 20M parameters).", gt=0)
     weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
     warmup_steps: int = opt(0, "Linear learning-rate warm-up, in steps.", ge=0)
     max_grad_norm: float = opt(1.0, "Gradient clipping norm.", gt=0)
     updates_per_generation: int = opt(1, "Policy updates per generation (μ).", ge=1)
     grad_accum: int = opt(1, "Micro-batches per update (splits the prompts).", ge=1)
-    lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning).", ge=0)
+    lora_r: int | None = opt(None, "LoRA rank; 0 = full fine-tuning (default: full for enigma-tiny-sized models, "
+                                   "16 above 20M parameters).", ge=0)
     lora_alpha: int = opt(16, "LoRA alpha (scale = alpha / r).", ge=1)
     # the GRPO term
     loss_type: str = opt("grpo", "Loss aggregation (TRL's definitions).", choices=LOSS_TYPES)
@@ -71,6 +73,7 @@ class TrainConfig(Options):
     ot_layers: tuple[int, ...] = opt((), "Hidden-state layers for OT, e.g. 2,4 (auto: one middle layer and the "
                                           "last).", metavar="auto|LIST")
     ot_eps: float = opt(0.05, "Entropic regularisation of the OT term.", gt=0)
+    kl_warn: float = opt(0.1, "Warn once when the KL to the reference passes this.", gt=0)
     ref_metrics: bool = opt(True, "Log KL, OT drift and the MI bound in every ablation (costs a reference pass).",
                             negative="--no-ref-metrics")
     # the run

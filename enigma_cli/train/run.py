@@ -55,6 +55,7 @@ def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
     from .. import options as cfgmod
     from ..models import decode
     from ..models.loading import load_model
+    from .defaults import Watch
     from .trainer import Trainer
 
     resume, stream = cfg.resume, cfg.format
@@ -68,6 +69,7 @@ def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
         cfgmod.write_resolved(cfg, path)
 
     trainer = Trainer(lm, examples, pset, cfg, resume=resume, write_config=write_config)
+    cfg = trainer.cfg  # with the learning rate and LoRA rank resolved for this model
     main = dist_utils.is_main()
     log = None
     if main:
@@ -77,6 +79,7 @@ def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
         if resume:
             truncate_dump(out / COMPLETIONS, trainer.step_no)
     fields = None  # the streamed CSV's columns, fixed by its header
+    watch = Watch(cfg)
     if main:
         console.print(f"[bold]enigma train[/] {cfg.ablation}: {lm.name} on {lm.device}, set {pset.name}, "
                       f"steps {trainer.step_no + 1}..{cfg.steps}, output {out}")
@@ -88,6 +91,7 @@ def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
             row = trainer.step()
             if main:
                 log.append(row)
+                watch.see(row)
                 dump_completions(out / COMPLETIONS, row["step"], trainer._last_episodes)
                 if stream:
                     fields = _stream(row, stream, fields)

@@ -36,6 +36,9 @@ class Trainer:
     """Holds the policy, reference, optimizer and step counter; `step()` returns one metrics row."""
 
     def __init__(self, lm, examples, pset, cfg, *, resume: str | None = None, write_config=None):
+        from .defaults import parameter_count, resolve_for_model
+
+        cfg = resolve_for_model(cfg, parameter_count(lm.model))  # auto lr and LoRA rank, per model size
         self.cfg, self.examples, self.pset = cfg, examples, pset
         self.tokenizer, self.device = lm.tokenizer, lm.device
         self.rank, self.world = dist_utils.init(lm.device)
