@@ -1,0 +1,122 @@
+"""The statistics of `enigma study`: does pre-training SI predict what training does? (docs/method.md §9)
+
+Pure functions of tidy tables (pandas), no model anywhere, so that every number in a study report can be checked
+on synthetic data with a known answer.
+
+- `spearman_test`: Spearman's ρ between SI and an outcome across principle sets, a percentile bootstrap interval
+  (resampling sets), and a two-sided permutation p-value (shuffling the outcome across sets, with the +1
+  correction of Phipson & Smyth 2010 so that p is never 0).
+- `noise_table`: for each outcome, the seed-to-seed noise (pooled within-set standard deviation) beside the spread
+  between sets (standard deviation of the set means), the variance ratio between them, and a one-way ANOVA
+  p-value. With n seeds per set, seed noise alone makes the set means vary with variance s_within² / n; a ratio
+  near 1 says that the differences between sets are what noise would give.
+- `paired_test`: full ENIGMA against the GRPO-only ablation, paired by (set, seed): the mean difference, how often
+  ENIGMA wins, and the Wilcoxon signed-rank p-value.
+
+Choices (ours): sets are the unit of every correlation (runs of one set are averaged first, so seeds cannot
+inflate n); ties in ranks take their average rank (scipy's default); a bootstrap resample whose SI or outcome is
+constant has no ρ and is dropped (the number kept is reported).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def spearman_test(x, y, *, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0, level: float = 0.95) -> dict:
+    """ρ(x, y) over sets, with a bootstrap CI and a two-sided permutation p-value; NaNs are dropped pairwise."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = len(x)
+    out = {"n_sets": n, "rho": math.nan, "rho_low": math.nan, "rho_high": math.nan, "p_perm": math.nan,
+           "boot_kept": 0}
+    if n < 3:
+        return out
+    rho = _spearman(x, y)
+    out["rho"] = rho
+    if math.isnan(rho):
+        return out
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        r = _spearman(x[idx], y[idx])
+        if not math.isnan(r):
+            boots.append(r)
+    if boots:
+        tail = (1 - level) / 2
+        out["rho_low"], out["rho_high"] = (float(v) for v in np.quantile(boots, [tail, 1 - tail]))
+    out["boot_kept"] = len(boots)
+    hits = sum(abs(_spearman(x, rng.permutation(y))) >= abs(rho) - 1e-12 for _ in range(n_perm))
+    out["p_perm"] = (hits + 1) / (n_perm + 1)
+    return out
+
+
+def noise_table(runs: pd.DataFrame, outcomes: list[str], *, by: str = "set") -> pd.DataFrame:
+    """Per outcome: seed noise (pooled within-set SD), between-set SD of the set means, their variance ratio
+    (between-set variance over the variance seed noise alone gives the means), and a one-way ANOVA p-value."""
+    from scipy.stats import f_oneway
+
+    rows = []
+    for outcome in outcomes:
+        groups = [g[outcome].dropna().to_numpy(float) for _, g in runs.groupby(by, sort=False)]
+        groups = [g for g in groups if len(g)]
+        sizes = np.array([len(g) for g in groups])
+        row = {"outcome": outcome, "sets": len(groups), "seed_noise_sd": math.nan, "between_set_sd": math.nan,
+               "variance_ratio": math.nan, "anova_p": math.nan}
+        if len(groups) >= 2:
+            means = np.array([g.mean() for g in groups])
+            row["between_set_sd"] = float(means.std(ddof=1))
+            dof = int((sizes - 1).sum())
+            if dof > 0:
+                within = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)
+                row["seed_noise_sd"] = math.sqrt(within)
+                expected = within / float(np.mean(sizes))
+                row["variance_ratio"] = float(means.var(ddof=1) / expected) if expected > 0 else math.inf
+                if all(len(g) >= 2 for g in groups) and within > 0:
+                    row["anova_p"] = float(f_oneway(*groups).pvalue)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_test(runs: pd.DataFrame, outcome: str, *, treatment: str = "enigma", control: str = "grpo",
+                variant: str = "variant", keys: tuple[str, ...] = ("set", "seed")) -> dict:
+    """ENIGMA minus GRPO-only on `outcome`, paired by `keys`: mean difference, wins, Wilcoxon signed-rank p."""
+    from scipy.stats import wilcoxon
+
+    a = runs[runs[variant] == treatment].set_index(list(keys))[outcome]
+    b = runs[runs[variant] == control].set_index(list(keys))[outcome]
+    joined = pd.concat([a.rename("t"), b.rename("c")], axis=1).dropna()
+    diff = (joined["t"] - joined["c"]).to_numpy(float)
+    out = {"outcome": outcome, "pairs": len(diff), "mean_diff": math.nan, "wins": int((diff > 0).sum()),
+           "losses": int((diff < 0).sum()), "p_wilcoxon": math.nan}
+    if len(diff):
+        out["mean_diff"] = float(diff.mean())
+    if (diff != 0).sum() >= 1:
+        out["p_wilcoxon"] = float(wilcoxon(diff, zero_method="wilcox").pvalue) if (diff != 0).sum() >= 2 else 1.0
+    return out
+
+
+def correlations(sets: pd.DataFrame, outcomes: list[str], *, si: str = "si", seed: int = 0, n_boot: int = 2000,
+                 n_perm: int = 5000) -> pd.DataFrame:
+    """One row per outcome: Spearman ρ of pre-training SI against the set-level outcome, CI and p-value."""
+    rows = []
+    for outcome in outcomes:
+        if outcome not in sets:
+            continue
+        test = spearman_test(sets[si], sets[outcome], n_boot=n_boot, n_perm=n_perm, seed=seed)
+        rows.append({"outcome": outcome, **test})
+    return pd.DataFrame(rows)
