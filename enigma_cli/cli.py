@@ -48,6 +48,7 @@ def _register() -> None:
         principles_cmd,
         score_principles,
         self_check,
+        study,
         tasks_cmd,
         train,
     )
@@ -58,6 +59,7 @@ def _register() -> None:
     app.command("analyze-manifold")(analyze_manifold.analyze_manifold)
     app.command("evaluate")(evaluate.evaluate)
     app.command("generate")(generate.generate)
+    app.command("study")(study.study)
     app.add_typer(principles_cmd.app, name="principles")
     app.add_typer(tasks_cmd.app, name="tasks")
     app.command("build-default-model")(build_default_model.build_default_model)

@@ -62,6 +62,7 @@ class Spec:
     finite: bool = True               # floats must be finite
     metavar: str | None = None
     parse: Callable[[str], Any] | None = None  # turns one command-line string into the value (e.g. "2,4")
+    split: bool = False               # a tuple of text also takes "a,b" (numbers always do)
     cli: bool = True                  # False: config file and library only (kept rare)
 
 
@@ -155,6 +156,9 @@ def coerce(value: Any, tp, label: str, spec: Spec) -> Any:
     if origin is tuple:
         inner = typing.get_args(tp)[0]
         items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if inner is str and spec.split:
+            items = [p.strip() for item in items for p in (item.split(",") if isinstance(item, str) else [item])
+                     if not isinstance(p, str) or p.strip()]
         if inner is not str:  # "2,4" from a flag or a file; "auto" (or nothing) means the default, empty
             expanded = []
             for item in items:

@@ -14,11 +14,12 @@ def smoothed(values: pd.Series, window: int) -> pd.Series:
 
 
 def grid_plot(df: pd.DataFrame, x: str, columns: list[str], path: Path, *, hue: str | None = None,
-              title: str = "", smooth: int = 0) -> Path | None:
+              title: str = "", smooth: int = 0, raw: bool = True) -> Path | None:
     """One small panel per column against `x`, one line per `hue` value; written atomically. None if no columns.
 
     Every panel carries its own legend. With ``smooth`` > 1 each line is drawn raw (thin, faint) and as a trailing
-    moving average over ``smooth`` points (bold), so noisy training curves still show their trend.
+    moving average over ``smooth`` points (bold), so noisy training curves still show their trend; ``raw=False``
+    leaves the raw lines out (many lines in one panel).
     """
     columns = [c for c in columns if c in df.columns and pd.to_numeric(df[c], errors="coerce").notna().any()]
     if not columns:
@@ -41,7 +42,8 @@ def grid_plot(df: pd.DataFrame, x: str, columns: list[str], path: Path, *, hue: 
             label = str(name) if name is not None else col
             values = pd.to_numeric(part[col], errors="coerce")
             if smooth:
-                ax.plot(part[x], values, color=color, linewidth=0.8, alpha=0.35, label=f"{label} (raw)")
+                if raw:
+                    ax.plot(part[x], values, color=color, linewidth=0.8, alpha=0.35, label=f"{label} (raw)")
                 ax.plot(part[x], smoothed(values, smooth), color=color, linewidth=1.8,
                         label=f"{label} (mean of {smooth})")
             else:

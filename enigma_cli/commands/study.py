@@ -1,0 +1,21 @@
+"""`enigma study`: does pre-training SI predict steadier training and a gain over GRPO-only? One command."""
+
+from __future__ import annotations
+
+from ..options import command
+from ..study.config import StudyConfig
+
+
+def run(cfg: StudyConfig, dry_run: bool) -> None:
+    from ..report import write_table
+    from ..study.pipeline import run_study
+
+    sets = run_study(cfg, dry_run)
+    if sets is not None:
+        write_table(sets, None, "csv")
+
+
+study = command(StudyConfig, "study", run,
+                help="Test the paper's claim on your model: score every principle set, train each set × variant × "
+                     "seed, evaluate, and report whether pre-training SI predicts the outcomes (resumable, "
+                     "shardable).")

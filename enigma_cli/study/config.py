@@ -1,0 +1,80 @@
+"""`StudyConfig`: every option of `enigma study` (the single source of its flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..options import Options, opt
+
+VARIANTS = ("enigma", "grpo", "grpo+sami", "grpo+ot")
+MIN_SETS = 4
+
+
+@dataclass(frozen=True)
+class StudyConfig(Options):
+    principles: tuple[str, ...] = opt((), "Principle sets to compare (default: every shipped set); at least 4.",
+                                      argument=True, metavar="SETS")
+    model: str = opt("enigma-tiny", "The base model every run starts from: enigma-tiny, smollm2, a folder (e.g. "
+                                    "an `enigma sft` output) or a hub id.")
+    seeds: tuple[int, ...] = opt((0, 1), "Training seeds per set and variant, e.g. 0,1.")
+    variants: tuple[str, ...] = opt(("enigma", "grpo"), "Training variants: enigma (full), grpo (GRPO only), "
+                                                        "grpo+sami, grpo+ot.", choices=VARIANTS, split=True)
+    steps: int = opt(50, "Training steps of every run.", ge=1)
+    prompts_per_step: int = opt(4, "Training prompts per step.", ge=1)
+    group_size: int = opt(8, "Completions per training prompt (G).", short="-G", ge=2)
+    max_new_tokens: int = opt(96, "Longest completion, in tokens (training, scoring and evaluation).", ge=1)
+    lr: float | None = opt(None, "Learning rate of every run (default: per model size, as `enigma train`).", gt=0)
+    lora_r: int | None = opt(None, "LoRA rank of every run (default: per model size, as `enigma train`).", ge=0)
+    score_prompts: int = opt(24, "Prompts per set when measuring SI, before and after training.", ge=2)
+    score_samples: int = opt(4, "Completions per principle and prompt when measuring SI.", ge=1)
+    dataset: str = opt("synthetic", "Evaluation questions: 'synthetic' (held-out problems), a file or a hub id.")
+    question_column: str | None = opt(None, "Column holding the evaluation question.")
+    answer_column: str | None = opt(None, "Column holding the evaluation answer.")
+    eval_prompts: int = opt(128, "Held-out evaluation questions per run.", ge=4)
+    eval_samples: int = opt(4, "Completions per evaluation question (majority vote over them).", ge=1)
+    output_dir: str = opt("runs/study", "The study folder: every run, the tables, the plots and REPORT.md.",
+                          metavar="DIR")
+    shard: str | None = opt(None, "Do only shard I of N of the work units (e.g. 2/4, 1-based), for your own "
+                                  "scheduler; no analysis. Merge with --merge once every shard is done.",
+                          metavar="I/N")
+    merge: bool = opt(False, "Do no training: analyse the finished units of the study folder (fails when some "
+                             "are missing).")
+    probe: bool = opt(True, "With --dry-run, time a short probe (2 training steps, a few evaluations) to estimate "
+                            "the wall time.", negative="--no-probe")
+    seed: int = opt(0, "Seed of scoring, evaluation questions and the statistics (bootstrap, permutations).")
+    device: str = opt("auto", "auto, cpu or cuda.")
+    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+
+    def check(self) -> None:
+        if len(set(self.principles)) != len(self.principles):
+            raise InputError("a principle set is named twice; give each set once.")
+        if self.principles and len(self.principles) < MIN_SETS:
+            raise InputError(f"a study needs at least {MIN_SETS} principle sets to correlate SI with outcomes, "
+                             f"not {len(self.principles)}.")
+        if not self.seeds:
+            raise InputError("--seeds needs at least one seed.")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"--seeds repeats a seed ({', '.join(map(str, self.seeds))}).")
+        if len(set(self.variants)) != len(self.variants) or not self.variants:
+            raise InputError("--variants must name each variant once.")
+        if self.shard is not None:
+            shard_of(self.shard)
+        if self.shard is not None and self.merge:
+            raise InputError("--shard runs a share of the work and --merge analyses it; give one of them.")
+
+    @property
+    def paired(self) -> bool:
+        """Whether the paired ENIGMA vs GRPO-only comparison can be made."""
+        return "enigma" in self.variants and "grpo" in self.variants
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """'I/N' (1-based) → (I, N); one sentence on anything else."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like I/N, e.g. 2/4, not {text!r}.") from None
+    if not 1 <= i <= n:
+        raise InputError(f"--shard {text}: I must lie in 1..N.")
+    return i, n

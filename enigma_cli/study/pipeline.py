@@ -1,0 +1,145 @@
+"""`enigma study` end to end: check everything, do this process's units, and analyse a finished study folder."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..console import console
+from ..errors import InputError
+from .config import MIN_SETS, StudyConfig
+from .plan import Unit, check_or_write_study_file, my_share, read_result, units, write_result
+
+
+class Inputs:
+    """Everything a study needs that can be checked before any model loads."""
+
+    def __init__(self, cfg: StudyConfig):
+        from ..datasets import load_examples
+        from ..models.loading import model_path_for
+        from ..principles import resolve_sets
+        from ..report import check_output_dir
+        from .stages import train_config
+
+        self.root = Path(cfg.output_dir)
+        check_output_dir(self.root)
+        self.sets = resolve_sets(list(cfg.principles) or None)
+        names = [s.name for s in self.sets]
+        if len(set(names)) != len(names):
+            raise InputError("two principle sets share a name; a study tells sets apart by name.")
+        if len(self.sets) < MIN_SETS:
+            raise InputError(f"a study needs at least {MIN_SETS} principle sets to correlate SI with outcomes, and "
+                             f"{len(self.sets)} were found.")
+        model_path_for(cfg.model)
+        self.units = units(cfg, names)
+        for unit in self.units:
+            if unit.kind == "run":
+                train_config(unit, cfg, unit.folder(self.root))  # every run's options are valid
+        self.score_examples = load_examples(cfg.dataset, n=cfg.score_prompts, seed=cfg.seed,
+                                            question_column=cfg.question_column, answer_column=cfg.answer_column)
+        self.eval_examples = load_examples(cfg.dataset, n=cfg.eval_prompts, seed=cfg.seed + 1,
+                                           question_column=cfg.question_column, answer_column=cfg.answer_column)
+        if not any(ex.answer is not None for ex in self.eval_examples):
+            raise InputError(f"dataset {cfg.dataset} has no answers, so a study cannot measure accuracy; give "
+                             "--answer-column or a labelled dataset.")
+        self.by_name = {s.name: s for s in self.sets}
+
+
+def run_study(cfg: StudyConfig, dry_run: bool) -> pd.DataFrame | None:
+    inputs = Inputs(cfg)
+    names = list(inputs.by_name)
+    mine = my_share(cfg, inputs.units)
+    check_or_write_study_file(cfg, names, inputs.root, write=not dry_run and not cfg.merge)
+    if dry_run:
+        plan_text(cfg, inputs, mine)
+        return None
+    start = time.perf_counter()
+    if not cfg.merge:
+        do_units(cfg, inputs, mine)
+    if cfg.shard is not None:
+        missing = [u for u in inputs.units if read_result(u, inputs.root) is None]
+        console.print(f"shard {cfg.shard} done; {len(missing)} unit(s) of the study are still to do. When every "
+                      f"shard is done, run the same command with --merge instead of --shard.", highlight=False)
+        return None
+    from .analyze import analyze
+
+    return analyze(cfg, inputs, seconds=time.perf_counter() - start if not cfg.merge else None)
+
+
+def do_units(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
+    from .stages import Models, do_run, do_score, say
+
+    todo = [u for u in mine if read_result(u, inputs.root) is None]
+    if len(todo) < len(mine):
+        console.print(f"{len(mine) - len(todo)} of {len(mine)} unit(s) already done; continuing with the rest.",
+                      highlight=False)
+    models = Models(cfg)
+    for i, unit in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        pset = inputs.by_name[unit.set]
+        if unit.kind == "score":
+            result = do_score(unit, cfg, pset, inputs.score_examples, inputs.eval_examples, models)
+        else:
+            result = do_run(unit, cfg, inputs.root, pset, inputs.score_examples, inputs.eval_examples, models)
+        write_result(unit, inputs.root, result)
+        say(i, len(todo), unit, result, time.perf_counter() - t0)
+
+
+def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
+    runs = [u for u in inputs.units if u.kind == "run"]
+    done = sum(read_result(u, inputs.root) is not None for u in mine)
+    ks = sorted({s.k for s in inputs.sets})
+    completions = (len(runs) * cfg.steps * cfg.prompts_per_step * cfg.group_size
+                   + (len(runs) + len(inputs.sets)) * 2 * cfg.eval_prompts * cfg.eval_samples
+                   + sum(len(cfg.seeds) * len(cfg.variants) + 1 for _ in inputs.sets) * cfg.score_prompts
+                   * cfg.score_samples * 3)
+    console.print(f"{len(inputs.sets)} sets (K {', '.join(map(str, ks))}) × {len(cfg.variants)} variants × "
+                  f"{len(cfg.seeds)} seeds = {len(runs)} runs of {cfg.steps} steps on {cfg.model}; about "
+                  f"{completions:,} completions in all; folder {inputs.root}.", highlight=False)
+    scope = f"shard {cfg.shard}: " if cfg.shard else ""
+    console.print(f"{scope}{len(mine)} unit(s), {done} already done.", highlight=False)
+    if len(ks) > 1:
+        console.print(f"note: the sets have different K ({', '.join(map(str, ks))}); each is scored at its own K "
+                      "(SI is normalised by log K), every run trains with 2 principles per prompt, and the report "
+                      "repeats the correlations over the sets of the most common K.", highlight=False)
+    if cfg.probe and len(mine) > done:
+        per_unit = probe(cfg, inputs)
+        todo = [u for u in mine if read_result(u, inputs.root) is None]
+        total = sum(per_unit[u.kind] for u in todo)
+        console.print(f"estimated wall time for the {len(todo)} unit(s) left: {total / 60:.0f} min (from a probe: "
+                      f"{per_unit['step']:.2f} s per training step, {per_unit['score']:.0f} s per set score, "
+                      f"{per_unit['run']:.0f} s per run).", highlight=False)
+    console.print("nothing trained (--dry-run).")
+
+
+def probe(cfg: StudyConfig, inputs: Inputs) -> dict[str, float]:
+    """Seconds per unit, from timing 2 training steps, 4 evaluation questions and 2 scoring prompts."""
+    import dataclasses
+
+    from .stages import Models, evaluate_both, measure_si, train_config
+
+    pset = inputs.sets[0]
+    unit = Unit("run", pset.name, cfg.variants[0], cfg.seeds[0])
+    with tempfile.TemporaryDirectory(prefix="enigma-study-probe-") as tmp:
+        tcfg = dataclasses.replace(train_config(unit, cfg, Path(tmp) / "run"), steps=2, save_every=0)
+        from ..train.run import plan, run
+
+        run(tcfg, *plan(tcfg))
+        timing = pd.read_csv(Path(tmp) / "run" / "metrics.csv")
+        step = float(timing[["seconds_generation", "seconds_scoring", "seconds_update"]].sum(axis=1).mean())
+    models = Models(cfg)
+    lm = models.get(cfg.model)
+    t0 = time.perf_counter()
+    evaluate_both(lm, pset, inputs.eval_examples[:4], cfg)
+    per_question = (time.perf_counter() - t0) / 4
+    small = dataclasses.replace(cfg, score_prompts=2)
+    t0 = time.perf_counter()
+    measure_si(lm, pset, inputs.score_examples[:2], small, cfg.model)
+    per_prompt = (time.perf_counter() - t0) / 2
+    score = per_prompt * cfg.score_prompts + per_question * cfg.eval_prompts
+    run_s = step * cfg.steps + score
+    return {"step": step, "score": score, "run": run_s if math.isfinite(run_s) else 0.0}

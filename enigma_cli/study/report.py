@@ -1,0 +1,159 @@
+"""REPORT.md and the plots of a study: whether the claim holds here, in plain words, and how sure we can be."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .outcomes import EXPECTED, LABELS
+
+ALPHA = 0.05
+NOISE_RATIO = 2.0  # set means must vary at least this much more than seed noise alone makes them vary
+
+
+def verdict(row: pd.Series) -> str:
+    """supports / contradicts / inconclusive / no prediction, for one row of the correlation table."""
+    rho, low, high, p = (row.get(k, math.nan) for k in ("rho", "rho_low", "rho_high", "p_perm"))
+    expected = EXPECTED.get(row["outcome"])
+    if any(isinstance(v, float) and math.isnan(v) for v in (rho, p)):
+        return "not measurable"
+    significant = p < ALPHA and (low > 0 or high < 0)
+    if expected is None:
+        return "no prediction" + (" (significant)" if significant else "")
+    if not significant:
+        return "inconclusive"
+    return "supports" if rho * expected > 0 else "contradicts"
+
+
+def _fmt(x, spec=".2f") -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def overall(table: pd.DataFrame) -> str:
+    verdicts = {r["outcome"]: verdict(r) for _, r in table.iterrows()}
+    steady = [o for o in ("reward_std_late", "reward_change", "grad_norm_sd") if verdicts.get(o) == "supports"]
+    gain = [o for o in ("accuracy_gain", "majority_accuracy_gain") if verdicts.get(o) == "supports"]
+    against = [o for o, v in verdicts.items() if v == "contradicts"]
+    if against:
+        return ("**The claim is contradicted here**: higher SI went with " + ", ".join(LABELS[o] for o in against)
+                + " in the direction opposite to the claim.")
+    if steady and gain:
+        return "**The claim holds here**: higher SI went with steadier training and a larger gain over GRPO-only."
+    if steady or gain:
+        part = "steadier training" if steady else "a larger gain over GRPO-only"
+        return f"**The claim holds only in part here**: higher SI went with {part}, not with the other half."
+    return ("**The claim does not hold here**: no outcome the claim is about correlates with pre-training SI beyond "
+            "what chance and seed noise allow.")
+
+
+def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame,
+                 equal_k: tuple[int | None, pd.DataFrame | None], seconds: float | None) -> None:
+    from ..report import atomic_path
+
+    n_runs = len(sets) * len(cfg.variants) * len(cfg.seeds)
+    lines = ["# Does pre-training SI predict training? (`enigma study`)", "",
+             f"Model `{cfg.model}`; {len(sets)} principle sets × {len(cfg.variants)} variants "
+             f"({', '.join(cfg.variants)}) × {len(cfg.seeds)} seeds = {n_runs} runs of {cfg.steps} steps; evaluation "
+             f"on {cfg.eval_prompts} held-out questions × {cfg.eval_samples} samples; SI from {cfg.score_prompts} "
+             f"prompts × {cfg.score_samples} samples." + (f" Wall time {seconds / 60:.0f} min." if seconds else ""),
+             "", "## Verdict", "", overall(table), ""]
+    lines += [("Each row: Spearman ρ of pre-training SI against the set-level outcome (the main variant, mean over "
+              "seeds), a bootstrap 95% interval over sets, a permutation p-value, and the outcome's seed noise "
+              "beside its spread between sets (variance ratio ≈ 1: the sets differ no more than reruns do)."), "",
+              "| outcome | ρ | 95% CI | p | claim expects | verdict | seed noise SD | between-set SD | ratio |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        sign = {1: "ρ > 0", -1: "ρ < 0", None: "–"}[EXPECTED.get(r["outcome"])]
+        lines.append(f"| {LABELS.get(r['outcome'], r['outcome'])} | {_fmt(r['rho'])} | {_fmt(r['rho_low'])}.."
+                     f"{_fmt(r['rho_high'])} | {_fmt(r['p_perm'], '.3f')} | {sign} | {verdict(r)} | "
+                     f"{_fmt(r.get('seed_noise_sd'), '.3g')} | {_fmt(r.get('between_set_sd'), '.3g')} | "
+                     f"{_fmt(r.get('variance_ratio'), '.1f')} |")
+    noisy = [LABELS.get(r["outcome"], r["outcome"]) for _, r in table.iterrows()
+             if r.get("variance_ratio", math.nan) < NOISE_RATIO]
+    if noisy:
+        lines += ["", (f"Seed noise is as large as the differences between sets for: {', '.join(noisy)}. With "
+                  f"{len(sets)} sets, a correlation on these outcomes mostly measures which seeds were drawn.")]
+    k_note, subset = equal_k
+    if k_note is not None and subset is not None:
+        lines += ["", f"The sets have different K ({', '.join(map(str, sorted(sets['k'].unique())))}). SI = "
+                  "Î_sym / log K puts them on one scale, and every run trains with 2 principles per prompt, so the "
+                  f"budgets are equal; the {len(subset)} sets with K = {k_note} alone give the same table in "
+                  "`correlations.csv` (rows `k = " + str(k_note) + "`)."]
+    untrusted = sets[sets.get("pre_reason", pd.Series("", index=sets.index)).fillna("").astype(str) != ""] \
+        if "pre_reason" in sets else sets.iloc[0:0]
+    if len(untrusted):
+        lines += ["", "SI could not be trusted for: " + "; ".join(f"{r['set']} ({r['pre_reason']})"
+                                                              for _, r in untrusted.iterrows()) + "."]
+    lines += ["", "## ENIGMA against GRPO-only, whatever the SI", ""]
+    if len(paired):
+        lines += ["Paired by set and seed (mean difference ENIGMA − GRPO-only, wins/losses, Wilcoxon signed-rank).", "",
+                  "| outcome | pairs | mean difference | ENIGMA higher | lower | p |", "|---|---|---|---|---|---|"]
+        for _, r in paired.iterrows():
+            lines.append(f"| {LABELS.get(r['outcome'], r['outcome'])} | {r['pairs']} | {_fmt(r['mean_diff'], '+.4f')} "
+                         f"| {r['wins']} | {r['losses']} | {_fmt(r['p_wilcoxon'], '.4f')} |")
+    else:
+        lines.append("Not measured: the study did not run both the enigma and grpo variants.")
+    lines += ["", "## Sets", "", "| set | K | SI (95% CI) | accuracy | gain over GRPO-only | KL | post-training SI |",
+              "|---|---|---|---|---|---|---|"]
+    for _, r in sets.iterrows():
+        lines.append(f"| {r['set']} | {r['k']} | {_fmt(r['si'], '.3f')} ({_fmt(r.get('pre_si_low'), '.3f')}.."
+                     f"{_fmt(r.get('pre_si_high'), '.3f')}) | {_fmt(r.get('accuracy'))} | "
+                     f"{_fmt(r.get('accuracy_gain'), '+.3f')} | {_fmt(r.get('kl_final'), '.3f')} | "
+                     f"{_fmt(r.get('post_si'), '.3f')} |")
+    lines += ["", ("Files: `study.csv` (one row per set), `runs.csv` (one row per run), `correlations.csv`, "
+              "`paired.csv`, `si_vs_outcomes.png`, `training_curves.png`; each run's own folder is under `runs/`."), ""]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
+
+
+def plot_si_vs_outcomes(sets: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path | None:
+    outcomes = [o for o in table["outcome"] if o in sets and sets[o].notna().any()]
+    if not outcomes:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report import atomic_path
+
+    ncols = min(3, len(outcomes))
+    nrows = math.ceil(len(outcomes) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    xerr = None
+    if {"pre_si_low", "pre_si_high"} <= set(sets):
+        xerr = [(sets["si"] - sets["pre_si_low"]).clip(lower=0), (sets["pre_si_high"] - sets["si"]).clip(lower=0)]
+    stats = table.set_index("outcome")
+    for ax, outcome in zip(axes.flat, outcomes):
+        yerr = sets.get(f"{outcome}_sd")
+        ax.errorbar(sets["si"], sets[outcome], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label="set (mean ± SD)")
+        for _, r in sets.iterrows():
+            ax.annotate(str(r["set"]), (r["si"], r[outcome]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        s = stats.loc[outcome]
+        ax.set_title(f"{LABELS.get(outcome, outcome)}\nρ = {_fmt(s['rho'])}, p = {_fmt(s['p_perm'], '.3f')}",
+                     fontsize=9)
+        ax.set_xlabel("SI before training", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(outcomes):]:
+        ax.axis("off")
+    fig.suptitle("pre-training SI against what training did")
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(curves: pd.DataFrame, path: Path) -> Path | None:
+    """Mean over seeds of each set's training curves (reward and KL), one line per set and variant."""
+    if curves.empty:
+        return None
+    from ..plots import grid_plot
+
+    frame = curves.groupby(["run", "step"], as_index=False)[["reward_mean", "kl_ref", "mi_sym"]].mean()
+    return grid_plot(frame, "step", ["reward_mean", "kl_ref", "mi_sym"], path, hue="run",
+                     title="training curves per set (mean over seeds, trailing mean of 5 steps)", smooth=5, raw=False)

@@ -1,0 +1,78 @@
+"""From the units' results to the study's tables: one row per run, one per set, the correlations, the paired test."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .analysis import correlations, noise_table, paired_test
+from .outcomes import EXPECTED
+
+#: which evaluation column is "accuracy" in the analysis: the flexible answer where measured (lm-eval-harness'
+#: flexible extraction, so a model is not scored on its format twice), without a principle in the prompt
+ACCURACY = ("accuracy_at_1_flexible", "accuracy_at_1")
+MAJORITY = ("majority_accuracy_flexible", "majority_accuracy")
+PAIRED_OUTCOMES = ("accuracy", "majority_accuracy", "kl_final", "drift_final", "reward_change", "post_si")
+
+
+def _first(df: pd.DataFrame, names: tuple[str, ...]) -> pd.Series:
+    for name in names:
+        if name in df and df[name].notna().any():
+            return pd.to_numeric(df[name], errors="coerce")
+    return pd.Series(math.nan, index=df.index)
+
+
+def runs_table(run_results: list[dict]) -> pd.DataFrame:
+    runs = pd.DataFrame(run_results)
+    runs["accuracy"] = _first(runs, ACCURACY)
+    runs["majority_accuracy"] = _first(runs, MAJORITY)
+    lead = ["set", "variant", "seed", "k"]
+    return runs[lead + [c for c in runs.columns if c not in lead]].sort_values(lead, kind="stable")
+
+
+def sets_table(score_results: list[dict], runs: pd.DataFrame, main: str = "enigma") -> pd.DataFrame:
+    """Per set: pre-training SI, the base model, the main variant's mean outcomes over seeds, and its mean paired
+    gain over GRPO-only (when both variants ran)."""
+    sets = pd.DataFrame(score_results).rename(columns={"pre_si": "si"})
+    outcomes = [k for k in EXPECTED if not k.endswith("_gain") and k in runs]
+    mine = runs[runs["variant"] == main].groupby("set")[outcomes].mean()
+    spread = runs[runs["variant"] == main].groupby("set")[outcomes].std().add_suffix("_sd")
+    sets = sets.join(mine, on="set").join(spread, on="set")
+    if {"enigma", "grpo"} <= set(runs["variant"]):
+        for name in ("accuracy", "majority_accuracy"):
+            a = runs[runs["variant"] == "enigma"].set_index(["set", "seed"])[name]
+            b = runs[runs["variant"] == "grpo"].set_index(["set", "seed"])[name]
+            gain = (a - b).dropna().groupby(level="set")
+            sets = sets.join(gain.mean().rename(f"{name}_gain"), on="set")
+            sets = sets.join(gain.std().rename(f"{name}_gain_sd"), on="set")
+    return sets.sort_values("si", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def correlation_table(sets: pd.DataFrame, runs: pd.DataFrame, *, seed: int, main: str = "enigma") -> pd.DataFrame:
+    """Spearman ρ of pre-training SI with each set-level outcome, beside that outcome's seed noise."""
+    outcomes = [k for k in EXPECTED if k in sets]
+    table = correlations(sets, outcomes, seed=seed)
+    table["expected_sign"] = table["outcome"].map(EXPECTED)
+    noise_runs = runs[runs["variant"] == main].copy()
+    if {"enigma", "grpo"} <= set(runs["variant"]):
+        for name in ("accuracy", "majority_accuracy"):
+            a = runs[runs["variant"] == "enigma"].set_index(["set", "seed"])[name]
+            b = runs[runs["variant"] == "grpo"].set_index(["set", "seed"])[name]
+            noise_runs = noise_runs.join((a - b).rename(f"{name}_gain"), on=["set", "seed"])
+    noise = noise_table(noise_runs, [o for o in outcomes if o in noise_runs])
+    return table.merge(noise.drop(columns=["sets"]), on="outcome", how="left")
+
+
+def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
+    if not {"enigma", "grpo"} <= set(runs["variant"]):
+        return pd.DataFrame()
+    return pd.DataFrame([paired_test(runs, o) for o in PAIRED_OUTCOMES if o in runs])
+
+
+def equal_k_subset(sets: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
+    """The most common K and its sets (the correlation at equal K, when the sets' K differ)."""
+    if sets["k"].nunique() <= 1:
+        return None, sets
+    k = int(sets["k"].mode().iloc[0])
+    return k, sets[sets["k"] == k]
