@@ -1,0 +1,177 @@
+"""`enigma study`: the plan, resuming after an interruption, shards that merge to the single-run result, bad input.
+
+The stages that train and evaluate are replaced by deterministic fakes (a function of the unit alone), so these
+tests check the orchestration and the analysis in seconds; `test_study_end_to_end_on_a_random_model` runs the
+real stages once on a tiny random model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import zlib
+
+import pandas as pd
+import pytest
+
+from enigma_cli.cli import main
+from enigma_cli.study import stages
+from enigma_cli.study.config import StudyConfig
+from enigma_cli.study.plan import my_share, units
+
+SETS = ["stepwise-vs-oneline", "placebo", "near-duplicate", "answer-order", "verify-vs-verbal"]
+
+
+def run(*argv) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["study", *map(str, argv)])
+    return rc, out.getvalue(), " ".join(err.getvalue().split())
+
+
+def _noise(*parts) -> float:
+    return (zlib.crc32("/".join(map(str, parts)).encode()) % 1000) / 1000
+
+
+class FakeStages:
+    """Deterministic unit results: SI rises with the set's index, accuracy gain follows SI plus seed noise."""
+
+    def __init__(self, monkeypatch, interrupt_after: int | None = None):
+        self.calls: list[str] = []
+        self.interrupt_after = interrupt_after
+        monkeypatch.setattr(stages, "do_score", self.score)
+        monkeypatch.setattr(stages, "do_run", self.run)
+
+    def _tick(self, name):
+        if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.calls.append(name)
+
+    def score(self, unit, cfg, pset, *args):
+        self._tick(unit.name)
+        si = 0.05 * SETS.index(unit.set)
+        return {"set": unit.set, "k": pset.k, "pre_si": si, "pre_si_low": si - 0.01, "pre_si_high": si + 0.01,
+                "pre_format_rate": 0.9, "base_accuracy_at_1": 0.4}
+
+    def run(self, unit, cfg, root, pset, *args):
+        self._tick(unit.name)
+        si = 0.05 * SETS.index(unit.set)
+        bonus = 2 * si if unit.variant == "enigma" else 0.0
+        return {"set": unit.set, "variant": unit.variant, "seed": unit.seed, "k": pset.k,
+                "reward_std_late": 0.3 - si + 0.01 * _noise(unit.name), "reward_change": 0.1 - si / 2,
+                "grad_norm_sd": 0.2 + 0.05 * _noise(unit.name, 1), "reward_final": 1.5, "kl_final": 0.05,
+                "drift_final": 0.001, "mi_final": 0.01, "accuracy_at_1": 0.4 + bonus + 0.02 * _noise(unit.name, 2),
+                "majority_accuracy": 0.5 + bonus, "format_rate": 0.95, "post_si": si + 0.01, "seconds": 1.0}
+
+
+COMMON = ["--steps", "2", "--no-probe", "--eval-prompts", "8", "--score-prompts", "4"]
+
+
+def test_units_and_shards_partition_the_work():
+    cfg = StudyConfig(seeds=(0, 1), variants=("enigma", "grpo"))
+    every = units(cfg, SETS)
+    assert len(every) == len(SETS) * (1 + 4)
+    shards = [my_share(StudyConfig(shard=f"{i}/3"), every) for i in (1, 2, 3)]
+    names = [u.name for share in shards for u in share]
+    assert sorted(names) == sorted(u.name for u in every) and len(set(names)) == len(names)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_interrupted_study_continues_where_it_stopped(tmp_path, monkeypatch):
+    folder = tmp_path / "study"
+    FakeStages(monkeypatch, interrupt_after=7)
+    rc, out, err = run(*SETS, *COMMON, "--output-dir", folder)
+    assert rc == 130 and out == ""
+    again = FakeStages(monkeypatch)
+    rc, out, err = run(*SETS, *COMMON, "--output-dir", folder)
+    assert rc == 0, err
+    assert len(again.calls) == len(SETS) * 5 - 7  # nothing done twice
+    assert "7 of 25 unit(s) already done" in err
+    study = pd.read_csv(io.StringIO(out))
+    assert list(study["set"]) == SETS[::-1]  # ranked by SI, best first
+    assert (folder / "REPORT.md").is_file() and (folder / "correlations.csv").is_file()
+
+
+def test_shards_merge_to_the_single_run_result(tmp_path, monkeypatch):
+    FakeStages(monkeypatch)
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert run(*SETS, *COMMON, "--output-dir", single)[0] == 0
+    for i in (1, 2, 3):
+        rc, out, err = run(*SETS, *COMMON, "--output-dir", sharded, "--shard", f"{i}/3")
+        assert rc == 0 and out == "" and f"shard {i}/3 done" in err
+    rc, out, err = run(*SETS, *COMMON, "--output-dir", sharded, "--merge")
+    assert rc == 0, err
+    for name in ("study.csv", "correlations.csv", "paired.csv", "runs.csv"):
+        a = pd.read_csv(single / name)
+        b = pd.read_csv(sharded / name)
+        pd.testing.assert_frame_equal(a.drop(columns=["seconds"], errors="ignore"),
+                                      b.drop(columns=["seconds"], errors="ignore"))
+
+
+def test_merge_refuses_an_unfinished_study(tmp_path, monkeypatch):
+    FakeStages(monkeypatch)
+    folder = tmp_path / "s"
+    assert run(*SETS, *COMMON, "--output-dir", folder, "--shard", "1/2")[0] == 0
+    rc, out, err = run(*SETS, *COMMON, "--output-dir", folder, "--merge")
+    assert rc == 3 and out == "" and "are not done" in err
+
+
+def test_the_report_reads_the_known_correlation(tmp_path, monkeypatch):
+    FakeStages(monkeypatch)
+    folder = tmp_path / "s"
+    assert run(*SETS, *COMMON, "--output-dir", folder)[0] == 0
+    corr = pd.read_csv(folder / "correlations.csv").set_index("outcome")
+    assert corr.loc["accuracy_gain", "rho"] == pytest.approx(1.0)
+    assert corr.loc["reward_change", "rho"] == pytest.approx(-1.0)
+    paired = pd.read_csv(folder / "paired.csv").set_index("outcome")
+    wins = sum(2 * 0.05 * SETS.index(s) + 0.02 * _noise(f"run/{s}/enigma/seed{seed}", 2)
+               > 0.02 * _noise(f"run/{s}/grpo/seed{seed}", 2) for s in SETS for seed in (0, 1))
+    assert paired.loc["accuracy", "wins"] == wins and paired.loc["accuracy", "pairs"] == 10
+    report = (folder / "REPORT.md").read_text()
+    assert "The claim holds here" in report
+
+
+def test_a_study_folder_holds_one_study(tmp_path, monkeypatch):
+    FakeStages(monkeypatch)
+    folder = tmp_path / "s"
+    assert run(*SETS, *COMMON, "--output-dir", folder, "--shard", "1/5")[0] == 0
+    rc, out, err = run(*SETS, "--steps", "3", "--no-probe", "--eval-prompts", "8", "--score-prompts", "4",
+                       "--output-dir", folder)
+    assert rc == 3 and "made with steps = 2, not 3" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["stepwise-vs-oneline", "placebo", "near-duplicate"], "at least 4 principle sets"),
+    ([*SETS[:3], "no-such-set"], "no-such-set"),
+    ([*SETS, "--shard", "3/2"], "--shard 3/2: I must lie in 1..N"),
+    ([*SETS, "--shard", "x"], "--shard must look like I/N"),
+    ([*SETS, "--shard", "1/2", "--merge"], "give one of them"),
+    ([*SETS, "--variants", "enigma,ppo"], "--variants must be one of"),
+    ([*SETS, "--seeds", "0,0"], "--seeds repeats a seed"),
+    ([*SETS, "-G", "3"], "--group-size (3) must be divisible"),
+])
+def test_bad_input_stops_before_any_work(tmp_path, argv, needle):
+    folder = tmp_path / "s"
+    rc, out, err = run(*argv, "--output-dir", folder, "--no-probe", "--dry-run")
+    assert rc == 3 and out == "" and needle in err
+    assert not folder.exists()
+
+
+def test_unwritable_folder_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc, out, err = run(*SETS, "--output-dir", blocker / "study", "--dry-run", "--no-probe")
+    assert rc == 3 and "is a file" in err
+
+
+@pytest.mark.slow
+def test_study_end_to_end_on_a_random_model(tmp_path, model_dir):
+    """The real stages, tiny: 4 sets × 2 variants × 2 seeds × 1 step on a random model."""
+    folder = tmp_path / "s"
+    rc, out, err = run(*SETS[:4], "--model", model_dir, "--steps", "1", "--prompts-per-step", "1", "-G", "2",
+                       "--max-new-tokens", "8", "--eval-prompts", "4", "--eval-samples", "1", "--score-prompts", "2",
+                       "--score-samples", "1", "--output-dir", folder, "--device", "cpu")
+    assert rc == 0, err
+    runs = pd.read_csv(folder / "runs.csv")
+    assert len(runs) == 16 and runs["accuracy"].notna().all()
+    assert (folder / "si_vs_outcomes.png").is_file() and (folder / "training_curves.png").is_file()
