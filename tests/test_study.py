@@ -135,7 +135,7 @@ def test_a_study_folder_holds_one_study(tmp_path, monkeypatch):
     FakeStages(monkeypatch)
     folder = tmp_path / "s"
     assert run(*SETS, *COMMON, "--output-dir", folder, "--shard", "1/5")[0] == 0
-    rc, out, err = run(*SETS, "--steps", "3", "--no-probe", "--eval-prompts", "8", "--score-prompts", "4",
+    rc, _out, err = run(*SETS, "--steps", "3", "--no-probe", "--eval-prompts", "8", "--score-prompts", "4",
                        "--output-dir", folder)
     assert rc == 3 and "made with steps = 2, not 3" in err
 
@@ -160,7 +160,7 @@ def test_bad_input_stops_before_any_work(tmp_path, argv, needle):
 def test_unwritable_folder_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    rc, out, err = run(*SETS, "--output-dir", blocker / "study", "--dry-run", "--no-probe")
+    rc, _out, err = run(*SETS, "--output-dir", blocker / "study", "--dry-run", "--no-probe")
     assert rc == 3 and "is a file" in err
 
 
@@ -168,7 +168,7 @@ def test_unwritable_folder_is_refused(tmp_path):
 def test_study_end_to_end_on_a_random_model(tmp_path, model_dir):
     """The real stages, tiny: 4 sets × 2 variants × 2 seeds × 1 step on a random model."""
     folder = tmp_path / "s"
-    rc, out, err = run(*SETS[:4], "--model", model_dir, "--steps", "1", "--prompts-per-step", "1", "-G", "2",
+    rc, _out, err = run(*SETS[:4], "--model", model_dir, "--steps", "1", "--prompts-per-step", "1", "-G", "2",
                        "--max-new-tokens", "8", "--eval-prompts", "4", "--eval-samples", "1", "--score-prompts", "2",
                        "--score-samples", "1", "--output-dir", folder, "--device", "cpu")
     assert rc == 0, err
