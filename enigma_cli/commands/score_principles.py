@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 
 from ..console import console, show_progress
@@ -95,11 +96,14 @@ def _print_table(ranked) -> None:
                   title_justify="left")
     for col in ("", "set", "K", "SI", "95% CI", "mi_sym", "log K", "acc_col", "format"):
         table.add_column(col, justify="left" if col in ("", "set") else "right", no_wrap=True)
+    def num(x, digits=3):
+        return f"{x:.{digits}f}" if math.isfinite(x) else "-"  # a set that was not scored
+
     for r in ranked:
         row = r.row
-        table.add_row("⚠" if row["reason"] else "", r.name, str(r.k), f"{row['si']:.3f}",
-                      f"{row['si_low']:.3f}..{row['si_high']:.3f}", f"{row['mi_sym']:.3f}", f"{row['log_k']:.3f}",
-                      f"{row['acc_col']:.2f}", f"{row['format_rate']:.2f}", style=None if r.trusted else "dim")
+        table.add_row("⚠" if row["reason"] else "", r.name, str(r.k), num(row["si"]),
+                      f"{num(row['si_low'])}..{num(row['si_high'])}", num(row["mi_sym"]), num(row["log_k"]),
+                      num(row["acc_col"], 2), num(row["format_rate"], 2), style=None if r.trusted else "dim")
     console.print(table)
 
 

@@ -19,9 +19,10 @@ log-likelihood's row softmax picks the shortest completion (placebo SI ≈ −0.
 
 `--critic` picks which of mean and sum fills the main columns (mi_*, si, si_low, si_high, acc_*; pmi_* from its
 pointwise variant); the SI of all four is reported as si_mean, si_sum, pmi_si_mean, pmi_si_sum. The default, sum,
-was chosen by measurement (bench/critic_choice.py, recorded in NOTES-si-trust.md): on enigma-tiny over 3 seeds
+was chosen by measurement (bench/critic_choice.py, whose figures go to BENCHMARKS.md): on enigma-tiny over 3 seeds
 it keeps the controls at 0 (the mean critic puts them significantly below 0), orders the shipped sets as their
-descriptions say in 27 of 27 comparisons (mean: 24) and spreads real sets over 0.36-0.47 instead of 0.017-0.028.
+descriptions say in 27 of 27 comparisons (mean: 24) and puts the real sets at 0.38-0.47 (mean over seeds)
+instead of 0.017-0.028.
 Each variant's SI interval is a percentile bootstrap over prompts (each prompt's SI is the mean over its M
 matrices). Whether a row can be trusted is `enigma_cli.score.trust`'s business.
 """

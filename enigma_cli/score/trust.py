@@ -25,7 +25,7 @@ Checks (thresholds are `ScoreConfig` options or the calibrated constants below):
     pre-training corpus (the shipped principle texts, the format instruction and the synthetic problems and
     completions of `enigma_cli.tasks.synthetic`). Any unseen word flags the principle.
 
-Calibration (the exact numbers and command are in NOTES-si-trust.md): on the enigma-tiny tokenizer the shipped
+Calibration (bench/readability_calibration.py prints the numbers): on the enigma-tiny tokenizer the shipped
 principles pool at 4.4 characters per token and each lies within 0.79-1.25x that rate, none with an unseen word;
 "Be impartial and present several viewpoints" needs 3.5x, "Take a clear side" 3.8x and a 5,000-character policy
 principle 3.1x, all with unseen words. On SmolLM2's tokenizer the same three need 0.8x, 1.5x and 0.9x: SmolLM2 can
