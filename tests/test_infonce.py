@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from enigma_cli.core import bootstrap_si, infonce_bounds, pointwise_critic, sami_loss, sufficiency_index
+from enigma_cli.core.infonce import posterior_critic, principle_posterior, sum_critic
 
 
 def _brute_force(S):
@@ -215,3 +216,109 @@ def test_bootstrap_deterministic_and_contains_estimate():
         bootstrap_si([], n_boot=10)
     with pytest.raises(ValueError):
         bootstrap_si([0.1, 0.2], level=1.0)
+
+
+# ------------------------------------------------------------------------------- the sum-token critic
+
+
+def _toy_model(k, vocab, seed):
+    """K principles, each an i.i.d. token distribution p_i over `vocab` tokens (a unigram language model)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(k, vocab, dtype=torch.float64, generator=gen) * 1.5, dim=-1)
+
+
+def test_sum_critic_column_softmax_is_the_bayes_posterior():
+    """Independent reference: p(c_i | y) = Π_t p_i(y_t) / Σ_k Π_t p_k(y_t), by products in plain Python."""
+    k, vocab = 3, 5
+    p = _toy_model(k, vocab, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    B = 4
+    lengths = torch.randint(1, 9, (B, k), generator=gen)
+    seqs = [[torch.randint(0, vocab, (int(lengths[b, j]),), generator=gen).tolist() for j in range(k)]
+            for b in range(B)]
+    # What score_pairs returns: the mean token log-prob of completion j under principle i.
+    S_mean = torch.tensor([[[sum(math.log(p[i, t]) for t in seqs[b][j]) / len(seqs[b][j]) for j in range(k)]
+                            for i in range(k)] for b in range(B)], dtype=torch.float64)
+    S_sum = sum_critic(S_mean, lengths)
+    post = principle_posterior(S_sum)
+    for b in range(B):
+        for j in range(k):
+            lik = [math.prod(float(p[i, t]) for t in seqs[b][j]) for i in range(k)]
+            for i in range(k):
+                assert post[b, i, j].item() == pytest.approx(lik[i] / sum(lik), rel=1e-9)
+    # The column loss of the sum critic is the mean −log posterior of the true principle.
+    ce = [-math.log(post[b, j, j].item()) for b in range(B) for j in range(k)]
+    assert infonce_bounds(S_sum)["loss_col"] == pytest.approx(sum(ce) / len(ce), abs=1e-12)
+    # Unbatched form, and the mean critic's posterior differs (it ignores how long each completion is).
+    assert torch.allclose(sum_critic(S_mean[0], lengths[0]), S_sum[0])
+    assert not torch.allclose(principle_posterior(S_mean), post)
+
+
+def test_sum_critic_column_bound_is_the_mutual_information_when_the_model_samples():
+    """Completions sampled from the scoring model: E[Î_col(S_sum)] = I(C; Y) exactly, computed by enumeration.
+
+    The mean-token critic on the same samples gives a strictly lower (looser) bound.
+    """
+    k, vocab, length = 3, 3, 3
+    p = _toy_model(k, vocab, seed=2)
+    seqs = list(itertools.product(range(vocab), repeat=length))
+    lik = torch.tensor([[math.prod(float(p[i, t]) for t in y) for y in seqs] for i in range(k)], dtype=torch.float64)
+    marg = lik.mean(dim=0)
+    mi = float(sum((lik[i, n] / k) * math.log(lik[i, n] / marg[n]) for i in range(k) for n in range(len(seqs))))
+    assert 0.05 < mi < math.log(k) - 0.05  # an informative but not saturated case
+    gen = torch.Generator().manual_seed(3)
+    B = 40000
+    idx = torch.stack([torch.multinomial(lik[j], B, replacement=True, generator=gen) for j in range(k)], dim=1)
+    logl = lik.log()  # [K, n_seqs]
+    S_sum = logl[:, idx].permute(1, 0, 2)  # [B, K(principle i), K(completion j)]
+    lengths = torch.full((B, k), float(length), dtype=torch.float64)
+    S_mean = S_sum / length
+    assert torch.allclose(sum_critic(S_mean, lengths), S_sum)
+    est = infonce_bounds(S_sum)["mi_col"]
+    assert est == pytest.approx(mi, abs=0.01)
+    assert infonce_bounds(S_mean)["mi_col"] < mi - 0.05
+    # Centred on the mixture, the rows use the optimal critic and rise far above the raw rows. They are no lower
+    # bound, though: a row's negatives come from the *other* K − 1 principles, not from the marginal, which makes
+    # them easier to reject, and the row estimate overshoots I (here by about 0.06 nats). The column candidates are
+    # all K principles (the whole prior), so Î_col stays a bound for any critic and is exact for this one.
+    post = infonce_bounds(posterior_critic(S_sum))
+    assert post["mi_col"] == pytest.approx(est, abs=1e-9)
+    assert post["mi_row"] > infonce_bounds(S_sum)["mi_row"] + 0.05
+    assert post["mi_row"] > mi + 0.03
+
+
+def test_posterior_critic_is_log_k_plus_the_log_posterior():
+    torch.manual_seed(5)
+    S = torch.randn(3, 4, 4, dtype=torch.float64) * 4
+    post = posterior_critic(S)
+    for b in range(3):
+        for j in range(4):
+            z = sum(math.exp(S[b, r, j].item()) for r in range(4))
+            for i in range(4):
+                expected = math.log(4) + S[b, i, j].item() - math.log(z)
+                assert post[b, i, j].item() == pytest.approx(expected, abs=1e-12)
+    before, after = infonce_bounds(S), infonce_bounds(post)
+    assert after["loss_col"] == pytest.approx(before["loss_col"], abs=1e-12) and after["acc_col"] == before["acc_col"]
+    assert torch.allclose(principle_posterior(post), principle_posterior(S))
+    assert posterior_critic(S[0]).shape == (4, 4)
+    # A critic that depends on the completion only (a placebo whose completions differ in length): the raw rows
+    # fall below chance, the centred matrix is all zeros and scores chance exactly.
+    col_only = torch.tensor([[-3.0, -40.0, -9.0]]).expand(3, 3)
+    assert infonce_bounds(col_only)["mi_row"] < -1
+    assert torch.allclose(posterior_critic(col_only), torch.zeros(3, 3), atol=1e-5)
+    assert sufficiency_index(posterior_critic(col_only))["si"] == pytest.approx(0.0, abs=1e-7)
+    x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: posterior_critic(t), (x,))
+
+
+def test_sum_critic_checks_and_empty_completions():
+    S = torch.randn(2, 3, 3)
+    with pytest.raises(ValueError, match="shape"):
+        sum_critic(S, torch.ones(3))
+    with pytest.raises(ValueError, match=">= 0"):
+        sum_critic(S, -torch.ones(2, 3))
+    # An empty completion: every principle explains it equally well (a uniform column).
+    lengths = torch.tensor([[0, 2, 3], [1, 1, 1]])
+    post = principle_posterior(sum_critic(S, lengths))
+    assert torch.allclose(post[0, :, 0], torch.full((3,), 1 / 3))
+    assert torch.allclose(post.sum(dim=-2), torch.ones(2, 3))

@@ -9,9 +9,11 @@ prompt in the matrix, marginals of the wrong completion, prompts mis-grouped for
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -29,7 +31,7 @@ FAST = ["--prompts", "3", "--samples", "2", "--max-new-tokens", "12", "--batch-s
 SETS = ["stepwise-vs-oneline", "placebo"]
 SET_COLUMNS = {"set", "level", "k", "log_k", "mi_row", "mi_col", "mi_sym", "si", "si_low", "si_high", "acc_row",
                "acc_col", "pmi_mi_row", "pmi_mi_sym", "pmi_si", "format_rate", "prompts", "samples", "model",
-               "seed"}
+               "seed", "critic", "si_mean", "si_sum", "pmi_si_mean", "pmi_si_sum", "trusted", "reason"}
 STRICT = "<reasoning>\nstep\n</reasoning>\n<answer>\n1\n</answer>"
 QUESTIONS = ["What is alpha plus one?", "What is beta plus two?", "What is gamma plus three?"]
 
@@ -96,13 +98,20 @@ def report(ckpt):
 def test_csv_schema_per_principle_and_stdout_holds_only_data(report, ckpt):
     out, err = report
     df = pd.read_csv(io.StringIO(out))
-    # stdout is the CSV and nothing else: every line has the header's number of fields.
+    # stdout is the CSV and nothing else: every line is one record with the header's number of fields (the
+    # reasons hold commas, so they are quoted).
     lines = out.strip().splitlines()
-    assert len(lines) == 1 + len(df) and all(line.count(",") == lines[0].count(",") for line in lines)
+    records = list(csv.reader(lines))
+    assert len(lines) == 1 + len(df) and all(len(r) == len(records[0]) for r in records)
     assert set(df.columns) == SET_COLUMNS | {"principle"}
     assert list(df.columns[:3]) == ["set", "level", "principle"]
     sets = df[df.level == "set"]
     assert sorted(sets["set"]) == sorted(SETS) and len(df) == 2 + 2 + 2
+    assert list(df.columns[-2:]) == ["trusted", "reason"]
+    # A random model never writes the layout: every row says so, none is trusted, and they rank by SI.
+    assert not df["trusted"].any()
+    assert df["reason"].str.contains("format rate 0.00", regex=False).all()
+    assert sets["reason"].str.contains("rarely writes the <reasoning>/<answer> layout", regex=False).all()
     assert list(sets["si"]) == sorted(sets["si"], reverse=True)
     # Each set row comes first, then its own principles; their mean SI is the set's SI.
     for name in SETS:
@@ -170,9 +179,10 @@ class FakeLM:
     it with no principle. Any pair whose prompt and completion belong to different questions is recorded.
     """
 
-    def __init__(self, questions, critic, marginal=lambda j, q, s: 0.0, strict_principle=0):
+    def __init__(self, questions, critic, marginal=lambda j, q, s: 0.0, strict_principle=0, length=None):
         self.questions = list(questions)
         self.critic, self.marginal, self.strict_principle = critic, marginal, strict_principle
+        self.length = length  # length(j, q, s) of the completion in tokens (default 2)
         self.mixed: list[tuple] = []
         self.pairs = 0
         self.prompts: list[str] = []
@@ -185,16 +195,20 @@ class FakeLM:
     def generate(self, model, tok, prompts, *, num_samples, **kwargs):
         self.prompts = list(prompts)
         self.k = len(prompts) // len(self.questions)
-        ids = [[p, s] for p in range(len(prompts)) for s in range(num_samples)]
-        texts = [STRICT if p % self.k == self.strict_principle else "plain text" for p, _ in ids]
+        pad = (lambda p, s: []) if self.length is None else (
+            lambda p, s: [7] * (self.length(p % self.k, p // self.k, s) - 2))
+        ids = [[p, s, *pad(p, s)] for p in range(len(prompts)) for s in range(num_samples)]
+        strict = (lambda p: True) if self.strict_principle == "all" else (
+            lambda p: False) if self.strict_principle is None else (lambda p: p % self.k == self.strict_principle)
+        texts = [STRICT if strict(p) else "plain text" for p, *_ in ids]
         return Generation(prompt_ids=[[0]] * len(ids), completion_ids=ids, texts=texts,
-                          prompt_index=[p for p, _ in ids], finished=[True] * len(ids), num_samples=num_samples)
+                          prompt_index=[p for p, *_ in ids], finished=[True] * len(ids), num_samples=num_samples)
 
     def score_pairs(self, model, tok, prompt_texts, completion_ids, *, batch_size=64, **kwargs):
         assert batch_size >= 1
         index = {t: n for n, t in enumerate(self.prompts)}
         scores = []
-        for text, (p, s) in zip(prompt_texts, completion_ids):
+        for text, (p, s, *_) in zip(prompt_texts, completion_ids):
             qc, j = divmod(p, self.k)
             if text in index:
                 qp, i = divmod(index[text], self.k)
@@ -215,11 +229,12 @@ class FakeLM:
         return self
 
 
-def score_with(monkeypatch, tokenizer, set_name, critic, marginal=lambda j, q, s: 0.0, samples=2, n=3):
+def score_with(monkeypatch, tokenizer, set_name, critic, marginal=lambda j, q, s: 0.0, samples=2, n=3,
+               critic_name="mean", **fake_kwargs):
     pset = load_principle_set(set_name)
-    fake = FakeLM(QUESTIONS[:n], critic, marginal).install(monkeypatch, pset)
+    fake = FakeLM(QUESTIONS[:n], critic, marginal, **fake_kwargs).install(monkeypatch, pset)
     examples = [Example(q, "1") for q in QUESTIONS[:n]]
-    cfg = ScoreConfig(samples=samples, max_new_tokens=4, batch_size=5, seed=0, bootstrap=200)
+    cfg = ScoreConfig(samples=samples, max_new_tokens=4, batch_size=5, seed=0, bootstrap=200, critic=critic_name)
     result = scoring.score_set(SimpleNamespace(tokenizer=tokenizer, model=None), pset, examples, cfg)
     assert fake.mixed == [], "a critic matrix mixes completions of different prompts"
     k = pset.k
@@ -309,7 +324,7 @@ def test_wiring_bootstrap_sees_prompts_not_samples(monkeypatch, tokenizer):
 
 
 def test_cli_saturation_warning_and_different_k_note(monkeypatch, ckpt, questions_file, capsys):
-    fake = FakeLM(QUESTIONS, lambda i, j, q, s: 30.0 * (i == j))
+    fake = FakeLM(QUESTIONS, lambda i, j, q, s: 30.0 * (i == j), strict_principle="all")
     fake.install(monkeypatch, load_principle_set("reasoning-styles"))
     # Both sets share principle texts; the fake only checks them for the marginal prompts.
     rc, out, err = run(["stepwise-vs-oneline", "reasoning-styles", "--model", ckpt, "--dataset", questions_file,
@@ -321,14 +336,191 @@ def test_cli_saturation_warning_and_different_k_note(monkeypatch, ckpt, question
     text = flat(err)
     assert "differentK(2,4)" in text
     assert text.count("issaturated") == 2
-    assert "warning:stepwise-vs-oneline:mi_sym" in text and "warning:reasoning-styles:mi_sym" in text
+    # Saturation is a caveat: a note under the table, and the rows stay trusted.
+    assert "⚠stepwise-vs-oneline(note):mi_sym" in text and "⚠reasoning-styles(note):mi_sym" in text
+    assert df["trusted"].all() and df["reason"].str.contains("saturated").all()
     assert fake.mixed == []
 
     # A random critic is not saturated and one K gives no note.
-    fake = FakeLM(QUESTIONS, lambda i, j, q, s: ((7 * i + 3 * j + q + s) % 5) / 10).install(monkeypatch, None)
+    fake = FakeLM(QUESTIONS, lambda i, j, q, s: ((7 * i + 3 * j + q + s) % 5) / 10,
+                  strict_principle="all").install(monkeypatch, None)
     rc, out, err = run(["stepwise-vs-oneline", "--model", ckpt, "--dataset", questions_file, *FAST], capsys)
     assert rc == 0, err
     assert "saturated" not in err and "different K" not in err
+
+
+# ------------------------------------------------------------------------------------- critics (fakes)
+
+
+def _brute_si(matrices) -> float:
+    """Symmetric SI of a list of K×K matrices (nested lists) by explicit loops."""
+    terms = []
+    for M in matrices:
+        k = len(M)
+        for i in range(k):
+            row = math.log(sum(math.exp(M[i][j]) for j in range(k))) - M[i][i]
+            col = math.log(sum(math.exp(M[r][i]) for r in range(k))) - M[i][i]
+            terms.append(0.5 * (row + col))
+    k = len(matrices[0])
+    return (math.log(k) - sum(terms) / len(terms)) / math.log(k)
+
+
+@pytest.mark.parametrize("critic_name", ["mean", "sum"])
+def test_sum_critic_scales_each_completion_by_its_length(monkeypatch, tokenizer, critic_name):
+    """Completions of different lengths: si_sum and pmi_si_sum against matrices built by hand."""
+    n, samples, set_name = 3, 2, "reasoning-styles"
+    k = load_principle_set(set_name).k
+
+    def critic(i, j, q, s):
+        return -1.0 - 0.05 * ((3 * i + j + q + s) % 4) + 0.08 * (i == j)
+
+    def marginal(j, q, s):
+        return -1.1 + 0.03 * ((j + 2 * q + s) % 3)
+
+    def length(j, q, s):
+        return 2 + (j + 2 * q + s) % 5
+
+    result, _ = score_with(monkeypatch, tokenizer, set_name, critic, marginal, samples=samples, n=n,
+                           critic_name=critic_name, length=length)
+    mats = {"mean": [], "sum": [], "pmi_mean": [], "pmi_sum": []}
+    for q in range(n):
+        for s in range(samples):
+            mats["mean"].append([[critic(i, j, q, s) for j in range(k)] for i in range(k)])
+            total = [[critic(i, j, q, s) * length(j, q, s) for j in range(k)] for i in range(k)]
+            mix = [math.log(sum(math.exp(total[r][j]) for r in range(k)) / k) for j in range(k)]
+            mats["sum"].append([[total[i][j] - mix[j] for j in range(k)] for i in range(k)])
+            mats["pmi_mean"].append([[critic(i, j, q, s) - marginal(j, q, s) for j in range(k)] for i in range(k)])
+            mats["pmi_sum"].append([[(critic(i, j, q, s) - marginal(j, q, s)) * length(j, q, s) for j in range(k)]
+                                    for i in range(k)])
+    row = result.row
+    for name, column in (("mean", "si_mean"), ("sum", "si_sum"), ("pmi_mean", "pmi_si_mean"),
+                         ("pmi_sum", "pmi_si_sum")):
+        assert row[column] == pytest.approx(_brute_si(mats[name]), abs=1e-5), name
+        assert result.variants[name]["si"] == row[column]
+    assert row["si_sum"] != pytest.approx(row["si_mean"], abs=1e-3)  # the lengths matter
+    assert row["critic"] == critic_name
+    assert row["si"] == row[f"si_{critic_name}"] and row["pmi_si"] == row[f"pmi_si_{critic_name}"]
+    assert row["si_low"] == result.variants[critic_name]["si_low"]
+    assert [p["si"] for p in result.per_principle] == result.variants[critic_name]["per_principle"]
+
+
+# ------------------------------------------------------------------------------------------- trust (fakes)
+
+
+def test_each_score_reason(monkeypatch, tokenizer):
+    def ident(i, j, q, s):  # a critic that identifies every principle
+        return 30.0 * (i == j)
+
+    # Sound: layout followed, interval above 0; saturated is a caveat that keeps the row trusted.
+    result, _ = score_with(monkeypatch, tokenizer, "stepwise-vs-oneline", ident, strict_principle="all")
+    assert result.trusted and result.row["trusted"]
+    assert "saturated" in result.row["reason"] and "format" not in result.row["reason"]
+    assert all(p["trusted"] and p["reason"] == "" for p in result.per_principle)
+    # No layout: the format reason on the set and on every principle.
+    result, _ = score_with(monkeypatch, tokenizer, "stepwise-vs-oneline", ident, strict_principle=None)
+    assert not result.trusted
+    assert "rarely writes the <reasoning>/<answer> layout (format rate 0.00)" in result.row["reason"]
+    assert "enigma sft" in result.row["reason"]
+    assert all(not p["trusted"] and "format rate 0.00" in p["reason"] for p in result.per_principle)
+    # One principle without the layout: named on the set row, only that principle row untrusted.
+    result, _ = score_with(monkeypatch, tokenizer, "stepwise-vs-oneline", ident, strict_principle=0)
+    assert not result.trusted and "principle one-line: its completions rarely follow" in result.row["reason"]
+    assert [p["trusted"] for p in result.per_principle] == [True, False]
+    # Chance-level scores: the interval reaches 0.
+    result, _ = score_with(monkeypatch, tokenizer, "stepwise-vs-oneline", lambda i, j, q, s: -1.0,
+                           strict_principle="all")
+    assert not result.trusted and "reaches 0" in result.row["reason"] and "saturated" not in result.row["reason"]
+
+
+def test_threshold_options_move_the_verdict(monkeypatch, tokenizer):
+    """Format rate 0.5 (one principle of two writes the layout): trusted at 0.5, not at 0.6."""
+    pset = load_principle_set("stepwise-vs-oneline")
+    examples = [Example(q, "1") for q in QUESTIONS]
+    FakeLM(QUESTIONS, lambda i, j, q, s: 2.0 * (i == j)).install(monkeypatch, pset)
+    lm = SimpleNamespace(tokenizer=tokenizer, model=None)
+    rows = {}
+    for rate in (0.5, 0.6):
+        cfg = ScoreConfig(samples=2, bootstrap=100, min_format_rate=rate, saturation=0.99)
+        rows[rate] = scoring.score_set(lm, pset, examples, cfg).row
+    assert rows[0.5]["format_rate"] == 0.5
+    assert "rarely writes" not in rows[0.5]["reason"] and "rarely writes" in rows[0.6]["reason"]
+    cfg = ScoreConfig(samples=2, bootstrap=100, saturation=0.1)
+    assert "saturated" in scoring.score_set(lm, pset, examples, cfg).row["reason"]
+    assert "saturated" not in rows[0.5]["reason"]
+
+
+def test_ranking_puts_every_trusted_set_first():
+    from enigma_cli.score.report import rank, report_frame
+
+    def score(name, si, trusted):
+        row = {"set": name, "k": 2, "si": si, "trusted": trusted, "reason": "" if trusted else "why"}
+        per = [{"set": name, "principle": "a", "si": si, "trusted": trusted, "reason": ""}]
+        return scoring.SetScore(name, 2, row, per, trusted=trusted)
+
+    results = [score("untrusted-high", 0.9, False), score("trusted-low", 0.01, True),
+               score("unscored", float("nan"), False), score("trusted-high", 0.2, True),
+               score("untrusted-low", -0.1, False)]
+    expected = ["trusted-high", "trusted-low", "untrusted-high", "untrusted-low", "unscored"]
+    assert [r.name for r in rank(results)] == expected
+    df = report_frame(results, SimpleNamespace(model="m", seed=0, per_principle=True))
+    assert list(df[df.level == "set"]["set"]) == expected
+    assert list(df["level"]) == ["set", "principle"] * 5
+
+
+def test_cli_untrusted_set_never_ranks_above_a_trusted_one(monkeypatch, ckpt, questions_file, capsys):
+    """enigma-tiny's folder marks the organisational set unreadable; the fake gives it the higher SI anyway."""
+    from enigma_cli.models.loading import enigma_tiny_dir
+
+    fake = FakeLM(QUESTIONS, lambda i, j, q, s: (1.2 if "impartial" in fake.prompts[0] else 0.5) * (i == j),
+                  strict_principle="all")
+    fake.install(monkeypatch, None)
+    org = Path(__file__).parent / "fixtures" / "organisational.yaml"
+    rc, out, err = run([org, "stepwise-vs-oneline", "placebo", "--model", enigma_tiny_dir(), "--dataset",
+                        questions_file, *FAST, "--per-principle"], capsys)
+    assert rc == 0, err
+    df = pd.read_csv(io.StringIO(out), keep_default_na=False)
+    sets = df[df.level == "set"].set_index("set")
+    assert sets.loc["organisational", "si"] > sets.loc["stepwise-vs-oneline", "si"] > 0
+    assert list(df[df.level == "set"]["set"])[-1] == "organisational"
+    assert bool(sets.loc["stepwise-vs-oneline", "trusted"]) and sets.loc["stepwise-vs-oneline", "reason"] == ""
+    reason = sets.loc["organisational", "reason"]
+    assert not bool(sets.loc["organisational", "trusted"])
+    assert "principle impartial: enigma-tiny cannot read it" in reason and "principle take-side" in reason
+    assert "enigma-tiny only knows the shipped principle styles" in reason
+    principles = df[df.level == "principle"].set_index("principle")
+    assert not bool(principles.loc["impartial", "trusted"]) and principles.loc["show-steps", "reason"] == ""
+    text = flat(err)
+    assert "⚠organisational(nottrusted):principleimpartial:enigma-tinycannotreadit" in text
+    assert "stepwise-vs-oneline(" not in text  # a sound row gets no line under the table
+
+
+def test_cli_long_principle_refused_or_not_scored(monkeypatch, questions_file, tmp_path, capsys):
+    from enigma_cli.models.loading import enigma_tiny_dir
+
+    long = Path(__file__).parent / "fixtures" / "long-principle.yaml"
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a prompt longer than the context must be refused before generation")
+
+    monkeypatch.setattr(scoring, "generate", no_generation)
+    out_file = tmp_path / "report.csv"
+    rc, out, err = run([long, "--model", enigma_tiny_dir(), "--dataset", questions_file, *FAST, "--out", out_file],
+                       capsys)
+    assert rc == 3 and out == "" and not out_file.exists()
+    assert err.count("error:") == 1 and "Traceback" not in err
+    text = flat(err)
+    assert "long-principle.yaml" in text and "512positions" in text and "nothingwasscored" in text
+    # Beside a set that fits, the long set gets an unscored, untrusted row at the bottom.
+    FakeLM(QUESTIONS, lambda i, j, q, s: 2.0 * (i == j), strict_principle="all").install(monkeypatch, None)
+    rc, out, err = run([long, "stepwise-vs-oneline", "--model", enigma_tiny_dir(), "--dataset", questions_file,
+                        *FAST], capsys)
+    assert rc == 0, err
+    df = pd.read_csv(io.StringIO(out))
+    assert list(df["set"]) == ["stepwise-vs-oneline", "long-principle"]
+    last = df.iloc[-1]
+    assert not last["trusted"] and math.isnan(last["si"])
+    assert "its prompt takes" in last["reason"] and "more than the model's 512 positions" in last["reason"]
+    assert "cannot read it" in last["reason"]
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -356,13 +548,31 @@ def _bad(tmp_path, kind):
         return ["placebo", "--prompts", "0"], "--prompts"
     if kind == "bad-format":
         return ["placebo", "--format", "xlsx"], "--format"
+    if kind == "critic-foo":
+        return ["placebo", "--critic", "foo"], "--critic"
+    if kind == "format-rate-above-1":
+        return ["placebo", "--min-format-rate", "1.5"], "--min-format-rate"
+    if kind == "format-rate-negative":
+        return ["placebo", "--min-format-rate=-0.1"], "--min-format-rate"
+    if kind == "saturation-0":
+        return ["placebo", "--saturation", "0"], "--saturation"
+    if kind == "saturation-above-1":
+        return ["placebo", "--saturation", "1.01"], "--saturation"
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["missing-set", "invalid-set", "unknown-set-name", "empty-dataset",
-                                  "unknown-model", "samples-0", "prompts-0", "bad-format"])
+                                  "unknown-model", "samples-0", "prompts-0", "bad-format", "critic-foo",
+                                  "format-rate-above-1", "format-rate-negative", "saturation-0",
+                                  "saturation-above-1"])
 @pytest.mark.parametrize("existing", [False, True])
 def test_bad_input_exits_3_and_leaves_out_alone(kind, existing, tmp_path, capsys, monkeypatch):
+    from enigma_cli.models import loading
+
+    def boom(*args, **kwargs):
+        raise AssertionError("bad input must be refused before any weights load")
+
+    monkeypatch.setattr(loading, "load_model", boom)
     argv, culprit = _bad(tmp_path, kind)
     out_file = tmp_path / "report.csv"
     if existing:

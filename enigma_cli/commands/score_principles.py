@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 
 from ..console import console, show_progress
@@ -33,18 +34,23 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
         return
 
     from ..models.loading import load_model
-    from ..score import score_set
-    from ..score.report import report_frame
+    from ..score import not_scored, score_set
+    from ..score.report import rank, report_frame
 
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    checks = _check_principles(lm, sets, examples, cfg)
     results = []
     with console.status("scoring", spinner="dots") if show_progress() else nullcontext() as status:
         for s in sets:
+            if not checks[s.name][1]:
+                results.append(not_scored(s, checks[s.name][0], cfg, n))
+                continue
             if status is not None:
                 status.update(f"scoring {s.name} (K={s.k})")
-            results.append(score_set(lm, s, examples, cfg))
-    _warn(results)
-    _print_table(results)
+            results.append(score_set(lm, s, examples, cfg, checks=checks[s.name][0]))
+    ranked = rank(results)
+    _print_table(ranked)
+    _warn(ranked)
     from ..report import write_table
 
     write_table(report_frame(results, cfg), cfg.out, cfg.format)
@@ -52,32 +58,56 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
         write_resolved(cfg, f"{cfg.out}.config.yaml")
 
 
-def _warn(results) -> None:
-    ks = sorted({r.k for r in results})
+def _check_principles(lm, sets, examples, cfg) -> dict:
+    """Per set: (principle checks, whether every prompt fits the context). Refuses (exit 3) when no set fits."""
+    from ..score import trust
+
+    questions = [ex.question for ex in examples]
+    checks = {}
+    for s in sets:
+        found = trust.check_principles(lm, s, questions, cfg.max_new_tokens)
+        checks[s.name] = (found, trust.set_fits([c.prompt_tokens for c in found], trust.context_limit(lm.model)))
+    if not any(fits for _, fits in checks.values()):
+        s = sets[0]
+        worst = max(checks[s.name][0], key=lambda c: c.prompt_tokens)
+        where = str(s.path) if s.path is not None else f"principle set {s.name}"
+        raise InputError(f"{where}: the prompt of principle {worst.id} takes {worst.prompt_tokens} tokens, more than "
+                         f"the {trust.context_limit(lm.model)} positions of model {cfg.model}, and no set fits, so "
+                         "nothing was scored.")
+    return checks
+
+
+def _warn(ranked) -> None:
+    ks = sorted({r.k for r in ranked})
     if len(ks) > 1:
         console.print(f"[yellow]note:[/] sets have different K ({', '.join(map(str, ks))}); each is scored at its "
                       "own K, so compare mi_* only between sets of equal K (SI is normalised by log K).")
-    for r in results:
-        if r.saturated:
-            console.print(f"[yellow]warning:[/] {r.name}: mi_sym {r.row['mi_sym']:.3f} is near log K = "
-                          f"{r.row['log_k']:.3f}; the bound is saturated and cannot separate sets any better.")
+    for r in ranked:
+        if r.row["reason"]:
+            label = "not trusted" if not r.trusted else "note"
+            console.print(f"[yellow]⚠ {r.name}[/] ({label}): {r.row['reason']}.", highlight=False)
 
 
-def _print_table(results) -> None:
+def _print_table(ranked) -> None:
     from rich.table import Table
 
-    table = Table(title="principle sets by Sufficiency Index", title_justify="left")
-    for col in ("set", "K", "SI", "95% CI", "mi_sym", "log K", "acc_row", "format"):
-        table.add_column(col, justify="left" if col == "set" else "right", no_wrap=True)
-    for r in sorted(results, key=lambda r: -r.row["si"]):
+    critic = ranked[0].row["critic"] if ranked else ""
+    table = Table(title=f"principle sets by Sufficiency Index ({critic} critic; ⚠ = see below, dim = not trusted)",
+                  title_justify="left")
+    for col in ("", "set", "K", "SI", "95% CI", "mi_sym", "log K", "acc_col", "format"):
+        table.add_column(col, justify="left" if col in ("", "set") else "right", no_wrap=True)
+    def num(x, digits=3):
+        return f"{x:.{digits}f}" if math.isfinite(x) else "-"  # a set that was not scored
+
+    for r in ranked:
         row = r.row
-        table.add_row(r.name, str(r.k), f"{row['si']:.3f}", f"{row['si_low']:.3f}..{row['si_high']:.3f}",
-                      f"{row['mi_sym']:.3f}", f"{row['log_k']:.3f}", f"{row['acc_row']:.2f}",
-                      f"{row['format_rate']:.2f}")
+        table.add_row("⚠" if row["reason"] else "", r.name, str(r.k), num(row["si"]),
+                      f"{num(row['si_low'])}..{num(row['si_high'])}", num(row["mi_sym"]), num(row["log_k"]),
+                      num(row["acc_col"], 2), num(row["format_rate"], 2), style=None if r.trusted else "dim")
     console.print(table)
 
 
 score_principles = command(
     ScoreConfig, "score-principles", run,
     help="Rank principle sets by how well a model's chain-of-thought identifies its principle (SI), before "
-         "training.")
+         "training; each row says when its SI cannot be trusted.")

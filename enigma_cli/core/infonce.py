@@ -34,6 +34,12 @@ References
 Choices and deviations
 ----------------------
 - Mean-token (length-normalised) log-probabilities as the critic, as in SAMI [3]; the functions here accept any S.
+- **Matched negatives and the row bound (measured)**: each matrix holds one completion per principle, so the
+  negatives of row i come from the other K − 1 principles rather than from the marginal p(y | x). The proof of
+  the InfoNCE bound [1, 2] needs marginal negatives; with matched ones Î_row can exceed I(C; Y | X) (a unigram
+  toy in test_infonce: +0.06 nats with the optimal critic). The column candidates are all K principles, the whole
+  support of the uniform prior, so the column softmax of any critic is a variational posterior and Î_col is a
+  Barber–Agakov lower bound whatever S is; Î_sym averages a sound bound with an estimate.
 - The loss averages the row and column cross-entropies over rows and over prompts (each prompt weighs the same).
 - Top-1 accuracy breaks ties at random in expectation: a row whose maximum is shared by m entries, one of them the
   diagonal, counts 1/m. A constant S thus scores chance (1/K) instead of 0 or 1.
@@ -44,6 +50,23 @@ Choices and deviations
   perfectly, 0 at chance. The per-principle SI_i uses the row-i and column-i cross-entropies, so the mean of the
   per-principle values is SI exactly. Confidence intervals come from a percentile bootstrap over prompts.
 - Everything is computed in at least float32 (bf16/fp16 inputs are upcast); gradients flow through the cast.
+- **Sum-token critic (choice, method.md §4)**: :func:`sum_critic` turns the mean-token matrix into the completion's
+  full log-likelihood, S_sum[i, j] = |y_j| · S[i, j] = log π(y_j | c_i, x). With a uniform prior over the K
+  principles, Bayes' rule gives p(c_i | y_j, x) = π(y_j | c_i, x) / Σ_k π(y_j | c_k, x) = softmax_i S_sum[i, j]
+  (:func:`principle_posterior`), so ℓcol_j is the model's own cross-entropy of naming the principle from the
+  completion and Î_col = log K − L_col is the Barber–Agakov bound with the model's exact posterior: when the
+  completions are sampled from π itself at temperature 1 its expectation is I(C; Y | X) (a prefix's, for
+  completions cut at the token limit). The row softmax has no such reading: log π(y | c) lacks the −log p(y)
+  term of the optimal row critic, and its sum over tokens grows with the completion's length, so the row bound
+  of S_sum rewards whichever completion is shortest (on enigma-tiny the placebo set scores SI ≈ −0.8 with it).
+- **Posterior critic (choice)**: :func:`posterior_critic` centres each column on the model's own mixture over the
+  K principles, S_post[i, j] = S[i, j] − log((1/K) Σ_k exp S[k, j]); for S = S_sum this is
+  log π(y_j | c_i, x) − log π̄(y_j | x) with π̄ = (1/K) Σ_k π(· | c_k, x), the marginal of the completions that
+  the K principles generate, i.e. the pointwise critic with the exact marginal, which [2] shows is the optimal
+  critic for the row softmax too. Being a column shift it leaves every column softmax (the posterior), Î_col and
+  acc_col unchanged, and it costs no forward pass. `score-principles --critic sum` uses it; the pointwise
+  critic with the principle-free prompt's log π(y | x) (above) is reported beside it. Which critic fills the
+  SI by default was measured (bench/critic_choice.py); SAMI's training loss keeps the mean-token form.
 """
 
 from __future__ import annotations
@@ -53,7 +76,16 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["bootstrap_si", "infonce_bounds", "pointwise_critic", "sami_loss", "sufficiency_index"]
+__all__ = [
+    "bootstrap_si",
+    "infonce_bounds",
+    "pointwise_critic",
+    "posterior_critic",
+    "principle_posterior",
+    "sami_loss",
+    "sufficiency_index",
+    "sum_critic",
+]
 
 
 def _as_batched(S: torch.Tensor) -> torch.Tensor:
@@ -209,6 +241,80 @@ def pointwise_critic(S: torch.Tensor, marginal_logp: torch.Tensor) -> torch.Tens
             f"{tuple(S.shape)}, got {tuple(marginal_logp.shape)}"
         )
     return S - marginal_logp.unsqueeze(-2)
+
+
+def sum_critic(S: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    r"""Sum-token critic from the mean-token one: each column scaled by its completion's length.
+
+    .. math::
+
+        S^{sum}_{\dots ij} = |y_j| \, S_{\dots ij} = \sum_t \log \pi(y_{j,t} \mid c_i, x, y_{j,<t})
+
+    The same scaling turns a mean-token marginal ``[..., K]`` into the summed one: ``marginal * lengths``.
+
+    Parameters
+    ----------
+    S : torch.Tensor
+        Mean-token critic matrix [K, K] or [B, K, K].
+    lengths : torch.Tensor
+        Completion lengths in tokens, shape [K] (with S [K, K]) or [B, K]; ``lengths[..., j]`` is |y_j|. An empty
+        completion (length 0) gets a zero column, which every principle explains equally well.
+
+    Returns
+    -------
+    torch.Tensor
+        S_sum with the shape and floating dtype of S (differentiable in S).
+    """
+    lengths = torch.as_tensor(lengths, device=S.device)
+    if lengths.shape != S.shape[:-2] + S.shape[-1:]:
+        raise ValueError(
+            f"lengths must have shape {tuple(S.shape[:-2] + S.shape[-1:])} to match S of shape "
+            f"{tuple(S.shape)}, got {tuple(lengths.shape)}"
+        )
+    if (lengths < 0).any():
+        raise ValueError("completion lengths must be >= 0")
+    return S * lengths.to(S.dtype).unsqueeze(-2)
+
+
+def posterior_critic(S: torch.Tensor) -> torch.Tensor:
+    r"""Centre each column on the log-mean-exp of its K entries: log K + the log of the column softmax.
+
+    .. math::
+
+        S^{post}_{\dots ij} = S_{\dots ij} - \log \tfrac1K \textstyle\sum_k e^{S_{\dots kj}}
+        = \log K + \log p(c_i \mid y_j, x) \quad (S = S^{sum})
+
+    For the sum-token critic this is log π(y_j | c_i, x) − log π̄(y_j | x), the pointwise MI against the mixture
+    π̄ of the K principles. The subtracted term depends on the column only: column softmaxes, L_col, Î_col and
+    acc_col are those of S; the row bound loses the bias towards completions that are likely under every
+    principle (for S_sum: the shortest ones). A column whose entries are all equal becomes all zeros.
+
+    Parameters
+    ----------
+    S : torch.Tensor
+        Critic matrix [K, K] or [B, K, K], K ≥ 2.
+
+    Returns
+    -------
+    torch.Tensor
+        S_post with the shape of S (float32 or wider; differentiable in S).
+    """
+    Sb = _as_batched(S)
+    centred = Sb - torch.logsumexp(Sb, dim=-2, keepdim=True) + math.log(Sb.shape[-1])
+    return centred.reshape(S.shape)
+
+
+def principle_posterior(S: torch.Tensor) -> torch.Tensor:
+    r"""Column softmax: with the sum-token critic, the posterior over principles of each completion.
+
+    .. math::
+
+        P_{\dots ij} = \frac{e^{S_{\dots ij}}}{\sum_k e^{S_{\dots kj}}}
+        = p(c_i \mid y_j, x) \quad \text{for } S = S^{sum} \text{ and a uniform prior over the K principles.}
+
+    Each column sums to 1; ``−log P[..., j, j]`` is ℓcol_j of :func:`infonce_bounds`.
+    """
+    return torch.softmax(_as_batched(S), dim=-2).reshape(S.shape)
 
 
 def sufficiency_index(S: torch.Tensor) -> dict[str, object]:

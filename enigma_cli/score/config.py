@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from ..options import Options, opt
 from ..report import FORMATS
 
+CRITICS = ("mean", "sum")  # the critic of the main SI columns (enigma_cli.score.scoring)
+SATURATION = 0.95  # mi_sym at this fraction of log K is saturated (enigma_cli.score.trust)
+
 
 @dataclass(frozen=True)
 class ScoreConfig(Options):
@@ -22,6 +25,13 @@ class ScoreConfig(Options):
     max_new_tokens: int = opt(96, "Longest completion, in tokens.", ge=1)
     temperature: float = opt(1.0, "Sampling temperature (0 = greedy).", ge=0)
     batch_size: int = opt(64, "Sequences per forward pass.", ge=1)
+    critic: str = opt("sum", "Critic of the main SI columns: 'sum' (the completion's log-likelihood, centred on "
+                             "the principles' mixture; its column softmax is the posterior over principles) or "
+                             "'mean' (SAMI's mean token log-prob); the CSV reports both.", choices=CRITICS)
+    min_format_rate: float = opt(0.5, "Below this rate of <reasoning>/<answer> completions a row is not trusted.",
+                                 ge=0, le=1)
+    saturation: float = opt(SATURATION, "mi_sym at this fraction of log K or more is reported as saturated.", gt=0,
+                            le=1)
     bootstrap: int = opt(1000, "Bootstrap resamples for the SI interval.", ge=1)
     per_principle: bool = opt(False, "Also one row per principle.")
     seed: int = opt(0, "Seed for prompts, sampling and bootstrap.")

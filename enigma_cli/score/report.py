@@ -1,21 +1,35 @@
-"""The tidy report of `enigma score-principles`: one row per set (and per principle), ranked by SI."""
+"""The tidy report of `enigma score-principles`: one row per set (and per principle), trusted sets first.
+
+Ranking rule: every trusted set comes before every untrusted one (`enigma_cli.score.trust`); within each group
+sets go by SI, best first, and a set that was not scored (SI missing) comes last. A set's per-principle rows follow
+it in the set's own order.
+"""
 
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 
 
+def rank(results) -> list:
+    """`results` (SetScore) in report order: trusted by SI, then untrusted by SI, unscored last."""
+    def key(r):
+        si = r.row["si"]
+        return (not r.trusted, math.isnan(si), -si if not math.isnan(si) else 0.0)
+
+    return sorted(results, key=key)
+
+
 def report_frame(results, cfg) -> pd.DataFrame:
-    """Sets ranked by SI (best first), each optionally followed by its per-principle rows."""
+    """Sets in `rank` order, each optionally followed by its per-principle rows."""
     rows = []
-    for r in results:
+    for r in rank(results):
         rows.append({**r.row, "model": cfg.model, "seed": cfg.seed})
         if cfg.per_principle:
             rows.extend({**p, "model": cfg.model, "seed": cfg.seed} for p in r.per_principle)
     df = pd.DataFrame(rows)
     df["level"] = df["principle"].notna().map({True: "principle", False: "set"}) if "principle" in df else "set"
-    order = {r.name: rank for rank, r in enumerate(sorted(results, key=lambda r: -r.row["si"]))}
-    df = (df.assign(_rank=df["set"].map(order), _lvl=(df["level"] == "principle").astype(int))
-          .sort_values(["_rank", "_lvl"], kind="stable").drop(columns=["_rank", "_lvl"]))
     lead = ["set", "level"] + (["principle"] if cfg.per_principle else [])
-    return df[lead + [c for c in df.columns if c not in lead]]
+    tail = ["trusted", "reason"]
+    return df[lead + [c for c in df.columns if c not in lead + tail] + tail]
