@@ -305,6 +305,9 @@ def load_examples(dataset: str | None = None, *, n: int | None = None, seed: int
     if n is not None and n <= 0:
         raise InputError(f"--n must be a positive number of examples, not {n}.")
     if dataset is None or str(dataset).strip().lower() == SYNTHETIC:
+        if choices_column is not None:
+            raise InputError(f"--choices-column {choices_column!r} needs a --dataset; the synthetic problems have "
+                             "no options.")
         return _synthetic(n, seed)
     spec = str(dataset).strip()
     if _looks_local(spec):

@@ -128,6 +128,7 @@ def test_extract_answer_strict_and_flexible():
     # Numbers in the tags win over later ones; a wordy answer body gives its last number.
     assert extract_answer(layout("x", "12") + "\nor 5", "flexible") == "12"
     assert extract_answer(layout("x", "17 + 25 = 42"), "flexible") == "42"
+    assert extract_answer(layout("x", "$\\frac{10}{2}$"), "flexible") == "$\\frac{10}{2}$"  # not its last digit
     mc = "I compared them: the answer is (B).\n" + "<answer>\nC\n</answer>"  # the tags win
     assert extract_answer(mc, "strict", n_choices=4) == "C"
     assert extract_answer(mc, "flexible", n_choices=4) == "C"

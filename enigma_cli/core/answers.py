@@ -178,7 +178,13 @@ def extract_answer(completion: str, mode: str, *, n_choices: int = 0, choices: S
         return last_choice_letter(completion, n_choices)
     if mode == "strict" or not numeric:
         return strict
-    return last_number(strict) or last_number(completion)
+    if strict is not None:
+        if is_numeric_answer(strict):  # "12", "$\frac{1}{2}$": the tags' answer as it stands
+            return strict
+        inside = last_number(strict)  # "17 + 25 = 42" → "42"
+        if inside is not None:
+            return inside
+    return last_number(completion)
 
 
 # ----------------------------------------------------------------------------------------------- equivalence
