@@ -228,7 +228,7 @@ def test_bad_input_exits_3_and_leaves_out_alone(kind, existing, ckpts, tmp_path,
         answers._math_verify.cache_clear()
         import sys
         sys.modules["math_verify"] = None  # import fails as if it were not installed
-        argv, culprit = argv, "--no-math-verify"
+        culprit = "--no-math-verify"
     else:
         path = tmp_path / "rows.jsonl"
         path.write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}) + "\n")

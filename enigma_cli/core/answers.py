@@ -118,7 +118,7 @@ def choice_letter(answer: str | None, n_choices: int, choices: Sequence[str] | N
         for letter, choice in zip(letters, choices):
             if " ".join(str(choice).split()).lower().rstrip(".") == wanted:
                 return letter
-    text = re.sub(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*", "", text, flags=re.I)
+    text = re.sub(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*", "", text, flags=re.IGNORECASE)
     m = re.match(rf"^(?P<open>[(\[])?(?P<letter>[{letters}{letters.lower()}])(?P<close>[)\].:])?(?P<rest>.*)$", text)
     if m is None or (m.group("rest") and not m.group("rest").startswith(" ")):
         return None
