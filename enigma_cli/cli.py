@@ -48,6 +48,7 @@ def _register() -> None:
         principles_cmd,
         score_principles,
         self_check,
+        sft,
         tasks_cmd,
         train,
     )
@@ -56,6 +57,7 @@ def _register() -> None:
     app.command("score-principles")(score_principles.score_principles)
     app.command("train")(train.train)
     app.command("analyze-manifold")(analyze_manifold.analyze_manifold)
+    app.command("sft")(sft.sft)
     app.command("evaluate")(evaluate.evaluate)
     app.command("generate")(generate.generate)
     app.add_typer(principles_cmd.app, name="principles")
