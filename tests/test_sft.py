@@ -86,14 +86,21 @@ def test_completion_only_loss_matches_our_cross_entropy(tmp_path):
     from enigma_cli.models.loading import load_model
     from enigma_cli.sft.run import _quiet, _trainer
 
-    p = plan(SftConfig(rows=4, batch_size=4, steps=1, eval_prompts=0, device="cpu", lr=1e-9,
-                       output_dir=str(tmp_path / "o")))
+    from enigma_cli.models.rollout import encode_prompts
+    from enigma_cli.prompts import render_prompt
+
+    cfg = SftConfig(rows=4, batch_size=4, steps=1, eval_prompts=0, device="cpu", lr=1e-9,
+                    output_dir=str(tmp_path / "o"))
+    p = plan(cfg)
     lm = load_model("enigma-tiny", device="cpu")
+    rows, _ = load_rows(cfg)
     total, count = 0.0, 0
     with torch.no_grad():
-        for ids, mask in zip(p.encoded.input_ids, p.encoded.completion_mask):
+        for ids, row in zip(p.encoded.input_ids, rows):
+            n_prompt = len(encode_prompts(lm.tokenizer, [render_prompt(lm.tokenizer, None, row.question)])[0])
             logits = lm.model(input_ids=torch.tensor([ids])).logits[0, :-1]
-            target, keep = torch.tensor(ids[1:]), torch.tensor(mask[1:], dtype=torch.bool)
+            keep = torch.arange(1, len(ids)) >= n_prompt  # targets that are completion tokens
+            target = torch.tensor(ids[1:])
             nll = torch.nn.functional.cross_entropy(logits, target, reduction="none")
             total += nll[keep].sum().item()
             count += int(keep.sum())

@@ -72,6 +72,15 @@ def _check_output(out: Path) -> None:
         raise InputError(f"--output-dir {out} cannot be written ({existing} is read-only).")
 
 
+def _check_packages(cfg: SftConfig) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        raise InputError("enigma sft needs TRL: pip install 'trl>=0.19'.")
+    if cfg.lora_r and importlib.util.find_spec("peft") is None:
+        raise InputError("--lora-r needs peft: pip install peft (or pass --lora-r 0 for full fine-tuning).")
+
+
 def _peek(spec: str):
     """(config, tokenizer, is_adapter) of a model spec without its weights."""
     from transformers import AutoConfig, AutoTokenizer
@@ -119,6 +128,7 @@ def plan(cfg: SftConfig) -> Plan:
     """Everything `run` needs, checked without loading weights; InputError (exit 3) on any bad input."""
     out = Path(cfg.output_dir)
     _check_output(out)
+    _check_packages(cfg)
     rows, held_out = load_rows(cfg)
     config, tokenizer, is_adapter = _peek(cfg.model)
     if is_adapter and cfg.lora_r and not cfg.merge:
