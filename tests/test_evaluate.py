@@ -253,3 +253,14 @@ def test_bad_input_exits_3_and_leaves_out_alone(kind, existing, ckpts, tmp_path,
 def test_parquet_needs_out(capsys):
     rc, out, err = run(["--format", "parquet"], capsys)
     assert rc == 3 and out == "" and "--out" in err
+
+
+def test_enigma_tiny_end_to_end_flexible_reads_at_least_strict(enigma_tiny, capsys):
+    rc, out, err = run(["--model", "enigma-tiny", "--prompts", "8", "--samples", "2", "--max-new-tokens", "64",
+                        "--device", "cpu"], capsys)
+    assert rc == 0, err
+    row = pd.read_csv(io.StringIO(out)).iloc[0]
+    assert row["format_rate"] > 0.3  # the built-in model writes the layout
+    assert row["answer_rate_flexible"] >= row["answer_rate"] > 0
+    assert row["accuracy_at_1_flexible"] >= row["accuracy_at_1"] > 0
+    assert row["majority_accuracy_flexible"] >= row["majority_accuracy"]

@@ -9,13 +9,12 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import ENIGMA_TINY_DIR
 
 from enigma_cli.cli import main
 from enigma_cli.models import loading
 from enigma_cli.sft import SftConfig, default_lr, plan
 from enigma_cli.sft.data import SftRow, encode_rows, load_rows
-
-from conftest import ENIGMA_TINY_DIR
 
 pytestmark = pytest.mark.skipif(not (ENIGMA_TINY_DIR / "model.safetensors").exists(),
                                 reason="enigma-tiny is not built")
@@ -84,10 +83,9 @@ def test_encode_rows_masks_exactly_the_completion(enigma_tiny):
 def test_completion_only_loss_matches_our_cross_entropy(tmp_path):
     """TRL's first logged loss (before any update) = token-mean CE over completion tokens only, as we compute it."""
     from enigma_cli.models.loading import load_model
-    from enigma_cli.sft.run import _quiet, _trainer
-
     from enigma_cli.models.rollout import encode_prompts
     from enigma_cli.prompts import render_prompt
+    from enigma_cli.sft.run import _quiet, _trainer
 
     cfg = SftConfig(rows=4, batch_size=4, steps=1, eval_prompts=0, device="cpu", lr=1e-9,
                     output_dir=str(tmp_path / "o"))

@@ -163,6 +163,19 @@ def _format_rate(lm, held_out, cfg: SftConfig) -> float:
     return float(evaluate(lm, held_out, cfg.principle, settings)["format_rate"])
 
 
+def _loss_lines(total: int):
+    """Without a progress bar (stderr not a terminal): one loss line every 10 steps, and at the first and last."""
+    from transformers import TrainerCallback
+
+    class LossLines(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            step = state.global_step
+            if logs and "loss" in logs and (step % 10 == 0 or step in (1, total)):
+                console.print(f"step {step}/{total}  loss {logs['loss']:.4f}", highlight=False)
+
+    return LossLines()
+
+
 def _trainer(p: Plan, model, tokenizer, workdir: Path):
     import datasets
     from transformers import PrinterCallback, ProgressCallback
@@ -173,7 +186,7 @@ def _trainer(p: Plan, model, tokenizer, workdir: Path):
                                        "completion_mask": p.encoded.completion_mask})
     args = SFTConfig(
         output_dir=str(workdir), max_steps=p.steps, per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=p.lr, warmup_steps=int(round(cfg.warmup_ratio * p.steps)),
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=p.lr, warmup_steps=round(cfg.warmup_ratio * p.steps),
         lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed,
         data_seed=cfg.seed, completion_only_loss=True, max_length=None, disable_tqdm=not show_progress(),
         use_cpu=str(next(model.parameters()).device) == "cpu", dataloader_num_workers=0,
@@ -192,7 +205,9 @@ def _trainer(p: Plan, model, tokenizer, workdir: Path):
     trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which is for data
     if not show_progress():
         trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_loss_lines(p.steps))
     return trainer
+
 
 
 @contextlib.contextmanager
@@ -201,9 +216,8 @@ def _quiet():
     if show_progress():
         yield
         return
-    from transformers.utils import logging as hf_logging
-
     import datasets
+    from transformers.utils import logging as hf_logging
 
     from ..datasets import _quiet_progress
 
@@ -229,7 +243,8 @@ def run(p: Plan) -> dict:
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     console.print(f"[bold]enigma[/] {p.describe()}", highlight=False)
     before = _format_rate(lm, p.held_out, cfg)
-    console.print(f"format rate before: {before:.3f}", highlight=False)
+    if p.held_out:
+        console.print(f"format rate before: {before:.3f}", highlight=False)
     out = Path(cfg.output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -262,6 +277,6 @@ def run(p: Plan) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    console.print(f"format rate after: {after:.3f}; loss {row['loss_first']:.3f} → {row['loss_last']:.3f}; "
-                  f"wrote {out}", highlight=False)
+    measured = f"format rate after: {after:.3f}; " if p.held_out else ""
+    console.print(f"{measured}loss {row['loss_first']:.3f} → {row['loss_last']:.3f}; wrote {out}", highlight=False)
     return row
