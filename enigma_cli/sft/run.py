@@ -5,7 +5,8 @@
 learning rate, and refuses an output folder that already holds something. `run` loads the model, measures the
 strict format rate on held-out prompts (`enigma_cli.evaluation.evaluate`), trains with TRL's ``SFTTrainer``
 (completion-only loss from our ``completion_mask``; LoRA through ``peft_config``), writes the checkpoint into a
-temporary folder renamed into place, measures again, and returns the one-row report.
+temporary folder renamed into place, measures again, and returns the one-row report (``seconds``: the whole
+run, loading and both format measurements included).
 
 Choices (ours): a linear schedule with ``warmup_ratio`` warm-up (TRL's default schedule), AdamW, loss logged every
 step; no checkpoints during the run (a warm-up is minutes); nothing reported to trackers (``report_to`` none).
@@ -207,7 +208,6 @@ def _trainer(p: Plan, model, tokenizer, workdir: Path):
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(_loss_lines(p.steps))
     return trainer
-
 
 
 @contextlib.contextmanager
