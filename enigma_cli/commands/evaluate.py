@@ -38,8 +38,10 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="Write the report here instead of stdout.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or parquet.")] = "csv",
 ) -> None:
-    """Report format rate, accuracy@1 and majority-vote accuracy (strict: inside <answer> tags; flexible: the last
-    number or choice letter anywhere) and answer entropy, one row per model."""
+    """Report format rate, strict and flexible accuracy@1 and majority vote, and answer entropy, one row per model.
+
+    Strict reads the answer inside <answer> tags; flexible the last number (or choice letter) anywhere.
+    """
     check_format(fmt, out)
     for name, value in (("--prompts", prompts), ("--samples", samples), ("--max-new-tokens", max_new_tokens),
                         ("--batch-size", batch_size)):

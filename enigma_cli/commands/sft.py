@@ -53,8 +53,11 @@ def sft(
     config: Annotated[Path | None, typer.Option(help="YAML/TOML file of options; typed flags win.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the plan; load no weights.")] = False,
 ) -> None:
-    """Teach a model the <reasoning>/<answer> layout with a short supervised warm-up (TRL SFTTrainer); prints one
-    CSV row: model, steps, loss first/last, format rate before/after on held-out prompts, output folder, seconds."""
+    """Teach a model the <reasoning>/<answer> layout with a short supervised warm-up before GRPO.
+
+    Built on TRL's SFTTrainer, loss on the completion only. Prints one CSV row: model, steps, loss first/last, format
+    rate before/after on held-out prompts, output folder, seconds.
+    """
     cfg = cfgmod.resolve(
         SftConfig, ctx, config, model=model, dataset=dataset, question_column=question_column,
         answer_column=answer_column, rationale_column=rationale_column, choices_column=choices_column,
