@@ -46,6 +46,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -449,7 +450,10 @@ def _apply_adapter(spec: str, model, adapter_dir: str, for_training: bool, base:
     except ImportError as exc:
         raise InputError(f"Model '{spec}' is a LoRA adapter, which needs peft: `pip install peft`.") from exc
     try:
-        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=for_training)
+        with warnings.catch_warnings():
+            # peft asks transformers a deprecated question (is_gradient_checkpointing); not the user's concern.
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=for_training)
     except Exception as exc:  # peft raises ValueError, KeyError, RuntimeError on mismatches
         raise InputError(
             f"Could not apply the adapter '{spec}' to its base model: {_first_line(exc)}"
