@@ -48,6 +48,7 @@ def _register() -> None:
         principles_cmd,
         score_principles,
         self_check,
+        sft,
         study,
         tasks_cmd,
         train,
@@ -57,6 +58,7 @@ def _register() -> None:
     app.command("score-principles")(score_principles.score_principles)
     app.command("train")(train.train)
     app.command("analyze-manifold")(analyze_manifold.analyze_manifold)
+    app.command("sft")(sft.sft)
     app.command("evaluate")(evaluate.evaluate)
     app.command("generate")(generate.generate)
     app.command("study")(study.study)

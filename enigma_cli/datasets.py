@@ -13,7 +13,14 @@
 Columns: ``question_column``/``answer_column`` default to ``question``/``answer``, and CoT-Collection's
 ``source``/``target`` (with ``rationale``) are recognised when the defaults are absent. Without an answer
 column the examples are unlabelled (``answer=None``), which is enough for format-only rewards (method.md §1).
-GSM8K-style answers ("... #### 42") are cut to the part after the last ``####``.
+GSM8K-style answers ("... #### 42") are cut to the part after the last ``####``; the part before it (without
+the ``<<48/2=24>>`` calculator notes) becomes the rationale when there is no rationale column.
+
+Multiple choice: a ``choices_column`` (default: ``choices`` or ``options`` when present) holds a list of option
+texts, a ``{"label": [...], "text": [...]}`` mapping (ARC, CommonsenseQA) or one string ``"A) … B) …"``; option
+texts lose a leading ``A)``-style label. The answer becomes a letter: a letter (``B``, ``(B)``), the exact text of
+an option, or an integer read as a 0-based index (MMLU's convention), in that order. :attr:`Example.prompt_text`
+is the question with its options, one ``A) …`` line each.
 
 Every problem with the input (missing path, folder, empty or unreadable file, missing column, no rows) is an
 :class:`InputError` (exit code 3) of one sentence naming the file or column.
@@ -21,9 +28,11 @@ Every problem with the input (missing path, folder, empty or unreadable file, mi
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import re
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,15 +49,29 @@ LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "
 QUESTION_COLUMNS = ("question", "source")  # tried in order when --question-column is not given
 ANSWER_COLUMNS = ("answer", "target")
 RATIONALE_COLUMNS = ("rationale",)
+CHOICES_COLUMNS = ("choices", "options")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclass(frozen=True)
 class Example:
-    """One question; `answer` is None for unlabelled data; `rationale` is a reference CoT when known."""
+    """One question; `answer` is None for unlabelled data; `rationale` is a reference CoT when known.
+
+    For multiple-choice data `choices` holds the option texts and `answer` is a letter (``"A"`` for the first).
+    """
 
     question: str
     answer: str | None
     rationale: str | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def prompt_text(self) -> str:
+        """What the model is asked: the question, then one ``A) option`` line per choice."""
+        if not self.choices:
+            return self.question
+        lines = [f"{LETTERS[i]}) {c}" for i, c in enumerate(self.choices)]
+        return "\n".join([self.question, *lines])
 
 
 def _offline_flag() -> str | None:
@@ -198,20 +221,88 @@ def _text(value) -> str | None:
     return text or None
 
 
-def _canonical_answer(value) -> str | None:
+def _canonical_answer(value) -> tuple[str | None, str | None]:
+    """(answer, rationale): GSM8K's "rationale #### 42" is split, its <<a*b=c>> calculator notes dropped."""
     text = _text(value)
     if text is not None and "####" in text:  # GSM8K: rationale, then "#### 42"
-        text = text.rsplit("####", 1)[1].strip() or None
-    return text
+        before, after = text.rsplit("####", 1)
+        rationale = re.sub(r"<<[^<>]*>>", "", before).strip() or None
+        return after.strip() or None, rationale
+    return text, None
+
+
+_LABEL_PREFIX = re.compile(r"^\s*\(?([A-Z])[).:]\s*")
+_INLINE_CHOICES = re.compile(r"(?:^|(?<=\s))\(?([A-Z])[).:]\s+")
+
+
+def parse_choices(value) -> tuple[str, ...] | None:
+    """Option texts from a list, a {"label", "text"} mapping, a JSON list or an "A) … B) …" string; None if none.
+
+    Leading labels ("A) ", "(B) ", "C. ") are dropped when the options carry them in order.
+    """
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("text")
+        if value is None:
+            return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                loaded = json.loads(text)
+            except ValueError:
+                loaded = None
+            if isinstance(loaded, list):
+                return parse_choices(loaded)
+        marks = list(_INLINE_CHOICES.finditer(text))
+        letters = [m.group(1) for m in marks]
+        if len(marks) < 2 or letters != list(LETTERS[:len(letters)]):
+            return None
+        parts = [text[m.end():(marks[i + 1].start() if i + 1 < len(marks) else len(text))].strip()
+                 for i, m in enumerate(marks)]
+        return tuple(parts) if all(parts) else None
+    try:
+        items = [(_text(v) or "") for v in value]
+    except TypeError:
+        return None
+    if not items or not all(items):
+        return None
+    labels = [_LABEL_PREFIX.match(x) for x in items]
+    if all(labels) and [m.group(1) for m in labels] == list(LETTERS[:len(items)]):
+        items = [x[m.end():].strip() or x for x, m in zip(items, labels)]
+    return tuple(items)
+
+
+def choice_answer(value, choices: tuple[str, ...]) -> str | None:
+    """The gold letter of a multiple-choice row: a letter, an option's exact text, or a 0-based index."""
+    text = _text(value)
+    if text is None:
+        return None
+    letters = LETTERS[:len(choices)]
+    m = re.fullmatch(r"\(?([A-Za-z])\)?[.:]?", text)
+    if m and m.group(1).upper() in letters:
+        return m.group(1).upper()
+    wanted = " ".join(text.split()).lower()
+    for letter, choice in zip(letters, choices):
+        if " ".join(choice.split()).lower() == wanted:
+            return letter
+    if re.fullmatch(r"\d+", text) and int(text) < len(choices):
+        return letters[int(text)]
+    return None
 
 
 def load_examples(dataset: str | None = None, *, n: int | None = None, seed: int = 0,
                   question_column: str | None = None, answer_column: str | None = None,
-                  split: str = "train", rationale_column: str | None = None) -> list[Example]:
+                  split: str = "train", rationale_column: str | None = None,
+                  choices_column: str | None = None) -> list[Example]:
     """Load questions (and answers when there are some); a seeded sample of `n` when `n` < the row count."""
     if n is not None and n <= 0:
         raise InputError(f"--n must be a positive number of examples, not {n}.")
     if dataset is None or str(dataset).strip().lower() == SYNTHETIC:
+        if choices_column is not None:
+            raise InputError(f"--choices-column {choices_column!r} needs a --dataset; the synthetic problems have "
+                             "no options.")
         return _synthetic(n, seed)
     spec = str(dataset).strip()
     if _looks_local(spec):
@@ -231,12 +322,31 @@ def load_examples(dataset: str | None = None, *, n: int | None = None, seed: int
     r_col = _pick(columns, rationale_column, RATIONALE_COLUMNS, "rationale", "--rationale-column", where,
                   required=False)
 
+    c_col = _pick(columns, choices_column, CHOICES_COLUMNS, "choices", "--choices-column", where, required=False)
+
     questions = [_text(q) for q in ds[q_col]]
     index = [i for i, q in enumerate(questions) if q is not None]
     if not index:
         raise InputError(f"{where} has no non-empty values in its question column {q_col!r}.")
     if n is not None and n < len(index):
         index = sorted(random.Random(seed).sample(index, n))
-    answers = ds.select(index)[a_col] if a_col else [None] * len(index)
-    rationales = ds.select(index)[r_col] if r_col else [None] * len(index)
-    return [Example(questions[i], _canonical_answer(a), _text(r)) for i, a, r in zip(index, answers, rationales)]
+    rows = ds.select(index)
+    answers = rows[a_col] if a_col else [None] * len(index)
+    rationales = rows[r_col] if r_col else [None] * len(index)
+    choices = rows[c_col] if c_col else [None] * len(index)
+    out = []
+    for i, a, r, c in zip(index, answers, rationales, choices):
+        if c_col is None:
+            answer, gsm_rationale = _canonical_answer(a)
+            out.append(Example(questions[i], answer, _text(r) or gsm_rationale))
+            continue
+        options = parse_choices(c)
+        if options is None or len(options) > len(LETTERS):
+            raise InputError(f"{where}: row {i} has no readable options in its choices column {c_col!r} (give a "
+                             "list of option texts or one 'A) … B) …' string).")
+        letter = choice_answer(a, options)
+        if a_col is not None and _text(a) is not None and letter is None:
+            raise InputError(f"{where}: row {i}'s answer {_text(a)!r} (column {a_col!r}) is neither a choice "
+                             f"letter A-{LETTERS[len(options) - 1]}, an option's text, nor a 0-based index.")
+        out.append(Example(questions[i], letter, _text(r), options))
+    return out

@@ -68,8 +68,51 @@ def test_explicit_columns_unlabelled_data_and_gsm8k_answers(tmp_path):
     assert load_examples(str(path), question_column="prompt", answer_column="label") == [
         Example("Q1", "A1"), Example("Q2", None)]
     assert load_examples(str(path), question_column="prompt") == [Example("Q1", None), Example("Q2", None)]
-    gsm = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "Q", "answer": "3 + 4 = 7\n#### 7"}])
-    assert load_examples(str(gsm)) == [Example("Q", "7")]
+    gsm = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "Q", "answer": "3 + 4 = <<3+4=7>>7 apples\n#### 7"}])
+    assert load_examples(str(gsm)) == [Example("Q", "7", "3 + 4 = 7 apples")]
+    # An explicit rationale column wins over the part before ####.
+    both = write_jsonl(tmp_path / "both.jsonl", [{"question": "Q", "answer": "x\n#### 7", "rationale": "R"}])
+    assert load_examples(str(both)) == [Example("Q", "7", "R")]
+
+
+MC_ROWS = [
+    # a list of texts and a letter
+    {"question": "Capital of France?", "choices": ["London", "Paris", "Rome"], "answer": "B"},
+    # labelled texts and an option's text
+    {"question": "2 + 2?", "choices": ["A) 3", "B) 4", "C) 5"], "answer": "4"},
+    # one inline string and a 0-based index (MMLU)
+    {"question": "Largest?", "choices": "A) 1 B) 10 C) 100", "answer": 2},
+    # a {label, text} mapping (ARC) and "(A)"
+    {"question": "Colour of sky?", "choices": {"label": ["A", "B"], "text": ["blue", "green"]}, "answer": "(A)"},
+]
+
+
+def test_multiple_choice_columns(tmp_path):
+    got = load_examples(str(write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)))
+    assert [(e.choices, e.answer) for e in got] == [
+        (("London", "Paris", "Rome"), "B"), (("3", "4", "5"), "B"), (("1", "10", "100"), "C"),
+        (("blue", "green"), "A")]
+    assert got[0].prompt_text == "Capital of France?\nA) London\nB) Paris\nC) Rome"
+    plain = Example("Q", "1")
+    assert plain.prompt_text == "Q"
+    # A JSON list in a CSV cell, under a column named by the flag.
+    csv = tmp_path / "mc.csv"
+    pd.DataFrame({"question": ["Q?"], "opts": [json.dumps(["x", "y"])], "answer": ["y"]}).to_csv(csv, index=False)
+    assert load_examples(str(csv), choices_column="opts") == [Example("Q?", "B", None, ("x", "y"))]
+
+
+@pytest.mark.parametrize("row, words", [
+    ({"question": "Q", "choices": ["a", "b"], "answer": "C"}, ["'C'", "answer", "A-B"]),
+    ({"question": "Q", "choices": ["a", "b"], "answer": 5}, ["'5'", "0-based"]),
+    ({"question": "Q", "choices": "no labels here", "answer": "A"}, ["row 0", "choices"]),
+])
+def test_multiple_choice_bad_rows(tmp_path, row, words):
+    with pytest.raises(InputError) as info:
+        load_examples(str(write_jsonl(tmp_path / "mc.jsonl", [row])))
+    assert all(w in str(info.value) for w in words), str(info.value)
+    with pytest.raises(InputError, match="--choices-column"):
+        load_examples(str(write_jsonl(tmp_path / "ok.jsonl", [{"question": "Q", "answer": "A"}])),
+                      choices_column="nope")
 
 
 def test_missing_columns_name_the_column_and_the_available_ones(tmp_path):

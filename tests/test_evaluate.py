@@ -15,7 +15,8 @@ from enigma_cli.models.rollout import Generation
 
 FAST = ["--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--batch-size", "8", "--device", "cpu"]
 COLUMNS = {"model", "prompts", "samples", "format_rate", "answer_rate", "accuracy_at_1", "majority_accuracy",
-           "answer_entropy", "distinct_answers", "majority_share", "completion_len_mean", "temperature", "seed"}
+           "answer_entropy", "distinct_answers", "majority_share", "completion_len_mean", "temperature", "seed",
+           "answer_rate_flexible", "accuracy_at_1_flexible", "majority_accuracy_flexible"}
 QUESTIONS = {"How many apples are 2 and 3?": "5", "What is 4 plus 6?": "10"}
 
 
@@ -60,15 +61,30 @@ def run(argv, capsys):
     return rc, out, err
 
 
-def fake_generate(calls):
+# Strict and flexible disagree: question 1 (gold 5) has no tags, a LaTeX answer in tags, and a wrong number;
+# question 2 (gold 10) has two untagged right answers (one as 10.0) and a tagged wrong one.
+FLEXIBLE = {
+    "How many apples are 2 and 3?": ["2 + 3 = 5.", done("$\\frac{10}{2}$"), "I think 7"],
+    "What is 4 plus 6?": ["4 + 6 = 10", "So 4 + 6 = 10.0", done("3")],
+}
+
+MC_QUESTIONS = [{"question": "Capital of France?", "choices": ["London", "Paris", "Rome"], "answer": "B"},
+                {"question": "Largest number?", "choices": "A) 1 B) 10 C) 100", "answer": 2}]
+MC = {"Capital of France?": [done("A) London"), "It is Paris, so (B).", done("B")],
+      "Largest number?": [done("C"), "Hmm. A farmer would say C.", "no idea"]}
+
+
+def fake_generate(calls, table=None):
+    table = table or COMPLETIONS
+
     def generate(model, tok, prompts, *, num_samples, **kwargs):
         calls.append({"prompts": list(prompts), "num_samples": num_samples, **kwargs})
         texts, ids = [], []
         for prompt in prompts:
-            (question,) = [q for q in COMPLETIONS if q in prompt]
-            assert num_samples == len(COMPLETIONS[question])
-            texts += COMPLETIONS[question]
-            ids += [[7] * (len(t) % 5 + 1) for t in COMPLETIONS[question]]
+            (question,) = [q for q in table if q in prompt]
+            assert num_samples == len(table[question])
+            texts += table[question]
+            ids += [[7] * (len(t) % 5 + 1) for t in table[question]]
         return Generation(prompt_ids=[[0]] * len(ids), completion_ids=ids, texts=texts,
                           prompt_index=[i // num_samples for i in range(len(ids))], finished=[True] * len(ids),
                           num_samples=num_samples)
@@ -116,6 +132,42 @@ def test_metrics_match_hand_computed_values(monkeypatch, ckpts, labelled, capsys
     assert row["temperature"] == 0.5 and row["seed"] == 4
 
 
+def test_strict_and_flexible_accuracy_with_math_verify(monkeypatch, ckpts, labelled, capsys):
+    monkeypatch.setattr(evaluation, "generate", fake_generate([], FLEXIBLE))
+    argv = ["--model", ckpts[0], "--dataset", labelled, "--samples", "3", "--device", "cpu"]
+    rc, out, err = run(argv, capsys)
+    assert rc == 0, err
+    row = pd.read_csv(io.StringIO(out)).iloc[0]
+    assert row["format_rate"] == pytest.approx(2 / 6, abs=1e-6)
+    assert row["answer_rate"] == pytest.approx(2 / 6, abs=1e-6)
+    assert row["answer_rate_flexible"] == pytest.approx(1.0)
+    assert row["accuracy_at_1"] == pytest.approx(1 / 6, abs=1e-6)  # only \frac{10}{2} = 5, through math-verify
+    assert row["majority_accuracy"] == pytest.approx(1 / 2, abs=1e-6)
+    assert row["accuracy_at_1_flexible"] == pytest.approx(4 / 6, abs=1e-6)  # 5, 10/2, 10, 10.0
+    assert row["majority_accuracy_flexible"] == pytest.approx(1.0)  # 10/2 votes with 5, 10.0 with 10
+    assert row["answer_entropy"] == pytest.approx(0.0, abs=1e-9)
+    assert "flexible" in err
+    rc, out, err = run([*argv, "--no-math-verify"], capsys)
+    row = pd.read_csv(io.StringIO(out)).iloc[0]
+    assert rc == 0 and row["accuracy_at_1"] == 0 and row["accuracy_at_1_flexible"] == pytest.approx(3 / 6)
+
+
+def test_multiple_choice(monkeypatch, ckpts, tmp_path, capsys):
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in MC_QUESTIONS))
+    calls = []
+    monkeypatch.setattr(evaluation, "generate", fake_generate(calls, MC))
+    rc, out, err = run(["--model", ckpts[0], "--dataset", path, "--samples", "3", "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert "A) London\nB) Paris\nC) Rome" in calls[0]["prompts"][0]  # the options are in the prompt
+    row = pd.read_csv(io.StringIO(out)).iloc[0]
+    # strict: A (wrong), -, B (right) | C (right), -, -;  flexible adds (B) and the bare "C."
+    assert row["accuracy_at_1"] == pytest.approx(2 / 6, abs=1e-6)
+    assert row["accuracy_at_1_flexible"] == pytest.approx(4 / 6, abs=1e-6)
+    assert row["majority_accuracy"] == pytest.approx(1 / 2, abs=1e-6)  # A vs B tie → first seen, A (wrong); C
+    assert row["majority_accuracy_flexible"] == pytest.approx(1.0)
+
+
 def test_unlabelled_dataset_gives_nan_accuracy(monkeypatch, ckpts, tmp_path, capsys):
     path = tmp_path / "questions.csv"
     pd.DataFrame({"question": list(QUESTIONS)}).to_csv(path, index=False)
@@ -124,6 +176,7 @@ def test_unlabelled_dataset_gives_nan_accuracy(monkeypatch, ckpts, tmp_path, cap
     assert rc == 0, err
     row = pd.read_csv(io.StringIO(out)).iloc[0]
     assert math.isnan(row["accuracy_at_1"]) and math.isnan(row["majority_accuracy"])
+    assert math.isnan(row["accuracy_at_1_flexible"]) and math.isnan(row["majority_accuracy_flexible"])
     assert row["format_rate"] == pytest.approx(4 / 6, abs=1e-6)
 
 
@@ -141,7 +194,8 @@ def test_several_models_one_row_each(monkeypatch, ckpts, labelled, tmp_path, cap
 
 
 @pytest.mark.parametrize("kind", ["unknown-model", "empty-dataset", "missing-dataset", "samples-0", "prompts-0",
-                                  "bad-format", "no-question-column", "negative-temperature"])
+                                  "bad-format", "no-question-column", "negative-temperature", "no-choices-column",
+                                  "bad-choice-answer", "no-math-verify"])
 @pytest.mark.parametrize("existing", [False, True])
 def test_bad_input_exits_3_and_leaves_out_alone(kind, existing, ckpts, tmp_path, capsys):
     out_file = tmp_path / "eval.csv"
@@ -163,11 +217,29 @@ def test_bad_input_exits_3_and_leaves_out_alone(kind, existing, ckpts, tmp_path,
         argv, culprit = [*argv, "--format", "xml"], "--format"
     elif kind == "negative-temperature":
         argv, culprit = [*argv, "--temperature", "-1"], "--temperature"
+    elif kind == "no-choices-column":
+        argv, culprit = [*argv, "--choices-column", "opts"], "--choices-column"
+    elif kind == "bad-choice-answer":
+        path = tmp_path / "mc.jsonl"
+        path.write_text(json.dumps({"question": "Q?", "choices": ["x", "y"], "answer": "Z"}) + "\n")
+        argv, culprit = [*argv, "--dataset", path], "'Z'"
+    elif kind == "no-math-verify":
+        from enigma_cli.core import answers
+        answers._math_verify.cache_clear()
+        import sys
+        sys.modules["math_verify"] = None  # import fails as if it were not installed
+        culprit = "--no-math-verify"
     else:
         path = tmp_path / "rows.jsonl"
         path.write_text(json.dumps({"prompt": "What is 1 + 1?", "answer": "2"}) + "\n")
         argv, culprit = [*argv, "--dataset", path], "question"
-    rc, out, err = run([*argv, "--out", out_file], capsys)
+    try:
+        rc, out, err = run([*argv, "--out", out_file], capsys)
+    finally:
+        if kind == "no-math-verify":
+            import sys
+            del sys.modules["math_verify"]
+            answers._math_verify.cache_clear()
     assert rc == 3, err
     assert out == ""
     assert culprit in "".join(err.split())
@@ -181,3 +253,14 @@ def test_bad_input_exits_3_and_leaves_out_alone(kind, existing, ckpts, tmp_path,
 def test_parquet_needs_out(capsys):
     rc, out, err = run(["--format", "parquet"], capsys)
     assert rc == 3 and out == "" and "--out" in err
+
+
+def test_enigma_tiny_end_to_end_flexible_reads_at_least_strict(enigma_tiny, capsys):
+    rc, out, err = run(["--model", "enigma-tiny", "--prompts", "8", "--samples", "2", "--max-new-tokens", "64",
+                        "--device", "cpu"], capsys)
+    assert rc == 0, err
+    row = pd.read_csv(io.StringIO(out)).iloc[0]
+    assert row["format_rate"] > 0.3  # the built-in model writes the layout
+    assert row["answer_rate_flexible"] >= row["answer_rate"] > 0
+    assert row["accuracy_at_1_flexible"] >= row["accuracy_at_1"] > 0
+    assert row["majority_accuracy_flexible"] >= row["majority_accuracy"]

@@ -1,4 +1,4 @@
-"""`enigma evaluate`: format rate, accuracy@1, majority-vote accuracy and answer entropy of one or more models."""
+"""`enigma evaluate`: format rate, strict and flexible accuracy@1 and majority-vote accuracy, and answer entropy."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ class EvaluateConfig(Options):
     dataset: str = opt("synthetic", "'synthetic' (held-out problems), a file or a hub id.")
     question_column: str | None = opt(None, "Column holding the question.")
     answer_column: str | None = opt(None, "Column holding the answer.")
+    choices_column: str | None = opt(None, "Column holding multiple-choice options (a list or 'A) … B) …' text; "
+                                           "default: choices or options when present); answers are then letters.")
+    math_verify: bool = opt(True, "Decide answer equivalence with math-verify (LaTeX, fractions, units) after our "
+                                  "normalisation.", negative="--no-math-verify")
     prompts: int = opt(64, "Prompts to evaluate on.", ge=1)
     samples: int = opt(8, "Completions per prompt.", short="-k", ge=1)
     principle: str | None = opt(None, "Principle text for the system prompt (default: none).")
@@ -40,8 +44,14 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
     from ..report import check_format
 
     check_format(cfg.format, cfg.out)
+    if cfg.math_verify:
+        from ..core.answers import math_verify_available
+
+        if not math_verify_available():
+            raise InputError("--math-verify needs the math-verify package (pip install math-verify); "
+                             "pass --no-math-verify to compare answers with our normalisation only.")
     examples = load_examples(cfg.dataset, n=cfg.prompts, seed=cfg.seed, question_column=cfg.question_column,
-                             answer_column=cfg.answer_column)
+                             answer_column=cfg.answer_column, choices_column=cfg.choices_column)
     if not examples:
         raise InputError(f"dataset {cfg.dataset} has no prompts.")
     for spec in cfg.model:
@@ -58,19 +68,21 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
     from ..report import write_table
 
     settings = EvalSettings(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            batch_size=cfg.batch_size, seed=cfg.seed)
+                            batch_size=cfg.batch_size, seed=cfg.seed, math_verify=cfg.math_verify)
     rows = []
     for spec in cfg.model:
         lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
         row = {"model": spec, **run_eval(lm, examples, cfg.principle, settings), "temperature": cfg.temperature,
                "seed": cfg.seed}
-        console.print(f"{spec}: format {row['format_rate']:.3f}  acc@1 {row['accuracy_at_1']:.3f}  "
-                      f"majority {row['majority_accuracy']:.3f}  entropy {row['answer_entropy']:.3f}",
-                      highlight=False)
+        console.print(f"{spec}: format {row['format_rate']:.3f}  acc@1 strict {row['accuracy_at_1']:.3f} "
+                      f"flexible {row['accuracy_at_1_flexible']:.3f}  majority strict "
+                      f"{row['majority_accuracy']:.3f} flexible {row['majority_accuracy_flexible']:.3f}  "
+                      f"entropy {row['answer_entropy']:.3f}", highlight=False)
         rows.append(row)
     write_table(pd.DataFrame(rows), cfg.out, cfg.format)
 
 
 evaluate = command(EvaluateConfig, "evaluate", run,
-                   help="Report format rate, accuracy@1, majority-vote accuracy and answer entropy, one row per "
-                        "model.")
+                   help="Report format rate, strict and flexible accuracy@1 and majority vote, and answer entropy, one "
+                        "row per model. Strict reads the answer inside <answer> tags; flexible the last number (or "
+                        "choice letter) anywhere.")

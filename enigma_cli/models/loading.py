@@ -18,6 +18,10 @@ that in about a second; see `enigma_cli.models.gguf` (``ENIGMA_GGUF_CACHE=0`` tu
   in turn (so it may be an alias such as ``enigma-tiny``), and the adapter is applied through ``peft``. For
   inference the adapter is merged into the base weights; with ``for_training=True`` it stays a trainable
   ``PeftModel``.
+
+Portable adapters: the loaded model's ``name_or_path``, which peft copies into an adapter's
+``base_model_name_or_path``, is the alias or hub id rather than a machine-local folder; see
+`enigma_cli.models.portable`.
 - a Hugging Face hub id (``org/name``), fetched only when online. With ``HF_HUB_OFFLINE=1`` (or
   ``TRANSFORMERS_OFFLINE=1``) only the local cache is consulted.
 
@@ -42,6 +46,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,10 +63,14 @@ from enigma_cli.models.gguf import (  # noqa: F401 - re-exported: the smollm2 al
     _write_gguf_cache,
     smollm2_gguf_path,
 )
-
-DEFAULT_MODEL = "enigma-tiny"
-SMOLLM2_ALIAS = "smollm2"
-ALIASES = (DEFAULT_MODEL, SMOLLM2_ALIAS)
+from enigma_cli.models.portable import (
+    ALIASES,
+    DEFAULT_MODEL,
+    SMOLLM2_ALIAS,
+    _record_name,
+    alias_of_path,
+    portable_spec,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_NAMES = ("auto", *DTYPES)
@@ -292,6 +301,7 @@ def load_model(
     path, gguf_file = model_path_for(spec)
     adapter_dir: str | None = None
     folder = Path(path)
+    base_spec = spec
     if (
         gguf_file is None
         and (folder / "adapter_config.json").is_file()
@@ -300,6 +310,7 @@ def load_model(
         adapter_dir = path
         base_spec = _adapter_base(spec, folder)
         path, gguf_file = model_path_for(base_spec)
+    portable = portable_spec(base_spec, path, gguf_file)
 
     gguf_path = Path(path) / gguf_file if gguf_file is not None else None
     gguf_cache = _gguf_cache_dir(gguf_path) if gguf_path is not None else None
@@ -339,8 +350,9 @@ def load_model(
     if gguf_file is not None and gguf_cache is not None and torch_dtype == torch.float32:
         _write_gguf_cache(model, tokenizer, gguf_cache)
 
+    _record_name(model, portable)
     if adapter_dir is not None:
-        model = _apply_adapter(spec, model, adapter_dir, for_training)
+        model = _apply_adapter(spec, model, adapter_dir, for_training, portable)
     model = model.to(dev)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
@@ -423,23 +435,33 @@ def _adapter_base(spec: str, folder: Path) -> str:
     base = config.get("base_model_name_or_path")
     if not base:
         raise InputError(f"Adapter '{spec}' does not name its base model (base_model_name_or_path is empty).")
+    base = str(base)
+    alias = alias_of_path(base)
+    if alias is not None:  # an adapter written before bases were recorded portably, maybe on another machine
+        return alias
     if Path(base).resolve() == folder.resolve():
         raise InputError(f"Adapter '{spec}' names itself as its base model.")
-    return str(base)
+    return base
 
 
-def _apply_adapter(spec: str, model, adapter_dir: str, for_training: bool):
+def _apply_adapter(spec: str, model, adapter_dir: str, for_training: bool, base: str):
     try:
         from peft import PeftModel
     except ImportError as exc:
         raise InputError(f"Model '{spec}' is a LoRA adapter, which needs peft: `pip install peft`.") from exc
     try:
-        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=for_training)
+        with warnings.catch_warnings():
+            # peft asks transformers a deprecated question (is_gradient_checkpointing); not the user's concern.
+            warnings.simplefilter("ignore", FutureWarning)
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=for_training)
     except Exception as exc:  # peft raises ValueError, KeyError, RuntimeError on mismatches
         raise InputError(
             f"Could not apply the adapter '{spec}' to its base model: {_first_line(exc)}"
         ) from exc
+    for config in model.peft_config.values():  # saved again by a training run: keep the base portable
+        config.base_model_name_or_path = base
     if not for_training:
         # Merged weights are a plain transformers model: faster, and hidden states / generate behave the same.
         model = model.merge_and_unload()
+        _record_name(model, base)
     return model

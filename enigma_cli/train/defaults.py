@@ -13,21 +13,17 @@ from __future__ import annotations
 import dataclasses
 
 from ..console import console
+from ..models.size import SMALL_MODEL, is_small, parameter_count  # noqa: F401 - parameter_count re-exported
 
-SMALL_MODEL = 20_000_000  # parameters; enigma-tiny has ~1M, SmolLM2-135M has 135M
 SMALL_LR = 3e-4
 LORA_R = 16
 LORA_LR = 2e-5
 FULL_LR = 1e-6
 
 
-def parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def resolve_for_model(cfg, n_params: int):
     """`cfg` with `lr` and `lora_r` filled in where they were left to `None` (auto); says what it chose."""
-    small = n_params < SMALL_MODEL
+    small = is_small(n_params)
     lora_r = cfg.lora_r if cfg.lora_r is not None else (0 if small else LORA_R)
     lr = cfg.lr if cfg.lr is not None else (SMALL_LR if small else LORA_LR if lora_r > 0 else FULL_LR)
     chosen = []
