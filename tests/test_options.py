@@ -9,8 +9,9 @@ import pytest
 import typer.main
 
 from enigma_cli.cli import app, main
+from enigma_cli.cli_options import REGISTRY, build
 from enigma_cli.errors import InputError
-from enigma_cli.options import REGISTRY, build, construct, flag_name, option_fields, spec_of, to_dict
+from enigma_cli.options import construct, flag_name, option_fields, spec_of, to_dict
 from enigma_cli.train.config import TrainConfig
 
 

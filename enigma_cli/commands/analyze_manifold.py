@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..cli_options import command
 from ..console import console
 from ..manifold import ManifoldConfig
-from ..options import command, write_resolved
+from ..options import write_resolved
 
 
 def run(cfg: ManifoldConfig, dry_run: bool) -> None:

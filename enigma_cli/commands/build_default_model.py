@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..cli_options import command
 from ..console import console
 from ..errors import InputError
-from ..options import command, to_dict
+from ..options import to_dict
 from ..pretrain.config import BuildConfig, default_out
 
 

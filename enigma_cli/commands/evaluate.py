@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..cli_options import command
 from ..console import console
 from ..errors import InputError
-from ..options import Options, command, opt
+from ..options import Options, opt
 from ..report import FORMATS
 
 

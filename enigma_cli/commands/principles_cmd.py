@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import typer
 
+from ..cli_options import command
 from ..console import console
 from ..errors import InputError
-from ..options import Options, command, opt
+from ..options import Options, opt
 from ..report import FORMATS, check_format, write_table
 
 app = typer.Typer(help="List the shipped principle sets or validate principle-set YAML files.",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 
+from ..cli_options import command
 from ..console import console, show_progress
 from ..errors import InputError
-from ..options import command, write_resolved
+from ..options import write_resolved
 from ..score import ScoreConfig
 
 

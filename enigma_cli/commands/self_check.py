@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..cli_options import command
 from ..console import console
 from ..errors import EnigmaError
-from ..options import Options, command, opt
+from ..options import Options, opt
 from ..report import FORMATS, write_table
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..cli_options import command
 from ..console import console
-from ..options import command
 from ..sft.config import SftConfig
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..options import command
+from ..cli_options import command
 from ..study.config import StudyConfig
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import typer
 
+from ..cli_options import command
 from ..console import console
-from ..options import Options, command, opt
+from ..options import Options, opt
 
 app = typer.Typer(help="Built-in synthetic reasoning tasks.", no_args_is_help=True, add_completion=False)
 

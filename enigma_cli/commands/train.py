@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ..cli_options import command
 from ..console import console, show_progress
-from ..options import command
 from ..train.config import TrainConfig
 
 

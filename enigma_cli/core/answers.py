@@ -235,7 +235,7 @@ def _mv_equal(pred: str, gold: str) -> bool | None:
 
 
 def answers_match(pred: str | None, gold: str | None, *, numeric: bool = True, math_verify: bool = True) -> bool:
-    """Whether the answer ``pred`` means ``gold``.
+    r"""Whether the answer ``pred`` means ``gold``.
 
     Our normalisation first (equal canonical forms match); then, when ``numeric`` and ``math_verify`` are on and
     ``math-verify`` can parse both sides, its symbolic comparison. ``None`` on either side never matches.
