@@ -42,7 +42,7 @@ def run(cfg: ManifoldConfig, dry_run: bool) -> None:
             if shape is not None:
                 manifold.check_compatible(base_shape, shape)
 
-    questions = [ex.question for ex in examples]
+    questions = [ex.prompt_text for ex in examples]
     comp_path = out_dir / manifold.COMPLETIONS_FILE if out_dir is not None else None
     if dry_run:
         _print_plan(manifold, cfg, pset, questions, comp_path, depth)

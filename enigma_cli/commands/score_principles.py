@@ -63,7 +63,7 @@ def _check_principles(lm, sets, examples, cfg) -> dict:
     """Per set: (principle checks, whether every prompt fits the context). Refuses (exit 3) when no set fits."""
     from ..score import trust
 
-    questions = [ex.question for ex in examples]
+    questions = [ex.prompt_text for ex in examples]
     checks = {}
     for s in sets:
         found = trust.check_principles(lm, s, questions, cfg.max_new_tokens)

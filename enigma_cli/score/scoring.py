@@ -94,7 +94,7 @@ def critic_matrices(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreC
     """Generate, then fill the critic tensors (see `CriticScores`)."""
     tok, model = lm.tokenizer, lm.model
     n, k, m = len(examples), pset.k, cfg.samples
-    prompts = [render_prompt(tok, p.text, ex.question) for ex in examples for p in pset.principles]
+    prompts = [render_prompt(tok, p.text, ex.prompt_text) for ex in examples for p in pset.principles]
     gen = generate(model, tok, prompts, num_samples=m, max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
     if progress:
@@ -109,7 +109,7 @@ def critic_matrices(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreC
                     pair_completions.append(gen.completion_ids[(q * k + j) * m + s])
     scores = score_pairs(model, tok, pair_prompts, pair_completions, batch_size=cfg.batch_size)
     S = scores.view(n * m, k, k).float()
-    bare = [render_prompt(tok, None, ex.question) for ex in examples]
+    bare = [render_prompt(tok, None, ex.prompt_text) for ex in examples]
     order = [(q * k + j) * m + s for q in range(n) for s in range(m) for j in range(k)]
     marg_prompts = [bare[q] for q in range(n) for s in range(m) for j in range(k)]
     marg_completions = [gen.completion_ids[i] for i in order]
