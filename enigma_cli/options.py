@@ -63,6 +63,7 @@ class Spec:
     metavar: str | None = None
     parse: Callable[[str], Any] | None = None  # turns one command-line string into the value (e.g. "2,4")
     cli: bool = True                  # False: config file and library only (kept rare)
+    output: str | None = None         # "file" or "dir": a path the command writes, checked before any work
 
 
 def opt(default: Any, help: str, **spec: Any) -> Any:
@@ -86,10 +87,6 @@ def option_fields(cls) -> list[dataclasses.Field]:
 
 
 # -- values ------------------------------------------------------------------------------------------------------
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _unwrap_optional(tp) -> tuple[Any, bool]:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
@@ -187,11 +184,15 @@ def check_values(cfg: Any, labels: dict[str, str] | None = None) -> None:
 
     `labels` names where a value came from (a flag, or a key in a file); the default is the field's flag.
     """
-    hints = _hints(type(cfg))
+    hints = typing.get_type_hints(type(cfg))
     for field in option_fields(type(cfg)):
         spec = spec_of(field)
         label = (labels or {}).get(field.name) or flag_name(field.name)
         value = coerce(getattr(cfg, field.name), hints[field.name], label, spec)
+        if spec.output:  # a folder where a file is due, or an unwritable place: now, not after the work
+            from .report import check_output_option
+
+            check_output_option(value, spec.output, label)
         object.__setattr__(cfg, field.name, value)
 
 
@@ -366,7 +367,7 @@ DRY_RUN_HELP = "Validate everything and print the planned work; load no weights,
 def command(cls: type, name: str, run: Callable[[Any, bool], None], help: str) -> Callable:
     """A typer command whose options are `cls`'s fields plus --config and --dry-run; it calls run(cfg, dry_run)."""
     REGISTRY[name] = cls
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
     fields = [f for f in option_fields(cls) if spec_of(f).cli]
     for field in sorted(fields, key=lambda f: not spec_of(f).argument):

@@ -26,7 +26,7 @@ class EvaluateConfig(Options):
     seed: int = opt(0, "Seed for prompts and sampling.")
     device: str = opt("auto", "auto, cpu or cuda.")
     dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
-    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE")
+    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)
 
     def check(self) -> None:

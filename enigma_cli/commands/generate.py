@@ -22,7 +22,8 @@ class GenerateConfig(Options):
     seed: int = opt(0, "Sampling seed.")
     device: str = opt("auto", "auto, cpu or cuda.")
     dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
-    out: str | None = opt(None, "Write the completions here instead of stdout.", metavar="FILE")
+    out: str | None = opt(None, "Write the completions here instead of stdout.", metavar="FILE",
+                           output="file")
     format: str = opt("jsonl", "Report format.", choices=FORMATS)
 
     def check(self) -> None:
