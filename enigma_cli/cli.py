@@ -79,6 +79,19 @@ def _no_type_for_flags() -> None:
     TyperOption.display_type_rich = display_type_rich
 
 
+def _quiet_environment() -> None:
+    """Library chatter (download/loading bars, advisory log lines) would drown our one-line messages on stderr.
+
+    Progress bars are for a person at a terminal only; elsewhere the hub's are switched off for the whole run (and
+    nothing of ours switches them back on, which would make huggingface_hub warn). Set before the commands are
+    imported: transformers reads its verbosity when it is first imported.
+    """
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+_quiet_environment()
 _register()
 _no_type_for_flags()
 
@@ -95,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map EnigmaError to its exit code with one sentence on stderr."""
     from .interrupt import cli_handler, handlers
 
-    # Library chatter (download/loading bars, advisory warnings) would drown our one-line messages on stderr.
-    # Progress bars are for a person at a terminal only; elsewhere the hub's are switched off for the whole run
-    # (and nothing of ours switches them back on, which would make huggingface_hub warn).
-    if not sys.stderr.isatty():
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _quiet_environment()
     quiet_known_warnings()
     with handlers(cli_handler):  # SIGTERM unwinds like Ctrl-C: temporary files go, locks are dropped
         return _run(argv)
@@ -117,6 +125,22 @@ def _interrupted(err: KeyboardInterrupt) -> int:
     signum = signum_of(err)
     _say(getattr(err, "message", None) or f"interrupted ({signal_name(signum)})")
     return 128 + signum
+
+
+def _usage_error(err) -> int:
+    """Typer's usage errors as one line too ('error: No such option: --bogus; see `enigma train --help`.')."""
+    if err.exit_code == 0 or type(err).__name__ == "NoArgsIsHelpError" or not callable(
+            getattr(err, "format_message", None)):
+        err.show()  # the help text itself
+        return err.exit_code
+    from rich.markup import escape
+
+    ctx = getattr(err, "ctx", None)
+    text = err.format_message().strip().rstrip(".")
+    if getattr(ctx, "command_path", None):
+        text += f"{' See' if text.endswith('?') else '; see'} `{ctx.command_path} --help`"
+    console.print(f"[bold red]error:[/] {escape(text)}.", highlight=False, soft_wrap=True)
+    return err.exit_code
 
 
 def _run(argv: list[str] | None) -> int:
@@ -151,8 +175,7 @@ def _run(argv: list[str] | None) -> int:
     except Exception as err:  # noqa: BLE001 - the last line of defence: one sentence, not a traceback
         # Usage errors: typer may bundle its own click, so match the ClickException interface, not the class.
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
-            err.show()
-            return err.exit_code
+            return _usage_error(err)
         if _state["debug"]:
             console.print_exception()
         else:

@@ -161,9 +161,15 @@ class ContextCheck:
 
 
 def _lengths(tokenizer, principles: list[str | None], questions: list[str]) -> list[int]:
-    """Token counts of the prompts exactly as the commands build them (chat template, BOS rule)."""
-    from .models.rollout import encode_prompts
+    """Token counts of the prompts exactly as the commands build them: the chat template, then the tokens of
+    `rollout.encode_prompts` (a BOS only when the tokenizer adds one and the text lacks it). verbose=False: that
+    a prompt is longer than the tokenizer's own limit is what we are finding out, not a warning."""
     from .prompts import render_prompt
 
     texts = [render_prompt(tokenizer, p, q) for p, q in zip(principles, questions)]
-    return [len(ids) for ids in encode_prompts(tokenizer, texts)]
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+    out = []
+    for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
+        out.append(len(ids) + (1 if adds_bos and (not ids or ids[0] != bos) else 0))
+    return out

@@ -35,8 +35,8 @@ class EvaluateConfig(Options):
 
 
 def run(cfg: EvaluateConfig, dry_run: bool) -> None:
+    from ..context import ContextCheck, Principle
     from ..datasets import load_examples
-    from ..models.loading import model_path_for
     from ..report import check_format
 
     check_format(cfg.format, cfg.out)
@@ -44,8 +44,9 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
                              answer_column=cfg.answer_column)
     if not examples:
         raise InputError(f"dataset {cfg.dataset} has no prompts.")
-    for spec in cfg.model:
-        model_path_for(spec)
+    check = ContextCheck([Principle("--principle", cfg.principle)] if cfg.principle else [], cfg.max_new_tokens,
+                         rows=f"dataset {cfg.dataset}")
+    examples = [examples[i] for i in check.before_load(cfg.model, [ex.question for ex in examples])]
     if dry_run:
         console.print(f"{len(cfg.model)} model(s) × {len(examples)} prompts × {cfg.samples} samples of "
                       f"≤{cfg.max_new_tokens} tokens; nothing loaded (--dry-run).", highlight=False)
@@ -62,7 +63,8 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
     rows = []
     for spec in cfg.model:
         lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
-        row = {"model": spec, **run_eval(lm, examples, cfg.principle, settings), "temperature": cfg.temperature,
+        fit = [examples[i] for i in check.loaded(lm, [ex.question for ex in examples])]
+        row = {"model": spec, **run_eval(lm, fit, cfg.principle, settings), "temperature": cfg.temperature,
                "seed": cfg.seed}
         console.print(f"{spec}: format {row['format_rate']:.3f}  acc@1 {row['accuracy_at_1']:.3f}  "
                       f"majority {row['majority_accuracy']:.3f}  entropy {row['answer_entropy']:.3f}",

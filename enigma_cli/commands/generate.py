@@ -34,12 +34,13 @@ class GenerateConfig(Options):
 
 
 def run(cfg: GenerateConfig, dry_run: bool) -> None:
-    from ..models.loading import model_path_for
+    from ..context import ContextCheck, Principle
     from ..report import check_format
 
     check_format(cfg.format, cfg.out)
     text = principle_text(cfg.principle)
-    model_path_for(cfg.model)
+    check = ContextCheck([Principle("--principle", text)] if text else [], cfg.max_new_tokens)
+    check.before_load(cfg.model, cfg.question)  # a question too long for the model is refused, not truncated
     if dry_run:
         console.print(f"{len(cfg.question)} question(s) × {cfg.samples} sample(s) of ≤{cfg.max_new_tokens} tokens "
                       f"from {cfg.model}" + (f" under {cfg.principle!r}" if text else "") + "; nothing loaded "
@@ -54,6 +55,7 @@ def run(cfg: GenerateConfig, dry_run: bool) -> None:
     from ..report import write_table
 
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check.loaded(lm, cfg.question)
     prompts = [render_prompt(lm.tokenizer, text, q) for q in cfg.question]
     gen = sample(lm.model, lm.tokenizer, prompts, num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                  temperature=cfg.temperature, seed=cfg.seed)

@@ -109,7 +109,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found, key=_step_of) if found else None
 
 
-def verify_checkpoint(path: Path, flag: str = "--resume") -> int | None:
+def verify_checkpoint(path: Path) -> int | None:
     """Check a checkpoint's files without loading them (weights: safetensors headers; state: the zip directory);
     returns its step from the folder name (None when the name has none). One sentence naming the file if not."""
     import zipfile
@@ -117,14 +117,15 @@ def verify_checkpoint(path: Path, flag: str = "--resume") -> int | None:
     from ..modelfiles import check_safetensors
 
     path = Path(path)
-    if not any((path / f).is_file() for f in WEIGHT_FILES):
-        raise InputError(f"{flag} {path}: the checkpoint has no weights ({' or '.join(WEIGHT_FILES)}).")
-    check_safetensors(path, f"{flag} {path}")
     try:
-        with zipfile.ZipFile(path / STATE_FILE):
+        with zipfile.ZipFile(path / STATE_FILE):  # torch's format; a truncated file has lost its directory
             pass
     except (OSError, zipfile.BadZipFile) as err:
-        raise InputError(f"{flag} {path}: {STATE_FILE} is damaged or truncated ({first_line(err)}).") from None
+        raise InputError(f"checkpoint {path} is unreadable ({STATE_FILE} is damaged or truncated: "
+                         f"{first_line(err)}).") from None
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise InputError(f"checkpoint {path} is unreadable (it has no {' or '.join(WEIGHT_FILES[:2])}).")
+    check_safetensors(path, f"checkpoint {path} is unreadable")
     step = _step_of(path)
     return step if step >= 0 else None
 

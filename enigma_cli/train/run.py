@@ -61,6 +61,9 @@ def plan(cfg: TrainConfig):
                              answer_column=cfg.answer_column, split="train")
     if not examples:
         raise InputError(f"dataset {cfg.dataset or 'synthetic'} has no prompts.")
+    from ..models.loading import resolve_device, resolve_dtype
+
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # --device cuda without CUDA: now, not after the lock
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
     examples = [examples[i] for i in check.before_load(cfg.model, [ex.question for ex in examples])]
     start_point(cfg)
