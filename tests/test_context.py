@@ -109,8 +109,8 @@ def test_a_window_known_only_after_loading_is_checked_then(tok):
         name = "some/hub-model"
         tokenizer = tok
 
-        class model:  # noqa: N801 - a stand-in for a loaded model's config
-            class config:  # noqa: N801
+        class model:
+            class config:
                 @staticmethod
                 def to_dict():
                     return {"max_position_embeddings": 128}

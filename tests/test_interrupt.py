@@ -55,7 +55,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
 def assert_resumable(out: Path, steps_done: int) -> None:
     assert not list(out.glob(".checkpoint-*"))
     rc = subprocess.run(enigma("train", "--steps", steps_done + 1, *SMALL, "--output-dir", out, "--resume",
-                               "latest"), env=ENV, capture_output=True, text=True, timeout=600)
+                               "latest"), check=False, env=ENV, capture_output=True, text=True, timeout=600)
     assert rc.returncode == 0, rc.stderr
     assert pd.read_csv(out / "metrics.csv")["step"].tolist() == list(range(1, steps_done + 2))
     assert (out / f"checkpoint-{steps_done + 1}").is_dir()
@@ -84,13 +84,13 @@ def test_a_second_signal_stops_at_once_and_the_run_still_resumes(tmp_path):
     proc = start_and_wait(out)
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
-    rc, stdout, stderr = finish(proc)
+    rc, _stdout, stderr = finish(proc)
     assert rc == 128 + signal.SIGTERM and "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted by SIGTERM") and last.endswith("continue with --resume latest."), stderr
     # whatever it finished, --resume latest goes on from the newest whole checkpoint (or from step 0)
     rc2 = subprocess.run(enigma("train", "--steps", 3, *SMALL, "--output-dir", out, "--resume", "latest"),
-                         env=ENV, capture_output=True, text=True, timeout=600)
+                         check=False, env=ENV, capture_output=True, text=True, timeout=600)
     done = pd.read_csv(out / "metrics.csv")["step"].tolist()
     if rc2.returncode == 3:  # it had already passed step 3 before the signal
         assert "below the step" in rc2.stderr

@@ -218,6 +218,9 @@ class Trainer:
 
 
 # -- reliability: which term went non-finite (named in the abort message) ----------------------------------------
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def nonfinite_cause(cfg, metrics: dict, grad_norm: float) -> str:
     """The first term of the objective that is non-finite, weight included (a finite OT divergence times
     --lambda-ot 1e308 is infinite), with the option to change; else the gradient."""
@@ -231,7 +234,7 @@ def nonfinite_cause(cfg, metrics: dict, grad_norm: float) -> str:
         if not math.isfinite(value):
             return (f"{name} ({key}) was {value}, so the weights or log-probabilities went non-finite; lower --lr "
                     "or check the model's dtype")
-        if flag is not None and not math.isfinite(value * weight):
+        if flag is not None and not abs(value * weight) <= FLOAT32_MAX:  # the loss is float32 (or bf16) at most
             return f"{name} was {flag} {weight:g} × {key} {value:.3g}; lower {flag}"
     return f"the gradient norm was {grad_norm}; lower --lr or --max-grad-norm, or check the model's dtype"
 
