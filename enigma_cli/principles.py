@@ -171,8 +171,8 @@ def read_principle_file(path: Path | str) -> PrincipleSet:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:  # PyYAML parses ~0.5 MB/s: a wrong 60 MB file would hang us for minutes
-            raise InputError(f"{_where(path)}: the file is {size / 2**20:.1f} MiB, and a principle set is at most "
-                             f"{MAX_FILE_BYTES >> 20} MiB; is it the right file?")
+            raise InputError(f"{_where(path)}: the file is {size / 2**20:.1f} MiB, but a principle set is a few "
+                             f"sentences and at most {MAX_FILE_BYTES >> 20} MiB.")
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{_where(path)}: the file cannot be read ({type(err).__name__}: {err}).") from err

@@ -182,3 +182,108 @@ def test_the_table_covers_every_command_and_every_kind_of_option():
     for kind in ("below its bound", "nan", "an unknown choice", "not a whole number", "under a file"):
         assert any(i.endswith(kind) for i in ids), kind
     assert len(ids) > 300
+
+
+# -- inputs a type cannot describe ---------------------------------------------------------------------------------
+DATASET_COMMANDS = {
+    "train": ["train", "--output-dir", "{tmp}/run"],
+    "score-principles": ["score-principles", "--prompts", "2"],
+    "evaluate": ["evaluate", "--prompts", "2"],
+    "analyze-manifold": ["analyze-manifold", "--trained", "enigma-tiny", "--prompts", "2"],
+}
+
+
+def command_args(name: str, tmp: Path) -> list[str]:
+    return [a.format(tmp=tmp) for a in DATASET_COMMANDS[name]]
+
+
+@pytest.mark.parametrize("name", list(DATASET_COMMANDS))
+@pytest.mark.parametrize("content, needle", [
+    (b'{"question": "caf\xe9?"}\n', "is not UTF-8 text (byte 0xe9 at line 1"),
+    (b"garbage, not parquet", "cannot be read as parquet"),
+    (b'question,answer\n"What is 2+2?,4\n', "cannot be read as csv (Error tokenizing data"),
+], ids=["non-UTF-8 JSONL", "broken parquet", "unclosed CSV quote"])
+def test_an_unreadable_dataset_is_one_sentence_naming_it(name, content, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    suffix = {"garbage, not parquet": ".parquet"}.get(content.decode("latin-1"), ".jsonl")
+    suffix = ".csv" if content.startswith(b"question,") else suffix
+    data = tmp_path / f"data{suffix}"
+    data.write_bytes(content)
+    before = files_under(tmp_path)
+    rc, out, err = run([*command_args(name, tmp_path), "--dataset", data, "--dry-run"], capsys)
+    assert_refused(rc, out, err, 3, [str(data.name), needle])
+    assert files_under(tmp_path) == before
+
+
+def test_a_bad_byte_far_into_a_large_file_is_located(tmp_path):
+    from enigma_cli.datasets import _check_utf8
+    from enigma_cli.errors import InputError
+
+    data = tmp_path / "d.jsonl"
+    line = '{"question": "é is two bytes"}\n'.encode()
+    data.write_bytes(line * 50_000 + b'{"question": "\xff"}\n')  # past several 1 MiB blocks
+    with pytest.raises(InputError, match=rf"line 50001, byte offset {len(line) * 50_000 + 14}\)"):
+        _check_utf8(data, chunk=1 << 20)
+
+
+@pytest.mark.parametrize("argv", [["score-principles", "{big}", "--dry-run"],
+                                  ["train", "--principles", "{big}", "--output-dir", "{tmp}/run", "--dry-run"],
+                                  ["principles", "list", "{big}"]])
+def test_a_principle_file_over_the_size_limit_is_refused_before_parsing(argv, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\ndescription: x\nprinciples:\n" + "  - id: a\n    text: " + "x" * (2 << 20) + "\n")
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("the oversized file was parsed")
+
+    monkeypatch.setattr(yaml, "safe_load", no_parsing)
+    rc, out, err = run([a.format(big=big, tmp=tmp_path) for a in argv], capsys)
+    assert_refused(rc, out, err, 3, [str(big), "is 2.0 MiB", "at most 1 MiB"])
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("case", ["a folder", "missing"])
+def test_a_config_path_that_is_not_a_file_is_named(name, case, tmp_path, capsys):
+    path = tmp_path / ("conf" if case == "a folder" else "nope.yaml")
+    if case == "a folder":
+        path.mkdir()
+    rc, out, err = run([*argv_of(name), *valid_args(name, tmp_path), "--config", path, "--dry-run"], capsys)
+    assert_refused(rc, out, err, 3, [str(path), "is a folder" if case == "a folder" else "does not exist"])
+
+
+@pytest.mark.parametrize("value", ["1e20", "100000000000000000000"])
+def test_a_seed_out_of_range_is_a_one_line_error(value, tmp_path, capsys):
+    rc, out, err = run(["train", "--seed", value, "--output-dir", tmp_path / "run", "--dry-run"], capsys)
+    assert_refused(rc, out, err, 2 if "e" in value else 3, ["--seed"])
+
+
+def test_usage_errors_are_one_line_too(capsys):
+    for argv, needle in ((["train", "--bogus"], "No such option: --bogus"), (["trian"], "No such command 'trian'"),
+                         (["train", "--steps", "abc"], "'--steps'")):
+        rc, out, err = run(argv, capsys)
+        assert_refused(rc, out, err, 2, [needle, "--help"])
+
+
+def test_a_damaged_trained_model_is_found_before_the_base_generates(model_dir, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("enigma_cli.models.loading.load_model", no_loading)
+    bad = tmp_path / "trained"
+    shutil.copytree(model_dir, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    rc, out, err = run(["analyze-manifold", "--base", model_dir, "--trained", bad, "--prompts", "2",
+                        "--out-dir", tmp_path / "m"], capsys)
+    assert_refused(rc, out, err, 3, [str(weights), "damaged or truncated"])
+    assert not (tmp_path / "m").exists()
+
+
+def test_score_refuses_an_out_whose_config_beside_it_cannot_be_written(tmp_path, capsys):
+    (tmp_path / "r.csv.config.yaml").mkdir()
+    rc, out, err = run(["score-principles", "--out", tmp_path / "r.csv", "--dry-run"], capsys)
+    assert_refused(rc, out, err, 3, [str(tmp_path / "r.csv.config.yaml"), "is a folder"])
