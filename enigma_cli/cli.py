@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run(argv)
 
 
+def _error(message: str) -> None:
+    """'error: <message>' on one line; the message is text, never rich markup ('[enforce fail at ...]')."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _say(message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True, markup=False)
 
@@ -133,13 +140,11 @@ def _usage_error(err) -> int:
             getattr(err, "format_message", None)):
         err.show()  # the help text itself
         return err.exit_code
-    from rich.markup import escape
-
     ctx = getattr(err, "ctx", None)
     text = err.format_message().strip().rstrip(".")
     if getattr(ctx, "command_path", None):
         text += f"{' See' if text.endswith('?') else '; see'} `{ctx.command_path} --help`"
-    console.print(f"[bold red]error:[/] {escape(text)}.", highlight=False, soft_wrap=True)
+    _error(f"{text}.")
     return err.exit_code
 
 
@@ -154,7 +159,7 @@ def _run(argv: list[str] | None) -> int:
     except EnigmaError as err:
         if _state["debug"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _error(str(err))
         return err.exit_code
     except typer.Exit as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns an interrupt into Exit(130)
@@ -170,7 +175,7 @@ def _run(argv: list[str] | None) -> int:
             console.print_exception()
         where = f" ({err.filename})" if err.filename else ""
         reason = err.strerror or str(err) or type(err).__name__
-        console.print(f"[bold red]error:[/] {reason}{where}.", highlight=False, soft_wrap=True)
+        _error(f"{reason}{where}.")
         return 1
     except Exception as err:  # noqa: BLE001 - the last line of defence: one sentence, not a traceback
         # Usage errors: typer may bundle its own click, so match the ClickException interface, not the class.
@@ -179,8 +184,7 @@ def _run(argv: list[str] | None) -> int:
         if _state["debug"]:
             console.print_exception()
         else:
-            console.print(f"[bold red]error:[/] {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-                          highlight=False, soft_wrap=True)
+            _error(f"{type(err).__name__}: {err} (rerun with --debug for the traceback)")
         return 1
     return rc if isinstance(rc, int) else 0
 

@@ -178,8 +178,9 @@ def write_table(df, out: str | Path | None = None, fmt: str = "csv") -> None:
     """Write `df` (a pandas DataFrame) to `out` (atomically) or to stdout; nothing half-written on failure."""
     check_format(fmt, out)
     if out is None:
-        _serialise(df, fmt, sys.stdout)
-        sys.stdout.flush()
+        with writing("stdout"):
+            _serialise(df, fmt, sys.stdout)
+            sys.stdout.flush()
         return
     with atomic_path(Path(out)) as tmp:
         mode = "wb" if fmt == "parquet" else "w"

@@ -78,12 +78,26 @@ def save_checkpoint(output_dir: Path, step: int, model, tokenizer, optimizer, sc
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except Exception as err:  # disk full, read-only: torch and safetensors raise RuntimeError, OSError, ...
+        reason = _write_failure(err, output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise WriteError(f"could not write checkpoint {final}: {first_line(err)}.") from err
+        raise WriteError(f"could not write checkpoint {final}: {reason}.") from err
     except BaseException:  # an interrupt: no half-written folder, and the signal goes on
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _write_failure(err: Exception, folder: Path) -> str:
+    """Why a save failed, in words. torch reports a full disk as '[enforce fail at inline_container.cc] unexpected
+    pos', without errno, so look at the free space before the partial files are removed."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    try:
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return "No space left on device"
+    except OSError:
+        pass
+    return first_line(err)
 
 
 def clean_partial_saves(output_dir: Path) -> list[Path]:
