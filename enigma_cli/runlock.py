@@ -37,10 +37,8 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder(fd)
             os.close(fd)
-            raise InputError(f"{flag} {folder} is in use by another run{holder}; wait for it to end or choose "
-                             f"another {flag}.") from None
+            raise busy(folder, flag) from None
         except BaseException:
             os.close(fd)
             raise
@@ -76,10 +74,12 @@ def is_locked(folder: str | Path) -> bool:
     return False
 
 
-def _holder(fd: int) -> str:
-    """' (pid 123, enigma train)' from the lock file, or '' when it says nothing readable."""
+def busy(folder: str | Path, flag: str = "--output-dir") -> InputError:
+    """The refusal for a folder another run holds, naming its pid and command when the lock file tells them."""
     try:
-        pid, _, what = os.pread(fd, 200, 0).decode("utf-8", "replace").strip().partition(" ")
+        pid, _, what = (Path(folder) / LOCK_FILE).read_text("utf-8", "replace").strip().partition(" ")
     except OSError:
-        return ""
-    return f" (pid {pid}, {what})" if pid.isdigit() else ""
+        pid = what = ""
+    holder = f" (pid {pid}, {what})" if pid.isdigit() else ""
+    return InputError(f"{flag} {folder} is in use by another run{holder}; wait for it to end or choose another "
+                      f"{flag}.")

@@ -73,14 +73,13 @@ def plan(cfg: TrainConfig):
 def start_point(cfg: TrainConfig, *, locked: bool = False) -> Start:
     """Where the run in `cfg.output_dir` starts (see the module docstring); refuses a busy or finished folder."""
     from ..report import check_output_dir
-    from ..runlock import is_locked
+    from ..runlock import busy, is_locked
     from .checkpoint import find_checkpoint, latest_checkpoint, verify_checkpoint
 
     out = Path(cfg.output_dir)
     check_output_dir(out, "--output-dir", files=RUN_FILES)
     if not locked and is_locked(out):
-        raise InputError(f"--output-dir {out} is in use by another run; wait for it to end or choose another "
-                         "--output-dir.")
+        raise busy(out)
     logged = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
     latest = latest_checkpoint(out) if out.is_dir() else None
     if not cfg.resume:
