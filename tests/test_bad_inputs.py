@@ -287,3 +287,22 @@ def test_score_refuses_an_out_whose_config_beside_it_cannot_be_written(tmp_path,
     (tmp_path / "r.csv.config.yaml").mkdir()
     rc, out, err = run(["score-principles", "--out", tmp_path / "r.csv", "--dry-run"], capsys)
     assert_refused(rc, out, err, 3, [str(tmp_path / "r.csv.config.yaml"), "is a folder"])
+
+
+@pytest.mark.parametrize("name, field", [pytest.param(n, f.name, id=f"{n}:{f.name}") for n, c in sorted(REGISTRY.items())
+                                         for f in option_fields(c) if spec_of(f).output])
+def test_the_option_layer_itself_checks_output_paths(name, field, tmp_path):
+    """Not only the commands' own early checks: building the options refuses the path, so a new command (or a
+    library caller) gets the check without writing it."""
+    from enigma_cli.errors import InputError
+    from enigma_cli.options import construct
+
+    cls = REGISTRY[name]
+    required = {f.name: ("x",) for f in option_fields(cls) if spec_of(f).argument}
+    required.update({"trained": ("x",)} if name == "analyze-manifold" else {})
+    wrong = tmp_path / "a-file"
+    wrong.write_text("")
+    if spec_of(next(f for f in option_fields(cls) if f.name == field)).output == "file":
+        wrong = tmp_path
+    with pytest.raises(InputError, match=str(wrong)):
+        construct(cls, {**required, field: str(wrong)})

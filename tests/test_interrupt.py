@@ -61,7 +61,7 @@ def assert_resumable(out: Path, steps_done: int) -> None:
     assert (out / f"checkpoint-{steps_done + 1}").is_dir()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_after_the_step_with_a_checkpoint_and_one_line(sig, tmp_path):
     out = tmp_path / "run"
     proc = start_and_wait(out)
