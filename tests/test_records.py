@@ -108,9 +108,10 @@ def test_a_killed_save_is_cleaned_at_the_next_start(tmp_path):
     (tmp_path / ".metrics.csv.xyz.tmp").write_text("partial")
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "notes.txt").write_text("the user's")
-    removed = ckpt.clean_partial_saves(tmp_path)
+    (tmp_path / ".notes.txt.mine.tmp").write_text("the user's too")
+    removed = ckpt.clean_partial_saves(tmp_path, ("metrics.csv", "completions.jsonl"))
     assert len(removed) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt.mine.tmp", "checkpoint-2", "notes.txt"]
 
 
 def test_saving_over_an_existing_checkpoint_replaces_it_whole(tmp_path, tiny_lm):

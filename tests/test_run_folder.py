@@ -91,7 +91,7 @@ def test_a_failure_after_the_lock_but_before_any_write_leaves_no_folder(model_di
     out = tmp_path / "new" / "run"
     rc, _, stderr = train("--model", model_dir, "--steps", 1, *SMALL, "--output-dir", out, "--ot-layers", "9")
     assert rc == 3 and "--ot-layers 9 does not exist" in stderr
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # nor the parent made for it
 
 
 def test_no_library_warning_reaches_the_user_from_lora_or_a_skipped_step(model_dir, tmp_path, monkeypatch):

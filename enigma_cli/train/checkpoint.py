@@ -100,8 +100,9 @@ def _write_failure(err: Exception, folder: Path) -> str:
     return first_line(err)
 
 
-def clean_partial_saves(output_dir: Path) -> list[Path]:
-    """Remove the hidden temporary folders and files that killed saves left in a run folder (under its lock)."""
+def clean_partial_saves(output_dir: Path, files: tuple[str, ...] = ()) -> list[Path]:
+    """Remove what killed saves left in a run folder (under its lock): our temporary checkpoint folders, and the
+    temporary files of `report.atomic_path` for the `files` named (``.<name>.<random>.tmp``)."""
     removed = []
     folder = Path(output_dir)
     if not folder.is_dir():
@@ -111,7 +112,7 @@ def clean_partial_saves(output_dir: Path) -> list[Path]:
         if path.is_dir() and name.startswith(PARTIAL_PREFIX):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
-        elif path.is_file() and name.startswith(".") and name.endswith(".tmp"):  # report.atomic_path's
+        elif path.is_file() and name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in files):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -78,7 +78,7 @@ def start_point(cfg: TrainConfig, *, locked: bool = False) -> Start:
 
     out = Path(cfg.output_dir)
     check_output_dir(out, "--output-dir", files=RUN_FILES)
-    if not locked and is_locked(out):
+    if not locked and dist_utils.is_main() and is_locked(out):  # other ranks: rank 0 holds it for them
         raise busy(out)
     logged = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
     latest = latest_checkpoint(out) if out.is_dir() else None
@@ -107,12 +107,14 @@ def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
 
     out = Path(cfg.output_dir)
     main = dist_utils.is_main()
-    created = not out.exists()
+    fresh, created = not out.exists(), out  # `created`: the outermost folder that acquiring the lock makes
+    while not created.parent.exists():
+        created = created.parent
     lock = RunLock.acquire(out, "enigma train") if main else None
     try:
         start = start_point(cfg, locked=True)  # settled again under the lock: plan() ran before it
         if main:
-            clean_partial_saves(out)
+            clean_partial_saves(out, RUN_FILES)
         if start.checkpoint is not None and start.step == cfg.steps:
             console.print(f"{out}: {start.checkpoint.name} has reached --steps {cfg.steps}; nothing to do.",
                           highlight=False)
@@ -121,13 +123,26 @@ def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
             console.print(start.note, highlight=False)
         return _train(cfg, pset, examples, start, progress=progress)
     except BaseException:
-        if main and created and not any(p.name != ".enigma.lock" for p in out.iterdir()):
-            (out / ".enigma.lock").unlink(missing_ok=True)  # nothing of the run was written: leave no folder
-            out.rmdir()
+        if main and fresh and [p.name for p in out.iterdir()] == [".enigma.lock"]:
+            _remove_empty(out, created)  # nothing of the run was written: leave no folder behind
         raise
     finally:
         if lock is not None:
             lock.release()
+
+
+def _remove_empty(out: Path, created: Path) -> None:
+    """Remove `out` (holding only our lock file) and its empty parents up to `created`."""
+    try:
+        (out / ".enigma.lock").unlink(missing_ok=True)
+        folder = out
+        while True:
+            folder.rmdir()
+            if folder == created:
+                break
+            folder = folder.parent
+    except OSError:  # someone else put something there meanwhile: leave it
+        pass
 
 
 def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
