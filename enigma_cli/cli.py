@@ -83,43 +83,112 @@ def _no_type_for_flags() -> None:
     TyperOption.display_type_rich = display_type_rich
 
 
+def _quiet_environment() -> None:
+    """Library chatter (download/loading bars, advisory log lines) would drown our one-line messages on stderr.
+
+    Progress bars are for a person at a terminal only; elsewhere the hub's are switched off for the whole run (and
+    nothing of ours switches them back on, which would make huggingface_hub warn). Set before the commands are
+    imported: transformers reads its verbosity when it is first imported.
+    """
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+_quiet_environment()
 _register()
 _no_type_for_flags()
 
 
+def quiet_known_warnings() -> None:
+    """Library warnings that say nothing to a user of enigma, each silenced by its exact message (never all)."""
+    import warnings
+
+    # peft's get_peft_model reads transformers' deprecated `is_gradient_checkpointing` (LoRA training).
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map EnigmaError to its exit code with one sentence on stderr."""
-    # Library chatter (download/loading bars, advisory warnings) would drown our one-line messages on stderr.
-    # Progress bars are for a person at a terminal only; elsewhere the hub's are switched off for the whole run
-    # (and nothing of ours switches them back on, which would make huggingface_hub warn).
-    if not sys.stderr.isatty():
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from .interrupt import cli_handler, handlers
+
+    _quiet_environment()
+    quiet_known_warnings()
+    with handlers(cli_handler):  # SIGTERM unwinds like Ctrl-C: temporary files go, locks are dropped
+        return _run(argv)
+
+
+def _error(message: str) -> None:
+    """'error: <message>' on one line; the message is text, never rich markup ('[enforce fail at ...]')."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _say(message: str) -> None:
+    console.print(message, highlight=False, soft_wrap=True, markup=False)
+
+
+def _interrupted(err: KeyboardInterrupt) -> int:
+    """Ctrl-C, SIGTERM (interrupt.Interrupted), or a run's own line saying where it stopped: one line, 128 + N."""
+    from .interrupt import signal_name, signum_of
+
+    signum = signum_of(err)
+    _say(getattr(err, "message", None) or f"interrupted ({signal_name(signum)})")
+    return 128 + signum
+
+
+def _usage_error(err) -> int:
+    """Typer's usage errors as one line too ('error: No such option: --bogus; see `enigma train --help`.')."""
+    if err.exit_code == 0 or type(err).__name__ == "NoArgsIsHelpError" or not callable(
+            getattr(err, "format_message", None)):
+        err.show()  # the help text itself
+        return err.exit_code
+    ctx = getattr(err, "ctx", None)
+    text = err.format_message().strip().rstrip(".")
+    if getattr(ctx, "command_path", None):
+        text += f"{' See' if text.endswith('?') else '; see'} `{ctx.command_path} --help`"
+    _error(f"{text}.")
+    return err.exit_code
+
+
+def _run(argv: list[str] | None) -> int:
+    from .interrupt import take_last
+
+    take_last()  # forget one from an earlier in-process call
     try:
         rc = app(args=argv, standalone_mode=False)
+        if rc == 130 and (stopped := take_last()) is not None:  # typer swallowed it into exit code 130
+            return _interrupted(stopped)
     except EnigmaError as err:
         if _state["debug"]:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _error(str(err))
         return err.exit_code
     except typer.Exit as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns an interrupt into Exit(130)
+            return _interrupted(exc.__cause__)
         return exc.exit_code
     except typer.Abort:
-        console.print("aborted")
+        _say("aborted")
         return 1
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+    except KeyboardInterrupt as err:
+        return _interrupted(err)
+    except OSError as err:  # disk full, permissions, ...: name the file when the error knows it
+        if _state["debug"]:
+            console.print_exception()
+        where = f" ({err.filename})" if err.filename else ""
+        reason = err.strerror or str(err) or type(err).__name__
+        _error(f"{reason}{where}.")
+        return 1
     except Exception as err:  # noqa: BLE001 - the last line of defence: one sentence, not a traceback
         # Usage errors: typer may bundle its own click, so match the ClickException interface, not the class.
         if callable(getattr(err, "show", None)) and isinstance(getattr(err, "exit_code", None), int):
-            err.show()
-            return err.exit_code
+            return _usage_error(err)
         if _state["debug"]:
             console.print_exception()
         else:
-            console.print(f"[bold red]error:[/] {type(err).__name__}: {err} (rerun with --debug for the traceback)",
-                          highlight=False, soft_wrap=True)
+            _error(f"{type(err).__name__}: {err} (rerun with --debug for the traceback)")
         return 1
     return rc if isinstance(rc, int) else 0
 

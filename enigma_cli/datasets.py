@@ -136,14 +136,62 @@ def _load_local(path: Path):
             from err
     if size == 0 or (builder != "parquet" and size <= len(head) and not head.strip()):
         raise InputError(f"dataset file {str(path)!r} is empty.")
+    if builder != "parquet":
+        _check_utf8(path)
     try:
-        with _quiet_progress(datasets):
+        with _quiet_progress(datasets), _quiet_logs(datasets):
             return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:  # malformed JSON/CSV/parquet raise many exception types
         if "corresponds to no data" in str(err):  # a CSV header with no rows, a JSON file of []
             raise InputError(f"dataset file {str(path)!r} has no rows.") from err
         raise InputError(f"dataset file {str(path)!r} cannot be read as {path.suffix.lstrip('.')} "
-                         f"({first_line(err)}).") from err
+                         f"({first_line(_root_cause(err))}).") from err
+
+
+# -- reliability: text encoding, library log lines, the real cause of a failure ---------------------------------
+def _check_utf8(path: Path, chunk: int = 1 << 20) -> None:
+    """JSON and CSV files must be UTF-8. pyarrow reads other bytes without complaint and fails only when a row is
+    turned into text, long after loading; so decode the file once here (about 1 GB/s) and name the first bad byte."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:  # err.object: the bytes held over from the last block + this one
+                held = len(err.object) - len(block)
+                at = offset - held + err.start
+                line += err.object[held: err.start].count(b"\n")
+                raise InputError(f"dataset file {str(path)!r} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                                 f"line {line}, byte offset {at}); save it as UTF-8.") from None
+            if not block:
+                return
+            offset += len(block)
+            line += block.count(b"\n")
+
+
+@contextmanager
+def _quiet_logs(datasets):
+    """datasets logs a bad file at ERROR level and then raises; our own sentence says it, once."""
+    logging = datasets.utils.logging
+    before = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of a chain ('EOF inside string', not 'An error occurred while generating')."""
+    seen = {id(err)}
+    while (nxt := err.__cause__ or err.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        err = nxt
+    return err
 
 
 def _unreachable_hub(timeout: float = 3.0) -> str | None:

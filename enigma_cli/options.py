@@ -49,6 +49,7 @@ class Spec:
     parse: Callable[[str], Any] | None = None  # turns one command-line string into the value (e.g. "2,4")
     split: bool = False               # a tuple of text also takes "a,b" (numbers always do)
     cli: bool = True                  # False: config file and library only (kept rare)
+    output: str | None = None         # "file" or "dir": a path the command writes, checked before any work
 
 
 def opt(default: Any, help: str, **spec: Any) -> Any:
@@ -181,6 +182,10 @@ def check_values(cfg: Any, labels: dict[str, str] | None = None) -> None:
         spec = spec_of(field)
         label = (labels or {}).get(field.name) or flag_name(field.name)
         value = coerce(getattr(cfg, field.name), hints[field.name], label, spec)
+        if spec.output:  # a folder where a file is due, or an unwritable place: now, not after the work
+            from .report import check_output_option
+
+            check_output_option(value, spec.output, label)
         object.__setattr__(cfg, field.name, value)
 
 

@@ -35,6 +35,7 @@ SET_KEYS = ("name", "description", "principles")
 PRINCIPLE_KEYS = ("id", "text", "antithesis")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 1 << 20  # a set is a handful of sentences; the largest shipped one is under 2 KiB
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,10 @@ def read_principle_file(path: Path | str) -> PrincipleSet:
     if path.is_dir():
         raise InputError(f"{_where(path)}: is a folder, not a YAML file.")
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:  # PyYAML parses ~0.5 MB/s: a wrong 60 MB file would hang us for minutes
+            raise InputError(f"{_where(path)}: the file is {size / 2**20:.1f} MiB, but a principle set is a few "
+                             f"sentences and at most {MAX_FILE_BYTES >> 20} MiB.")
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{_where(path)}: the file cannot be read ({type(err).__name__}: {err}).") from err

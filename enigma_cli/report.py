@@ -1,4 +1,12 @@
-"""Writing tidy reports: CSV/JSONL/Parquet to stdout or to a file, atomically."""
+"""Writing outputs: reports (CSV/JSONL/Parquet) to stdout or a file, and the checks that run before any work.
+
+Every file `enigma` writes goes through `atomic_path`: the content is written to a hidden temporary file beside
+the target and renamed into place only when complete, so an interrupted or failed write never leaves a
+half-written file (a killed process can leave a hidden ``.<name>.*.tmp``; a run folder's are removed at its next
+start). `writing` turns an operating-system failure (disk full, read-only file system, permission) into one
+sentence naming the path. `check_output_file` / `check_output_dir` say before any work whether a path can be
+written; the option system calls them for every option declared with ``output="file"`` or ``output="dir"``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +15,11 @@ import math
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
-
-from .errors import InputError
+from .errors import EnigmaError, InputError
 
 Format = Literal["csv", "jsonl", "parquet"]
 FORMATS = ("csv", "jsonl", "parquet")
@@ -33,19 +40,27 @@ def check_output_file(path: str | Path | None, flag: str = "--out") -> None:
     if path is None:
         return
     path = Path(path)
+    if not str(path).strip() or path.name in ("", ".", ".."):
+        raise InputError(f"{flag} {str(path)!r} is not a file name.")
     if path.is_dir():
         raise InputError(f"{flag} {path} is a folder; give a file name.")
     _check_creatable(path.parent, flag, path)
 
 
-def check_output_dir(path: str | Path | None, flag: str = "--output-dir") -> None:
-    """Fail now if `path` is a file, or a folder that cannot be created or written."""
+def check_output_dir(path: str | Path | None, flag: str = "--output-dir", files: tuple[str, ...] = ()) -> None:
+    """Fail now if `path` is a file, or a folder that cannot be created or written, or if one of the `files`
+    that will be written inside it is a folder."""
     if path is None:
         return
     path = Path(path)
+    if not str(path).strip():
+        raise InputError(f"{flag} is empty; give a folder.")
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} is a file, not a folder.")
     _check_creatable(path, flag, path)
+    for name in files:
+        if (path / name).is_dir():
+            raise InputError(f"{flag} {path}: {path / name} is a folder, so {name} cannot be written there.")
 
 
 def _check_creatable(folder: Path, flag: str, target: Path) -> None:
@@ -61,7 +76,81 @@ def _check_creatable(folder: Path, flag: str, target: Path) -> None:
         raise InputError(f"{flag} {target}: {probe} is not writable.")
 
 
-def _jsonl(df: pd.DataFrame) -> str:
+def check_output_option(value: str | None, kind: str, label: str) -> None:
+    """The option system's hook: `kind` is "file" or "dir" (see `options.Spec.output`)."""
+    if value is None:
+        return
+    (check_output_file if kind == "file" else check_output_dir)(value, label)
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+class WriteError(EnigmaError):
+    """The operating system refused a write (disk full, read-only, permission); exit code 1."""
+
+
+@contextmanager
+def writing(path: str | Path):
+    """Turn an OSError raised while writing `path` into one sentence naming it (disk full, read-only, ...)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise WriteError(f"could not write {path}: {reason}.") from err
+
+
+def atomic_path(path: Path):
+    """Context manager yielding a temporary path beside `path`, renamed into place only on success.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (mkstemp's are private), and an
+    OSError while writing becomes a `WriteError` naming `path`.
+    """
+    return _AtomicPath(Path(path))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: Path, *, folder: bool = False) -> None:
+    """Give a mkstemp/mkdtemp result the mode open()/mkdir() would have given it (0666/0777 less the umask)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+class _AtomicPath:
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            os.close(fd)
+            self.tmp = Path(tmp)
+            public_mode(self.tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                with writing(self.path):
+                    os.replace(self.tmp, self.path)
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)
+                raise
+            return False
+        self.tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise WriteError(f"could not write {self.path}: {reason}.") from exc
+        return False
+
+
+def _jsonl(df) -> str:
     """One JSON object per line; NaN becomes null and text is written as is (no escaped slashes)."""
     lines = []
     for record in df.to_dict("records"):
@@ -76,7 +165,7 @@ def _json_default(value):
     return str(value)
 
 
-def _serialise(df: pd.DataFrame, fmt: str, handle) -> None:
+def _serialise(df, fmt: str, handle) -> None:
     if fmt == "csv":
         df.to_csv(handle, index=False, float_format="%.6g")
     elif fmt == "jsonl":
@@ -85,35 +174,13 @@ def _serialise(df: pd.DataFrame, fmt: str, handle) -> None:
         df.to_parquet(handle, index=False)
 
 
-def atomic_path(path: Path):
-    """Context manager yielding a temporary path beside `path`, renamed into place only on success."""
-    return _AtomicPath(Path(path))
-
-
-class _AtomicPath:
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-def write_table(df: pd.DataFrame, out: str | Path | None = None, fmt: str = "csv") -> None:
-    """Write `df` to `out` (atomically) or to stdout; nothing half-written is left on failure."""
+def write_table(df, out: str | Path | None = None, fmt: str = "csv") -> None:
+    """Write `df` (a pandas DataFrame) to `out` (atomically) or to stdout; nothing half-written on failure."""
     check_format(fmt, out)
     if out is None:
-        _serialise(df, fmt, sys.stdout)
-        sys.stdout.flush()
+        with writing("stdout"):
+            _serialise(df, fmt, sys.stdout)
+            sys.stdout.flush()
         return
     with atomic_path(Path(out)) as tmp:
         mode = "wb" if fmt == "parquet" else "w"

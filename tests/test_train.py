@@ -256,6 +256,14 @@ def _bad_checkpoint(out: Path) -> Path:
     return ckpt
 
 
+def _whole_checkpoint(model_dir: Path, tmp_path: Path) -> Path:
+    """A checkpoint whose files pass the pre-load checks (weights and a torch zip state)."""
+    ckpt = tmp_path / "whole"
+    shutil.copytree(model_dir, ckpt)
+    torch.save({"step": 3}, ckpt / "trainer_state.pt")
+    return ckpt
+
+
 def _existing_run(out: Path) -> None:
     out.mkdir(parents=True)
     (out / "metrics.csv").write_text("step,reward_mean\n1,0.5\n")
@@ -282,7 +290,7 @@ BAD = {
     "config with unknown key": ([], "config", "learning_rate"),
     "unreadable checkpoint": (["--resume", "latest"], "bad_checkpoint", "unreadable"),
     "resume a non-checkpoint": (["--resume", "no_such_checkpoint"], None, "not a checkpoint folder"),
-    "resume with nothing saved": (["--resume", "latest"], None, "no checkpoint"),
+    "resume a checkpoint past --steps": (["--resume", "latest"], "later_checkpoint", "below the step"),
     "existing run without --resume": ([], "existing_run", "--resume"),
 }
 
@@ -298,6 +306,8 @@ def test_bad_input_exits_3_with_one_sentence_and_writes_nothing(case, model_dir,
         _bad_checkpoint(out)
     elif setup == "existing_run":
         _existing_run(out)
+    elif setup == "later_checkpoint":  # a whole checkpoint of step 3, and --steps 1
+        shutil.copytree(_whole_checkpoint(model_dir, tmp_path), out / "checkpoint-3")
     before = tree(out)
     args = ["--model", model_dir, "--steps", 1, *SMALL, "--output-dir", out, *extra]
     rc, stdout, stderr = train(*args)
@@ -328,8 +338,9 @@ def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(model_dir, tmp_pat
     # ... including the model spec and the output folder, so a dry run that passes is a run that starts
     rc, stdout, stderr = train("--model", tmp_path / "no-such-model", *SMALL, "--output-dir", out, "--dry-run")
     assert rc == 3 and "no-such-model" in stderr and not out.exists()
+    # --resume latest with no checkpoint starts from step 0 (the same command starts and continues a run)
     rc, stdout, stderr = train("--model", model_dir, *SMALL, "--output-dir", out, "--dry-run", "--resume", "latest")
-    assert rc == 3 and "--resume latest" in stderr and not out.exists()
+    assert rc == 0 and "starts from step 0" in flat(stderr) and not out.exists()
     out.mkdir()
     (out / "metrics.csv").write_text("step\n1\n")
     rc, stdout, stderr = train("--model", model_dir, *SMALL, "--output-dir", out, "--dry-run")

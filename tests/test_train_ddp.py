@@ -96,8 +96,8 @@ def torchrun(tmp_path: Path, model_dir: Path, *args, env: dict | None = None) ->
 
 
 def _check_rank0_alone_wrote(out: Path, ranks: list[dict]) -> pd.DataFrame:
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "completions.jsonl", "config.yaml",
-                                                     "metrics.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".enigma.lock", "checkpoint-2", "completions.jsonl",
+                                                     "config.yaml", "metrics.csv"]  # rank 0's lock
     df = pd.read_csv(out / "metrics.csv")
     assert df["step"].tolist() == [1, 2]
     dumped = [json.loads(line)["completion"] for line in (out / "completions.jsonl").read_text().splitlines()]

@@ -17,9 +17,10 @@ from ..options import write_resolved
 
 def run(cfg: ManifoldConfig, dry_run: bool) -> None:
     from .. import manifold
+    from ..context import ContextCheck, principles_of
     from ..datasets import load_examples
     from ..errors import InputError
-    from ..models.loading import model_path_for, resolve_device, resolve_dtype
+    from ..models.loading import resolve_device, resolve_dtype
     from ..principles import load_principle_set
     from ..report import check_format
 
@@ -30,8 +31,9 @@ def run(cfg: ManifoldConfig, dry_run: bool) -> None:
     if not examples:
         raise InputError(f"dataset {cfg.dataset} has no prompts.")
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-    for spec in (cfg.base, *cfg.trained):
-        model_path_for(spec)  # a missing folder or a bad spec fails here
+    # every model reads the base's prompts + completions: each must take them (its files are checked here too)
+    check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
+    examples = [examples[i] for i in check.before_load([cfg.base, *cfg.trained], [ex.question for ex in examples])]
     base_shape = manifold.ModelShape.peek(cfg.base)  # local checkpoints: depth, width, tokenizer from disk
     depth = None
     if base_shape is not None:
@@ -51,7 +53,8 @@ def run(cfg: ManifoldConfig, dry_run: bool) -> None:
     import pandas as pd
 
     rows, info = manifold.analyze(cfg, pset, questions, completions_path=comp_path,
-                                  log=lambda msg: console.print(msg, highlight=False))
+                                  log=lambda msg: console.print(msg, highlight=False),
+                                  fit=lambda lm, qs: [qs[i] for i in check.loaded(lm, qs)])
     df = pd.DataFrame(rows, columns=list(manifold.COLUMNS))
     _print_summary(df)
     from ..report import write_table

@@ -31,7 +31,7 @@ class EvaluateConfig(Options):
     seed: int = opt(0, "Seed for prompts and sampling.")
     device: str = opt("auto", "auto, cpu or cuda.")
     dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
-    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE")
+    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)
 
     def check(self) -> None:
@@ -40,8 +40,8 @@ class EvaluateConfig(Options):
 
 
 def run(cfg: EvaluateConfig, dry_run: bool) -> None:
+    from ..context import ContextCheck, Principle
     from ..datasets import load_examples
-    from ..models.loading import model_path_for
     from ..report import check_format
 
     check_format(cfg.format, cfg.out)
@@ -55,8 +55,9 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
                              answer_column=cfg.answer_column, choices_column=cfg.choices_column)
     if not examples:
         raise InputError(f"dataset {cfg.dataset} has no prompts.")
-    for spec in cfg.model:
-        model_path_for(spec)
+    check = ContextCheck([Principle("--principle", cfg.principle)] if cfg.principle else [], cfg.max_new_tokens,
+                         rows=f"dataset {cfg.dataset}")
+    examples = [examples[i] for i in check.before_load(cfg.model, [ex.question for ex in examples])]
     if dry_run:
         console.print(f"{len(cfg.model)} model(s) × {len(examples)} prompts × {cfg.samples} samples of "
                       f"≤{cfg.max_new_tokens} tokens; nothing loaded (--dry-run).", highlight=False)
@@ -73,7 +74,8 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
     rows = []
     for spec in cfg.model:
         lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
-        row = {"model": spec, **run_eval(lm, examples, cfg.principle, settings), "temperature": cfg.temperature,
+        fit = [examples[i] for i in check.loaded(lm, [ex.question for ex in examples])]
+        row = {"model": spec, **run_eval(lm, fit, cfg.principle, settings), "temperature": cfg.temperature,
                "seed": cfg.seed}
         console.print(f"{spec}: format {row['format_rate']:.3f}  acc@1 strict {row['accuracy_at_1']:.3f} "
                       f"flexible {row['accuracy_at_1_flexible']:.3f}  majority strict "

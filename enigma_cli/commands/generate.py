@@ -23,7 +23,8 @@ class GenerateConfig(Options):
     seed: int = opt(0, "Sampling seed.")
     device: str = opt("auto", "auto, cpu or cuda.")
     dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
-    out: str | None = opt(None, "Write the completions here instead of stdout.", metavar="FILE")
+    out: str | None = opt(None, "Write the completions here instead of stdout.", metavar="FILE",
+                           output="file")
     format: str = opt("jsonl", "Report format.", choices=FORMATS)
 
     def check(self) -> None:
@@ -34,12 +35,13 @@ class GenerateConfig(Options):
 
 
 def run(cfg: GenerateConfig, dry_run: bool) -> None:
-    from ..models.loading import model_path_for
+    from ..context import ContextCheck, Principle
     from ..report import check_format
 
     check_format(cfg.format, cfg.out)
     text = principle_text(cfg.principle)
-    model_path_for(cfg.model)
+    check = ContextCheck([Principle("--principle", text)] if text else [], cfg.max_new_tokens)
+    check.before_load(cfg.model, cfg.question)  # a question too long for the model is refused, not truncated
     if dry_run:
         console.print(f"{len(cfg.question)} question(s) × {cfg.samples} sample(s) of ≤{cfg.max_new_tokens} tokens "
                       f"from {cfg.model}" + (f" under {cfg.principle!r}" if text else "") + "; nothing loaded "
@@ -54,6 +56,7 @@ def run(cfg: GenerateConfig, dry_run: bool) -> None:
     from ..report import write_table
 
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check.loaded(lm, cfg.question)
     prompts = [render_prompt(lm.tokenizer, text, q) for q in cfg.question]
     gen = sample(lm.model, lm.tokenizer, prompts, num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
                  temperature=cfg.temperature, seed=cfg.seed)

@@ -24,7 +24,7 @@ COLUMNS = ["set", "k", "id", "text", "antithesis", "file"]
 class ListConfig(Options):
     principles: tuple[str, ...] = opt((), "Set names, YAML files or folders (default: every shipped set).",
                                       argument=True, metavar="SETS")
-    out: str | None = opt(None, "Write the table here instead of stdout.", metavar="FILE")
+    out: str | None = opt(None, "Write the table here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)
 
 

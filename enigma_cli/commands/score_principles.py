@@ -13,18 +13,21 @@ from ..score import ScoreConfig
 
 
 def run(cfg: ScoreConfig, dry_run: bool) -> None:
+    from ..context import ContextCheck, principles_of
     from ..datasets import load_examples
-    from ..models.loading import model_path_for
     from ..principles import resolve_sets
-    from ..report import check_format
+    from ..report import check_format, check_output_file
 
     check_format(cfg.format, cfg.out)
+    if cfg.out is not None:
+        check_output_file(f"{cfg.out}.config.yaml", "--out")  # the resolved config goes beside the report
     sets = resolve_sets(list(cfg.principles) or None)
     examples = load_examples(cfg.dataset, n=cfg.prompts, seed=cfg.seed, question_column=cfg.question_column,
                              answer_column=cfg.answer_column)
     if not examples:
         raise InputError(f"dataset {cfg.dataset} has no prompts.")
-    model_path_for(cfg.model)
+    check = ContextCheck(principles_of(*sets), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
+    examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
     n, m = len(examples), cfg.samples
     if dry_run:
         for s in sets:
@@ -39,6 +42,8 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
     from ..score.report import rank, report_frame
 
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
+    n = len(examples)
     checks = _check_principles(lm, sets, examples, cfg)
     results = []
     with console.status("scoring", spinner="dots") if show_progress() else nullcontext() as status:

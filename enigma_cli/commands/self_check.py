@@ -51,7 +51,7 @@ def _checks(seed: int):
 @dataclass(frozen=True)
 class SelfCheckConfig(Options):
     seed: int = opt(0, "Seed for the random inputs.")
-    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE")
+    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)
 
 

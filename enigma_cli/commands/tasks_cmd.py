@@ -20,7 +20,8 @@ app = typer.Typer(help="Built-in synthetic reasoning tasks.", no_args_is_help=Tr
 class TasksConfig(Options):
     n: int = opt(1000, "Number of rows.", ge=1)
     seed: int = opt(0, "Seed; the rows are a deterministic function of (n, seed).")
-    out: str | None = opt(None, "Write JSONL here (atomically) instead of stdout.", metavar="FILE")
+    out: str | None = opt(None, "Write JSONL here (atomically) instead of stdout.", metavar="FILE",
+                           output="file")
     set: tuple[str, ...] = opt((), "Principle sets to draw principles from (repeatable; default: every shipped "
                                    "set).")
     plain: bool = opt(False, "Only question and answer, no principle or completion.")

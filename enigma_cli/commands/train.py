@@ -13,6 +13,11 @@ def run(cfg: TrainConfig, dry_run: bool) -> None:
 
     pset, examples = plan(cfg)
     if dry_run:
+        from ..train.run import start_point
+
+        start = start_point(cfg)
+        if start.note or start.checkpoint:
+            console.print(start.note or f"continues from {start.checkpoint} (step {start.step}).", highlight=False)
         g, k = cfg.group_size, cfg.principles_per_prompt
         console.print(f"{cfg.ablation}: {cfg.steps} steps × {cfg.prompts_per_step} prompts × G={g} "
                       f"({k} principles × {g // k}) = {cfg.steps * cfg.prompts_per_step * g} completions of ≤"

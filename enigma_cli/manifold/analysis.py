@@ -94,17 +94,19 @@ PLOT_METRICS = tuple(m for m in METRICS if m not in ("fisher_rao", "kl", "infonc
 
 
 def analyze(settings: ManifoldConfig, pset, questions: Sequence[str], *, completions_path: Path | None = None,
-            log: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+            log: Callable[[str], None] | None = None, fit: Callable | None = None) -> tuple[list[dict], dict]:
     """Load the base, fix the completions, read them with every model; one row per model × layer.
 
     Models are loaded one at a time (the base's states are kept). Returns (rows, info) where info says whether
-    the completions were reused and how many points/tokens were used.
+    the completions were reused and how many points/tokens were used. `fit(base, questions)` keeps the questions
+    whose prompts fit the loaded base (`context.ContextCheck.loaded`).
     """
     from ..models.loading import load_model
 
     say = log or (lambda _msg: None)
     base_spec, trained_specs, device, dtype = settings.base, settings.trained, settings.device, settings.dtype
     base = load_model(base_spec, device=device, dtype=dtype)
+    questions = fit(base, list(questions)) if fit is not None else questions
     layer_list = resolve_layers(settings.layers, base.num_layers)
     key = completions_key(base_identity(base_spec), pset.name, [(p.id, p.text) for p in pset.principles],
                           questions, settings)

@@ -35,7 +35,7 @@ class ManifoldConfig(Options):
     device: str = opt("auto", "auto, cpu or cuda.")
     dtype: str = opt("auto", "auto, float32, bfloat16 or float16 (states are kept in fp32).")
     out_dir: str | None = opt(None, "Write manifold.<format>, manifold.png, config.yaml and completions.jsonl here "
-                                    "(default: the table to stdout, nothing saved).")
+                                    "(default: the table to stdout, nothing saved).", output="dir")
     format: str = opt("csv", "Report format.", choices=FORMATS)
 
     def check(self) -> None:

@@ -17,7 +17,7 @@ def default_out() -> Path:
 @dataclass(frozen=True)
 class BuildConfig(Options):
     out: str | None = opt(None, "Folder to write (replaced atomically). Default: the package's "
-                                "enigma_cli/data/enigma-tiny.", metavar="DIR")
+                                "enigma_cli/data/enigma-tiny.", metavar="DIR", output="dir")
     steps: int = opt(2000, "Optimizer steps.", ge=1)
     examples: int = opt(64000, "Synthetic training examples.", ge=1)
     batch_size: int = opt(32, "Examples per step.", ge=1)

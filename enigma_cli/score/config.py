@@ -37,5 +37,5 @@ class ScoreConfig(Options):
     seed: int = opt(0, "Seed for prompts, sampling and bootstrap.")
     device: str = opt("auto", "auto, cpu or cuda.")
     dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
-    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE")
+    out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)

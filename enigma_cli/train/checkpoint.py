@@ -3,7 +3,8 @@
 A checkpoint folder `checkpoint-<step>` holds the model (safetensors; the adapter alone under LoRA), the tokenizer,
 `trainer_state.pt` (optimizer, scheduler, RNG states, step — the data cursor, since prompts are drawn from
 (seed, step)), and the resolved `config.yaml`. It is written to a hidden temporary folder and renamed into place,
-so an interrupted save never leaves a half-written checkpoint.
+so an interrupted save never leaves a half-written checkpoint (`clean_partial_saves` removes what a killed save
+left behind, at the next start of the run, under the run folder's lock).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import random
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ import torch
 from ..errors import InputError, first_line
 
 STATE_FILE = "trainer_state.pt"
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+PARTIAL_PREFIX = ".checkpoint-"  # save_checkpoint's temporary folders: .checkpoint-<step>.<random>
 
 
 def rng_state() -> dict:
@@ -42,35 +46,112 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(output_dir: Path, step: int, model, tokenizer, optimizer, scheduler, extra: dict,
                     config_writer=None) -> Path:
-    """Write `output_dir/checkpoint-<step>` atomically and return its path."""
+    """Write `output_dir/checkpoint-<step>` atomically and return its path.
+
+    An existing checkpoint of that step (from a run that went past it before being resumed from an earlier one)
+    is first renamed aside, never deleted in place: a kill at any moment leaves either the old or the new folder
+    whole under the final name, or neither (then `--resume latest` takes the one before), plus hidden temporary
+    folders that `clean_partial_saves` removes at the next start.
+    """
+    from ..report import WriteError, public_mode
+
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"checkpoint-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".checkpoint-{step}.", dir=output_dir))
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{step}.", dir=output_dir))
+    except OSError as err:
+        raise WriteError(f"could not write checkpoint {final}: {err.strerror or err}.") from None
+    try:
+        public_mode(tmp, folder=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state(), **extra}, tmp / STATE_FILE)
         if config_writer is not None:
             config_writer(tmp / "config.yaml")
+        old = None
         if final.exists():
-            shutil.rmtree(final)
+            old = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{step}.old.", dir=output_dir))
+            os.replace(final, old / final.name)
         os.replace(tmp, final)
-    except BaseException:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except Exception as err:  # disk full, read-only: torch and safetensors raise RuntimeError, OSError, ...
+        reason = _write_failure(err, output_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WriteError(f"could not write checkpoint {final}: {reason}.") from err
+    except BaseException:  # an interrupt: no half-written folder, and the signal goes on
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
 
+def _write_failure(err: Exception, folder: Path) -> str:
+    """Why a save failed, in words. torch reports a full disk as '[enforce fail at inline_container.cc] unexpected
+    pos', without errno, so look at the free space before the partial files are removed."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    try:
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return "No space left on device"
+    except OSError:
+        pass
+    return first_line(err)
+
+
+def clean_partial_saves(output_dir: Path, files: tuple[str, ...] = ()) -> list[Path]:
+    """Remove what killed saves left in a run folder (under its lock): our temporary checkpoint folders, and the
+    temporary files of `report.atomic_path` for the `files` named (``.<name>.<random>.tmp``)."""
+    removed = []
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        name = path.name
+        if path.is_dir() and name.startswith(PARTIAL_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        elif path.is_file() and name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in files):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The checkpoint folder with the highest step that holds a trainer state, or None."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if _step_of(p) >= 0 and (p / STATE_FILE).is_file()]
+    return max(found, key=_step_of) if found else None
+
+
+def verify_checkpoint(path: Path) -> int | None:
+    """Check a checkpoint's files without loading them (weights: safetensors headers; state: the zip directory);
+    returns its step from the folder name (None when the name has none). One sentence naming the file if not."""
+    import zipfile
+
+    from ..modelfiles import check_safetensors
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path / STATE_FILE):  # torch's format; a truncated file has lost its directory
+            pass
+    except (OSError, zipfile.BadZipFile) as err:
+        raise InputError(f"checkpoint {path} is unreadable ({STATE_FILE} is damaged or truncated: "
+                         f"{first_line(err)}).") from None
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise InputError(f"checkpoint {path} is unreadable (it has no {' or '.join(WEIGHT_FILES[:2])}).")
+    check_safetensors(path, f"checkpoint {path} is unreadable")
+    step = _step_of(path)
+    return step if step >= 0 else None
+
+
 def find_checkpoint(spec: str | Path, output_dir: Path) -> Path:
     """`--resume latest` (newest checkpoint in output_dir) or a checkpoint folder path."""
     if str(spec) == "latest":
-        found = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: _step_of(p))
-        found = [p for p in found if (p / STATE_FILE).is_file()]
-        if not found:
+        found = latest_checkpoint(output_dir)
+        if found is None:
             raise InputError(f"--resume latest: no checkpoint with {STATE_FILE} in {output_dir}.")
-        return found[-1]
+        return found
     path = Path(spec)
     if not (path / STATE_FILE).is_file():
         raise InputError(f"--resume {path}: not a checkpoint folder (no {STATE_FILE} inside).")
@@ -79,7 +160,9 @@ def find_checkpoint(spec: str | Path, output_dir: Path) -> Path:
 
 def load_state(path: Path) -> dict:
     try:
-        state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # a foreign pickle makes torch warn, then fail: our sentence says it once
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any unreadable state is bad input
         raise InputError(f"checkpoint {path} is unreadable ({STATE_FILE}: {first_line(err, with_type=True)}).") from None
     missing = [k for k in ("step", "optimizer", "scheduler", "rng") if not isinstance(state, dict) or k not in state]

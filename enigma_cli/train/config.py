@@ -77,7 +77,8 @@ class TrainConfig(Options):
     ref_metrics: bool = opt(True, "Log KL, OT drift and the MI bound in every ablation (costs a reference pass).",
                             negative="--no-ref-metrics")
     # the run
-    output_dir: str = opt("runs/enigma", "Where metrics, completions and checkpoints go.", metavar="DIR")
+    output_dir: str = opt("runs/enigma", "Where metrics, completions and checkpoints go.", metavar="DIR",
+                      output="dir")
     save_every: int = opt(0, "Checkpoint every N steps (0: only at the end).", ge=0)
     resume: str | None = opt(None, "'latest' or a checkpoint folder to continue from.")
     max_nonfinite: int = opt(3, "Abort after this many steps in a row with a non-finite loss or gradient.", ge=1)

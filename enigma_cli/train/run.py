@@ -1,9 +1,26 @@
-"""Running `enigma train` end to end: validate, load, loop, log, checkpoint, plot."""
+"""Running `enigma train` end to end: validate, lock, load, loop, log, checkpoint, plot.
+
+The run folder's life (our choices):
+
+- `plan` checks everything it can without weights or writes; `run` locks the folder (`runlock`), settles where
+  the run starts again under that lock, removes what killed saves left, and only then loads the model.
+- A folder that holds a run is never overwritten: without ``--resume`` it is refused, naming ``--resume latest``.
+- ``--resume latest`` continues from the newest checkpoint, and starts from step 0 when there is none (a run
+  killed before its first checkpoint, or a first launch): the same command line both starts and continues a run,
+  which is what a preemptible job needs. The logged steps of a run with no checkpoint are discarded, with a note.
+- ``--steps`` below the checkpoint's step is refused; equal to it, there is nothing to do (exit 0).
+- SIGINT / SIGTERM stop after the current step with a checkpoint and one line saying how to continue; a second
+  signal stops at once (the newest checkpoint stays whole). Exit code 128 + the signal (130, 143).
+- A failure before anything was written removes the folder again if this run created it.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..console import console
@@ -14,11 +31,25 @@ from .records import CURVES, MetricsLog, dump_completions, truncate_dump
 
 METRICS = "metrics.csv"
 COMPLETIONS = "completions.jsonl"
+CONFIG = "config.yaml"
+PLOT = "training_curves.png"
+RUN_FILES = (METRICS, COMPLETIONS, CONFIG, PLOT)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a run starts: the checkpoint to resume (None: step 0) and its step; `note` is said before starting."""
+
+    checkpoint: Path | None
+    step: int
+    note: str | None = None
 
 
 def plan(cfg: TrainConfig):
-    """Everything that can be checked without loading weights: the model spec, the principle set, K, the data,
-    and the output folder (a finished run is never overwritten; --resume needs a checkpoint)."""
+    """Everything that can be checked without loading weights: the model spec and its files, the principle set,
+    K, the data, prompt lengths against the model's context, and the output folder (a run is never overwritten;
+    --resume must name a whole checkpoint). Returns (principle set, the examples that fit)."""
+    from ..context import ContextCheck, principles_of
     from ..datasets import load_examples
     from ..principles import load_principle_set
 
@@ -30,88 +61,192 @@ def plan(cfg: TrainConfig):
                              answer_column=cfg.answer_column, split="train")
     if not examples:
         raise InputError(f"dataset {cfg.dataset or 'synthetic'} has no prompts.")
-    from ..models.loading import model_path_for
+    from ..models.loading import resolve_device, resolve_dtype
 
-    model_path_for(cfg.model)  # a missing folder or package is an InputError here, before anything is written
-    _check_output(cfg)
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # --device cuda without CUDA: now, not after the lock
+    check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
+    examples = [examples[i] for i in check.before_load(cfg.model, [ex.question for ex in examples])]
+    start_point(cfg)
     return pset, examples
 
 
-def _check_output(cfg: TrainConfig) -> None:
+def start_point(cfg: TrainConfig, *, locked: bool = False) -> Start:
+    """Where the run in `cfg.output_dir` starts (see the module docstring); refuses a busy or finished folder."""
     from ..report import check_output_dir
+    from ..runlock import busy, is_locked
+    from .checkpoint import find_checkpoint, latest_checkpoint, verify_checkpoint
 
-    out, resume = Path(cfg.output_dir), cfg.resume
-    check_output_dir(out)
-    if not resume and (out / METRICS).exists():
-        raise InputError(f"{out} already holds a run ({METRICS}); pass --resume latest to continue it or choose "
-                         "another --output-dir.")
-    if resume:
-        from .checkpoint import find_checkpoint
-
-        find_checkpoint(resume, out)
+    out = Path(cfg.output_dir)
+    check_output_dir(out, "--output-dir", files=RUN_FILES)
+    if not locked and dist_utils.is_main() and is_locked(out):  # other ranks: rank 0 holds it for them
+        raise busy(out)
+    logged = out.is_dir() and any((out / f).exists() for f in RUN_FILES)
+    latest = latest_checkpoint(out) if out.is_dir() else None
+    if not cfg.resume:
+        if latest is not None:
+            raise InputError(f"{out} already holds a run (up to {latest.name}); pass --resume latest to continue "
+                             "it or choose another --output-dir.")
+        if logged:
+            raise InputError(f"{out} already holds a run that stopped before its first checkpoint; pass --resume "
+                             "latest to start it again from step 0, or choose another --output-dir.")
+        return Start(None, 0)
+    if cfg.resume == "latest" and latest is None:
+        note = f"--resume latest: no checkpoint in {out} yet, so the run starts from step 0"
+        return Start(None, 0, note + (" (the steps it logged are discarded)." if logged else "."))
+    checkpoint = latest if cfg.resume == "latest" else find_checkpoint(cfg.resume, out)
+    step = verify_checkpoint(checkpoint)
+    if step is not None and step > cfg.steps:
+        raise InputError(f"--steps {cfg.steps} is below the step of {checkpoint} ({step}); give --steps above "
+                         f"{step} to train further, or resume an earlier checkpoint.")
+    return Start(checkpoint, step if step is not None else -1)
 
 
 def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
+    from ..runlock import RunLock
+    from .checkpoint import clean_partial_saves
+
+    out = Path(cfg.output_dir)
+    main = dist_utils.is_main()
+    fresh, created = not out.exists(), out  # `created`: the outermost folder that acquiring the lock makes
+    while not created.parent.exists():
+        created = created.parent
+    lock = RunLock.acquire(out, "enigma train") if main else None
+    try:
+        start = start_point(cfg, locked=True)  # settled again under the lock: plan() ran before it
+        if main:
+            clean_partial_saves(out, RUN_FILES)
+        if start.checkpoint is not None and start.step == cfg.steps:
+            console.print(f"{out}: {start.checkpoint.name} has reached --steps {cfg.steps}; nothing to do.",
+                          highlight=False)
+            return out
+        if start.note and main:
+            console.print(start.note, highlight=False)
+        return _train(cfg, pset, examples, start, progress=progress)
+    except BaseException:
+        if main and fresh and [p.name for p in out.iterdir()] == [".enigma.lock"]:
+            _remove_empty(out, created)  # nothing of the run was written: leave no folder behind
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _remove_empty(out: Path, created: Path) -> None:
+    """Remove `out` (holding only our lock file) and its empty parents up to `created`."""
+    try:
+        (out / ".enigma.lock").unlink(missing_ok=True)
+        folder = out
+        while True:
+            folder.rmdir()
+            if folder == created:
+                break
+            folder = folder.parent
+    except OSError:  # someone else put something there meanwhile: leave it
+        pass
+
+
+def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
     from .. import options as cfgmod
+    from ..context import ContextCheck, principles_of
+    from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
     from ..models import decode
     from ..models.loading import load_model
     from .defaults import Watch
     from .trainer import Trainer
 
-    resume, stream = cfg.resume, cfg.format
-    out = Path(cfg.output_dir)  # plan() has checked it (and the model spec) before anything was loaded
+    stream = cfg.format
+    out = Path(cfg.output_dir)
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
     if cfg.sampler == "lean" and not decode.supports(lm.model):
         raise InputError(f"--sampler lean runs Llama-architecture models only, and {cfg.model} is "
                          f"{type(lm.model).__name__}; use --sampler auto or hf.")
+    # the context check on the loaded model (it could not run before loading for a GGUF file or a hub id)
+    check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}",
+                         deferred={cfg.model})
+    examples = [examples[i] for i in check.loaded(lm, [ex.question for ex in examples])]
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)
 
+    resume = str(start.checkpoint) if start.checkpoint is not None else None
     trainer = Trainer(lm, examples, pset, cfg, resume=resume, write_config=write_config)
     cfg = trainer.cfg  # with the learning rate and LoRA rank resolved for this model
     main = dist_utils.is_main()
     log = None
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(out / "config.yaml")
-        log = MetricsLog(out / METRICS, resume_step=trainer.step_no if resume else None)
-        if resume:
-            truncate_dump(out / COMPLETIONS, trainer.step_no)
-    fields = None  # the streamed CSV's columns, fixed by its header
-    watch = Watch(cfg)
-    if main:
+        write_config(out / CONFIG)
+        log = MetricsLog(out / METRICS, resume_step=trainer.step_no)
+        truncate_dump(out / COMPLETIONS, trainer.step_no)
+        (out / PLOT).unlink(missing_ok=True)  # drawn again at the end, from this run's rows
         console.print(f"[bold]enigma train[/] {cfg.ablation}: {lm.name} on {lm.device}, set {pset.name}, "
                       f"steps {trainer.step_no + 1}..{cfg.steps}, output {out}")
+    fields = None  # the streamed CSV's columns, fixed by its header
+    watch = Watch(cfg)
+    saved = trainer.step_no if resume else None  # the step whose checkpoint is on disk
     from rich.progress import Progress
 
-    with Progress(console=console, disable=not progress or not main, transient=True) as bar:
-        task = bar.add_task("training", total=cfg.steps, completed=trainer.step_no)
-        while trainer.step_no < cfg.steps:
-            row = trainer.step()
-            if main:
-                log.append(row)
-                watch.see(row)
-                dump_completions(out / COMPLETIONS, row["step"], trainer._last_episodes)
-                if stream:
-                    fields = _stream(row, stream, fields)
-                if not progress and (row["step"] % 10 == 0 or row["step"] in (1, cfg.steps)):
-                    console.print(_summary(row), highlight=False)
-            bar.update(task, advance=1, description=_summary(row))
-            if cfg.save_every and trainer.step_no % cfg.save_every == 0 and trainer.step_no < cfg.steps:
-                trainer.save()
-    final = trainer.save()
+    stopped = None  # the signal that asked the loop to stop at a safe point
+    try:
+        with Progress(console=console, disable=not progress or not main, transient=True) as bar, \
+                SafeStop() as stop, _quiet_skipped_step_warning():
+            task = bar.add_task("training", total=cfg.steps, completed=trainer.step_no)
+            while trainer.step_no < cfg.steps:
+                row = trainer.step()
+                if main:
+                    log.append(row)
+                    watch.see(row)
+                    dump_completions(out / COMPLETIONS, row["step"], trainer._last_episodes)
+                    if stream:
+                        fields = _stream(row, stream, fields)
+                    if not progress and (row["step"] % 10 == 0 or row["step"] in (1, cfg.steps)):
+                        console.print(_summary(row), highlight=False)
+                bar.update(task, advance=1, description=_summary(row))
+                if cfg.save_every and trainer.step_no % cfg.save_every == 0 and trainer.step_no < cfg.steps:
+                    trainer.save()
+                    saved = trainer.step_no
+                if not dist_utils.all_ranks_true(not stop.requested) and trainer.step_no < cfg.steps:
+                    if saved != trainer.step_no:
+                        trainer.save()
+                    stopped = stop.signum or signal.SIGTERM  # a rank the launcher signalled, not this one
+                    break
+            final = trainer.save() if stopped is None else None  # a signal now waits for this save
+    except KeyboardInterrupt as err:  # a second signal (or the first, before the loop): stop at once
+        raise Interrupted(signum_of(err), _hard_stop(signum_of(err), trainer.step_no, out)) from None
+    if stopped is not None:
+        raise Interrupted(stopped, f"interrupted by {signal_name(stopped)} at step {trainer.step_no}; "
+                                   f"checkpoint-{trainer.step_no} written; continue with --resume latest.")
     if main:
         from ..plots import grid_plot
 
         frame = log.frame()
         title = f"{out.name}: {cfg.ablation} on {cfg.model}, set {pset.name}, seed {cfg.seed}"
-        png = grid_plot(frame, "step", CURVES, out / "training_curves.png", title=title,
-                        smooth=max(2, min(10, len(frame) // 5)))
+        png = grid_plot(frame, "step", CURVES, out / PLOT, title=title, smooth=max(2, min(10, len(frame) // 5)))
         console.print(f"done: {out / METRICS}, {final}" + (f", {png}" if png else ""))
     dist_utils.barrier()
     dist_utils.shutdown()
     return out
+
+
+def _hard_stop(signum: int, step: int, out: Path) -> str:
+    """The line for a run stopped at once (a second signal, or one during loading)."""
+    from ..interrupt import signal_name
+    from .checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(out)
+    where = (f"{latest.name} is the newest checkpoint" if latest is not None else
+             "no checkpoint was written yet, so it starts again from step 0")
+    return f"interrupted by {signal_name(signum)} during step {step + 1}; {where}; continue with --resume latest."
+
+
+class _quiet_skipped_step_warning(warnings.catch_warnings):
+    """A skipped (non-finite) step steps the scheduler without the optimizer, on purpose (the learning rate stays
+    a function of the step); torch warns about exactly that, once. Ignore that one message, nothing else."""
+
+    def __enter__(self):
+        super().__enter__()
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                                                  r"`optimizer\.step\(\)`", category=UserWarning)
+        return self
 
 
 def _summary(row: dict) -> str:

@@ -173,7 +173,7 @@ class Trainer:
             self.nonfinite_total += 1
             if self.nonfinite_in_row >= cfg.max_nonfinite:
                 raise EnigmaError(f"{self.nonfinite_in_row} steps in a row had a non-finite loss or gradient "
-                                  f"(last at step {step}); lower --lr or check the model's dtype.")
+                                  f"(last at step {step}: {nonfinite_cause(cfg, metrics_acc, grad_norm)}).")
         else:
             self.nonfinite_in_row = 0
         self.scheduler.step()
@@ -218,6 +218,28 @@ class Trainer:
                                     if any(lab is not None for lab in labels) else float("nan"))
         row = dist_utils.mean_over_ranks(row)
         return {"step": self.step_no, **row}
+
+
+# -- reliability: which term went non-finite (named in the abort message) ----------------------------------------
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def nonfinite_cause(cfg, metrics: dict, grad_norm: float) -> str:
+    """The first term of the objective that is non-finite, weight included (a finite OT divergence times
+    --lambda-ot 1e308 is infinite), with the option to change; else the gradient."""
+    terms = (("the GRPO term", "loss_grpo", 1.0, None),
+             ("the SAMI term", "loss_sami", cfg.lambda_sami if cfg.use_sami else 0.0, "--lambda-sami"),
+             ("the OT term", "ot_divergence", cfg.lambda_ot if cfg.use_ot else 0.0, "--lambda-ot"))
+    for name, key, weight, flag in terms:
+        value = metrics.get(key)
+        if value is None or weight == 0:
+            continue
+        if not math.isfinite(value):
+            return (f"{name} ({key}) was {value}, so the weights or log-probabilities went non-finite; lower --lr "
+                    "or check the model's dtype")
+        if flag is not None and not abs(value * weight) <= FLOAT32_MAX:  # the loss is float32 (or bf16) at most
+            return f"{name} was {flag} {weight:g} × {key} {value:.3g}; lower {flag}"
+    return f"the gradient norm was {grad_norm}; lower --lr or --max-grad-norm, or check the model's dtype"
 
 
 def _num_layers(model) -> int:
