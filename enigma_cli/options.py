@@ -143,7 +143,8 @@ def coerce(value: Any, tp, label: str, spec: Spec) -> Any:
         inner = typing.get_args(tp)[0]
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if inner is str and spec.split:
-            items = [p.strip() for item in items for p in (item.split(",") if isinstance(item, str) else [item])
+            items = [p.strip() if isinstance(p, str) else p
+                     for item in items for p in (item.split(",") if isinstance(item, str) else [item])
                      if not isinstance(p, str) or p.strip()]
         if inner is not str:  # "2,4" from a flag or a file; "auto" (or nothing) means the default, empty
             expanded = []

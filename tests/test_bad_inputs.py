@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from enigma_cli.cli import main
-from enigma_cli.options import REGISTRY, _unwrap_optional, flag_name, option_fields, spec_of
+from enigma_cli.cli_options import REGISTRY
+from enigma_cli.options import flag_name, option_fields, spec_of, unwrap_optional
 
 # the least each command needs to run with --dry-run (exit 0); {tmp} is the test's folder
 VALID = {
@@ -33,6 +34,8 @@ VALID = {
     "tasks-generate": ["--n", "2"],
     "build-default-model": ["--out", "{tmp}/model"],
     "self-check": [],
+    "sft": ["--output-dir", "{tmp}/sft", "--eval-prompts", "2"],
+    "study": ["--output-dir", "{tmp}/study", "--no-probe"],
 }
 SHIPPED_SET = Path(__file__).resolve().parents[1] / "principles" / "placebo.yaml"
 
@@ -69,7 +72,7 @@ def assert_refused(rc, out, err, code, needles):
 def _bad_values(field, tp) -> list[tuple[str, object, int]]:
     """(label, command-line value, expected exit code) for one field; [] when no value is bad by type alone."""
     spec = spec_of(field)
-    base, _ = _unwrap_optional(tp)
+    base, _ = unwrap_optional(tp)
     inner = typing.get_args(base)[0] if typing.get_origin(base) is tuple else base
     cases = []
     low = spec.ge if spec.ge is not None else spec.gt
@@ -115,10 +118,12 @@ def _wrong_types():
     for name, cls in sorted(REGISTRY.items()):
         hints = typing.get_type_hints(cls)
         for field in option_fields(cls):
-            typed = flag_name(field.name) in VALID[name] or (spec_of(field).argument and VALID[name])
+            spec = spec_of(field)
+            typed = (flag_name(field.name) in VALID[name] or (spec.negative or "") in VALID[name]
+                     or (spec.argument and VALID[name]))
             if typed:
                 continue  # the baseline types it on the command line, and what the user types wins over the file
-            base, _ = _unwrap_optional(hints[field.name])
+            base, _ = unwrap_optional(hints[field.name])
             inner = typing.get_args(base)[0] if typing.get_origin(base) is tuple else base
             wrong = {int: ["abc", "'2'", "true", "8.7"], float: ["abc", "true", ".nan"], bool: ["maybe", "1"],
                      str: ["12", "[a, [b]]"]}.get(inner, [])

@@ -136,4 +136,5 @@ def test_the_abort_blames_lambda_ot_not_lr_in_a_real_run(model_dir, tmp_path, mo
     rc, _, stderr = train("--model", model_dir, "--steps", 3, *base, "--output-dir", tmp_path / "run",
                           "--lambda-ot", "1e308", "--max-nonfinite", 1)
     assert rc == 1
-    assert "the OT term was --lambda-ot 1e+308" in " ".join(stderr.split()) and "--lr" not in stderr
+    error = " ".join(stderr[stderr.index("error:"):].split())
+    assert "the OT term was --lambda-ot 1e+308" in error and "--lr" not in error

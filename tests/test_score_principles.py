@@ -494,33 +494,26 @@ def test_cli_untrusted_set_never_ranks_above_a_trusted_one(monkeypatch, ckpt, qu
     assert "stepwise-vs-oneline(" not in text  # a sound row gets no line under the table
 
 
-def test_cli_long_principle_refused_or_not_scored(monkeypatch, questions_file, tmp_path, capsys):
+def test_cli_long_principle_is_refused_before_the_model_loads(monkeypatch, questions_file, tmp_path, capsys):
+    """A principle whose prompt cannot fit the model's context is bad input: refused (exit 3, one sentence naming
+    it) before any weights load, alone or beside a set that fits."""
+    from enigma_cli.models import loading
     from enigma_cli.models.loading import enigma_tiny_dir
 
     long = Path(__file__).parent / "fixtures" / "long-principle.yaml"
 
-    def no_generation(*args, **kwargs):
-        raise AssertionError("a prompt longer than the context must be refused before generation")
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a prompt longer than the context must be refused before the model loads")
 
-    monkeypatch.setattr(scoring, "generate", no_generation)
+    monkeypatch.setattr(loading, "load_model", no_loading)
     out_file = tmp_path / "report.csv"
-    rc, out, err = run([long, "--model", enigma_tiny_dir(), "--dataset", questions_file, *FAST, "--out", out_file],
-                       capsys)
-    assert rc == 3 and out == "" and not out_file.exists()
-    assert err.count("error:") == 1 and "Traceback" not in err
-    text = flat(err)
-    assert "long-principle.yaml" in text and "512positions" in text and "nothingwasscored" in text
-    # Beside a set that fits, the long set gets an unscored, untrusted row at the bottom.
-    FakeLM(QUESTIONS, lambda i, j, q, s: 2.0 * (i == j), strict_principle="all").install(monkeypatch, None)
-    rc, out, err = run([long, "stepwise-vs-oneline", "--model", enigma_tiny_dir(), "--dataset", questions_file,
-                        *FAST], capsys)
-    assert rc == 0, err
-    df = pd.read_csv(io.StringIO(out))
-    assert list(df["set"]) == ["stepwise-vs-oneline", "long-principle"]
-    last = df.iloc[-1]
-    assert not last["trusted"] and math.isnan(last["si"])
-    assert "its prompt takes" in last["reason"] and "more than the model's 512 positions" in last["reason"]
-    assert "cannot read it" in last["reason"]
+    for sets in ([long], [long, "stepwise-vs-oneline"]):
+        rc, out, err = run([*sets, "--model", enigma_tiny_dir(), "--dataset", questions_file, *FAST,
+                            "--out", out_file], capsys)
+        assert rc == 3 and out == "" and not out_file.exists()
+        assert err.count("error:") == 1 and "Traceback" not in err
+        text = " ".join(err.split())
+        assert "long-principle" in text and "512 positions" in text
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -33,7 +33,7 @@ def run(cfg: ManifoldConfig, dry_run: bool) -> None:
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     # every model reads the base's prompts + completions: each must take them (its files are checked here too)
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
-    examples = [examples[i] for i in check.before_load([cfg.base, *cfg.trained], [ex.question for ex in examples])]
+    examples = [examples[i] for i in check.before_load([cfg.base, *cfg.trained], [ex.prompt_text for ex in examples])]
     base_shape = manifold.ModelShape.peek(cfg.base)  # local checkpoints: depth, width, tokenizer from disk
     depth = None
     if base_shape is not None:

@@ -57,7 +57,7 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
         raise InputError(f"dataset {cfg.dataset} has no prompts.")
     check = ContextCheck([Principle("--principle", cfg.principle)] if cfg.principle else [], cfg.max_new_tokens,
                          rows=f"dataset {cfg.dataset}")
-    examples = [examples[i] for i in check.before_load(cfg.model, [ex.question for ex in examples])]
+    examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
     if dry_run:
         console.print(f"{len(cfg.model)} model(s) × {len(examples)} prompts × {cfg.samples} samples of "
                       f"≤{cfg.max_new_tokens} tokens; nothing loaded (--dry-run).", highlight=False)
@@ -74,7 +74,7 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
     rows = []
     for spec in cfg.model:
         lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
-        fit = [examples[i] for i in check.loaded(lm, [ex.question for ex in examples])]
+        fit = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
         row = {"model": spec, **run_eval(lm, fit, cfg.principle, settings), "temperature": cfg.temperature,
                "seed": cfg.seed}
         console.print(f"{spec}: format {row['format_rate']:.3f}  acc@1 strict {row['accuracy_at_1']:.3f} "

@@ -65,7 +65,7 @@ def plan(cfg: TrainConfig):
 
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # --device cuda without CUDA: now, not after the lock
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
-    examples = [examples[i] for i in check.before_load(cfg.model, [ex.question for ex in examples])]
+    examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
     start_point(cfg)
     return pset, examples
 
@@ -163,7 +163,7 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     # the context check on the loaded model (it could not run before loading for a GGUF file or a hub id)
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}",
                          deferred={cfg.model})
-    examples = [examples[i] for i in check.loaded(lm, [ex.question for ex in examples])]
+    examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)
