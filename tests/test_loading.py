@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from enigma_cli.errors import InputError
-from enigma_cli.models import loading
+from enigma_cli.models import loading, specs
 from enigma_cli.models.loading import (
     LoadedModel,
     load_model,
@@ -125,13 +125,13 @@ def test_unreadable_weights(saved_tiny, tmp_path):
 
 
 def test_enigma_tiny_not_built(monkeypatch, tmp_path):
-    monkeypatch.setattr(loading, "enigma_tiny_dir", lambda: tmp_path / "enigma-tiny")
+    monkeypatch.setattr(specs, "enigma_tiny_dir", lambda: tmp_path / "enigma-tiny")
     with pytest.raises(InputError, match="enigma-tiny.*build-default-model"):
         load_model(device="cpu")
 
 
 def test_enigma_tiny_alias_when_built(monkeypatch, saved_tiny):
-    monkeypatch.setattr(loading, "enigma_tiny_dir", lambda: saved_tiny)
+    monkeypatch.setattr(specs, "enigma_tiny_dir", lambda: saved_tiny)
     loaded = load_model("enigma-tiny", device="cpu")
     assert loaded.name == "enigma-tiny"
     assert loaded.source == str(saved_tiny)

@@ -42,19 +42,18 @@ Choices (ours):
 from __future__ import annotations
 
 import json
-import os
-import re
-import socket
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 
 from enigma_cli.errors import InputError
+
+# re-exported: where a spec points, and the device and dtype, live in their own modules
+from enigma_cli.models.devices import DEVICE_NAMES, DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype  # noqa: F401
 from enigma_cli.models.gguf import (  # noqa: F401 - re-exported: the smollm2 alias and GGUF cache live there
     _CACHE_DONE,
     SMOLLM2_INSTALL_HINT,
@@ -66,18 +65,18 @@ from enigma_cli.models.gguf import (  # noqa: F401 - re-exported: the smollm2 al
 from enigma_cli.models.portable import (
     ALIASES,
     DEFAULT_MODEL,
-    SMOLLM2_ALIAS,
     _record_name,
     alias_of_path,
     portable_spec,
 )
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_NAMES = ("auto", *DTYPES)
-DEVICE_NAMES = ("auto", "cpu", "cuda")
-
-# A hub id: "name" or "org/name" (letters, digits, '-', '_', '.'), nothing path-like.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+from enigma_cli.models.specs import (  # noqa: F401
+    _is_model_folder,
+    enigma_tiny_dir,
+    hub_offline,
+    hub_reachable,
+    model_path_for,
+    newest_checkpoint,
+)
 
 
 @dataclass(frozen=True)
@@ -104,169 +103,6 @@ class LoadedModel:
         config = self.model.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         return int(text_config.num_hidden_layers)
-
-
-def enigma_tiny_dir() -> Path:
-    """Where the built-in default model lives inside the installed package."""
-    return Path(__file__).resolve().parent.parent / "data" / "enigma-tiny"
-
-
-def hub_offline() -> bool:
-    """Whether the Hugging Face hub must not be contacted (read from the environment at call time)."""
-    truthy = {"1", "true", "yes", "on"}
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in truthy:
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # noqa: BLE001 - an old or odd huggingface_hub: trust the environment only
-        return False
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the hub endpoint, so that a machine without network fails in seconds, not after
-    a minute of retries. Behind an HTTP(S) proxy we cannot probe directly and assume the hub is reachable."""
-    if any(
-        os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
-    ):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        endpoint = constants.ENDPOINT
-    except Exception:  # noqa: BLE001 - same as above
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _is_model_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
-
-
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The ``checkpoint-<step>`` model folder with the highest step inside an `enigma train` output folder."""
-    steps = []
-    for child in Path(run_dir).glob("checkpoint-*"):
-        suffix = child.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and _is_model_folder(child):
-            steps.append((int(suffix), child))
-    return max(steps)[1] if steps else None
-
-
-def model_path_for(spec: str) -> tuple[str, str | None]:
-    """Map a model spec to ``(path_or_hub_id, gguf_file_name_or_None)`` without loading anything.
-
-    Aliases and local paths are checked here (missing folders, folders without ``config.json`` or
-    ``adapter_config.json``); a hub id is returned as is (whether it exists is only known when loading).
-    """
-    spec = (spec or "").strip()
-    if not spec:
-        raise InputError("The model spec is empty; give --model a local folder, a hub id, or enigma-tiny.")
-    if spec == DEFAULT_MODEL:
-        folder = enigma_tiny_dir()
-        if not (folder / "config.json").is_file():
-            raise InputError(
-                f"The built-in model 'enigma-tiny' is not built at {folder}; run `enigma build-default-model`."
-            )
-        return str(folder), None
-    if spec == SMOLLM2_ALIAS:
-        gguf = smollm2_gguf_path()
-        return str(gguf.parent), gguf.name
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        if path.suffix.lower() == ".gguf":
-            return str(path.resolve().parent), path.name
-        raise InputError(
-            f"Model '{spec}' is a file, not a model folder; give the folder that holds config.json "
-            "(or a .gguf file)."
-        )
-    if path.is_dir():
-        if _is_model_folder(path):
-            return str(path.resolve()), None
-        newest = newest_checkpoint(path)
-        if newest is not None:  # an `enigma train` output folder: its newest checkpoint
-            from ..console import console
-
-            console.print(f"{spec}: using its newest checkpoint, {newest.name}", highlight=False)
-            return str(newest.resolve()), None
-        raise InputError(
-            f"Model folder '{spec}' has no config.json (nor adapter_config.json, nor checkpoint-N folders); "
-            "is it a save_pretrained checkpoint?"
-        )
-    if _looks_like_path(spec) or not _HUB_ID.match(spec):
-        raise InputError(
-            f"Model '{spec}' is not a local folder, a known alias ({', '.join(ALIASES)}) or a hub id."
-        )
-    return spec, None
-
-
-def _looks_like_path(spec: str) -> bool:
-    return (
-        spec.startswith(("/", "./", "../", "~", "\\"))
-        or spec in (".", "..")
-        or spec.count("/") > 1
-        or spec.lower().endswith((".gguf", ".safetensors", ".bin", ".json"))
-    )
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → ``cuda:$LOCAL_RANK`` when CUDA is available, else CPU; ``cuda`` without CUDA is an InputError."""
-    if isinstance(device, torch.device):
-        return device
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device '{device}' is not one of {', '.join(DEVICE_NAMES)}.") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device} was asked for, but CUDA is not available on this machine.")
-        if resolved.index is None and "LOCAL_RANK" in os.environ:
-            resolved = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise InputError(
-                f"--device {device} names a GPU that does not exist ({torch.cuda.device_count()} visible)."
-            )
-    elif resolved.type != "cpu":
-        raise InputError(f"--device '{device}' is not one of {', '.join(DEVICE_NAMES)}.")
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu") -> torch.dtype:
-    """``auto`` → bfloat16 on a CUDA device that supports it, else float32; names as in `DTYPES`."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = (dtype or "auto").strip().lower()
-    if name == "auto":
-        dev = torch.device(device) if not isinstance(device, torch.device) else device
-        if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    aliases = {
-        "fp32": "float32",
-        "bf16": "bfloat16",
-        "fp16": "float16",
-        "half": "float16",
-        "float": "float32",
-    }
-    name = aliases.get(name, name)
-    if name not in DTYPES:
-        raise InputError(f"--dtype '{dtype}' is not one of {', '.join(DTYPE_NAMES)}.")
-    return DTYPES[name]
 
 
 def _quiet_progress_bars() -> None:
