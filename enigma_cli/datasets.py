@@ -2,13 +2,16 @@
 
 ``load_examples(dataset)`` accepts
 
-- ``None`` or ``"synthetic"``: built-in problems from :mod:`enigma_cli.tasks.synthetic`, drawn from its
-  *held-out* split (questions never used by ``training_examples``) with the seed stream ``seed + 10_000_000``
-  (:data:`SYNTHETIC_SEED_OFFSET`), so evaluation never reuses a training question; works offline;
+- ``None`` or ``"synthetic"``: built-in problems from :mod:`enigma_cli.tasks.synthetic`, never seen in
+  enigma-tiny's pre-training, with the seed stream ``seed + 10_000_000`` (:data:`SYNTHETIC_SEED_OFFSET`): with
+  ``split="train"`` (what `enigma train` and `enigma sft` ask for) from the held-out pool ``"rl"``, otherwise from the
+  pool ``"test"``, so an evaluation never sees a question GRPO trained on, whatever the seeds; works offline;
 - a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file (or a ``save_to_disk`` folder), read through
   ``datasets``; a local file has a single split, so ``split`` is ignored for it;
 - otherwise a hub id (e.g. ``gsm8k`` or ``kaist-ai/CoT-Collection``), only when online: with ``HF_HUB_OFFLINE``
-  or ``HF_DATASETS_OFFLINE`` set, or the hub unreachable, it is a one-sentence :class:`InputError`.
+  or ``HF_DATASETS_OFFLINE`` set, or the hub unreachable, it is a one-sentence :class:`InputError`. A subset
+  (configuration) and a split can be named in the spec: ``openai/gsm8k:main@test`` (`parse_hub_spec`); the split
+  defaults to ``split`` (``train``).
 
 Columns: ``question_column``/``answer_column`` default to ``question``/``answer``, and CoT-Collection's
 ``source``/``target`` (with ``rationale``) are recognised when the defaults are absent. Without an answer
@@ -88,11 +91,11 @@ def _looks_local(spec: str) -> bool:
             or os.sep != "/" and os.sep in spec)
 
 
-def _synthetic(n: int | None, seed: int) -> list[Example]:
+def _synthetic(n: int | None, seed: int, pool: str) -> list[Example]:
     from .tasks.synthetic import generate_problems
 
     count = DEFAULT_SYNTHETIC_N if n is None else n
-    problems = generate_problems(count, seed + SYNTHETIC_SEED_OFFSET, split="heldout")
+    problems = generate_problems(count, seed + SYNTHETIC_SEED_OFFSET, split=pool)
     return [Example(p.question, p.answer) for p in problems]
 
 
@@ -212,7 +215,18 @@ def _unreachable_hub(timeout: float = 3.0) -> str | None:
     return None
 
 
-def _load_hub(name: str, split: str, n: int | None, seed: int):
+def parse_hub_spec(spec: str, split: str) -> tuple[str, str | None, str]:
+    """``NAME[:SUBSET][@SPLIT]`` → (name, subset or None, split); the split defaults to `split`."""
+    name, at, chosen = spec.partition("@")
+    name, colon, subset = name.partition(":")
+    if (colon and not subset) or (at and not chosen) or not name:
+        raise InputError(f"dataset {spec!r}: write a hub dataset as NAME, NAME:SUBSET, NAME@SPLIT or "
+                         "NAME:SUBSET@SPLIT.")
+    return name, subset or None, chosen or split
+
+
+def _load_hub(spec: str, split: str, n: int | None, seed: int):
+    name, subset, split = parse_hub_spec(spec, split)
     flag = _offline_flag()
     if flag:
         raise InputError(f"dataset {name!r} is neither 'synthetic' nor a local file, and the hub is offline "
@@ -225,19 +239,20 @@ def _load_hub(name: str, split: str, n: int | None, seed: int):
 
     try:
         with _quiet_progress(datasets):
-            return _hub_rows(datasets, name, split, n, seed)
-    except Exception as err:  # not found, no network, bad split: one sentence
-        raise InputError(f"dataset {name!r} (split {split!r}) cannot be loaded from the hub "
+            return _hub_rows(datasets, name, subset, split, n, seed)
+    except Exception as err:  # not found, no network, bad subset or split: one sentence
+        which = f"subset {subset!r}, " if subset else ""
+        raise InputError(f"dataset {name!r} ({which}split {split!r}) cannot be loaded from the hub "
                          f"({first_line(err)}).") from err
 
 
-def _hub_rows(datasets, name: str, split: str, n: int | None, seed: int):
+def _hub_rows(datasets, name: str, subset: str | None, split: str, n: int | None, seed: int):
     if n is not None:
         # Hub sets can be huge (CoT-Collection: 1.8M rows): stream and sample n from a seeded buffer.
-        stream = datasets.load_dataset(name, split=split, streaming=True)
+        stream = datasets.load_dataset(name, subset, split=split, streaming=True)
         rows = list(stream.shuffle(seed=seed, buffer_size=max(10_000, 4 * n)).take(n))
         return datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
-    return datasets.load_dataset(name, split=split)
+    return datasets.load_dataset(name, subset, split=split)
 
 
 def _pick(columns: list[str], given: str | None, defaults: tuple[str, ...], what: str, flag: str,
@@ -343,15 +358,19 @@ def choice_answer(value, choices: tuple[str, ...]) -> str | None:
 def load_examples(dataset: str | None = None, *, n: int | None = None, seed: int = 0,
                   question_column: str | None = None, answer_column: str | None = None,
                   split: str = "train", rationale_column: str | None = None,
-                  choices_column: str | None = None) -> list[Example]:
-    """Load questions (and answers when there are some); a seeded sample of `n` when `n` < the row count."""
+                  choices_column: str | None = None, purpose: str = "eval") -> list[Example]:
+    """Load questions (and answers when there are some); a seeded sample of `n` when `n` < the row count.
+
+    `purpose` is "train" for the questions a model learns from (`enigma train`, `enigma sft`), "eval" otherwise;
+    for the synthetic problems it picks the disjoint pool (see the module docstring).
+    """
     if n is not None and n <= 0:
         raise InputError(f"--n must be a positive number of examples, not {n}.")
     if dataset is None or str(dataset).strip().lower() == SYNTHETIC:
         if choices_column is not None:
             raise InputError(f"--choices-column {choices_column!r} needs a --dataset; the synthetic problems have "
                              "no options.")
-        return _synthetic(n, seed)
+        return _synthetic(n, seed, "rl" if purpose == "train" else "test")
     spec = str(dataset).strip()
     if _looks_local(spec):
         path = Path(spec).expanduser()

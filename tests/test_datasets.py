@@ -168,3 +168,27 @@ def test_unreachable_hub_is_one_sentence_without_retries(monkeypatch):
     with pytest.raises(InputError, match=r"hub \(huggingface.co\) cannot be reached") as info:
         load_examples("someone/some-dataset", n=3)
     assert info.value.exit_code == 3
+
+
+def test_training_and_evaluation_questions_are_disjoint_whatever_the_seeds():
+    """GRPO learns from the held-out pool "rl", evaluation reads the pool "test": never the same question, even
+    with the same seed (they were the same 256 questions before)."""
+    from enigma_cli.tasks.synthetic import heldout_pool
+
+    train = {e.question for e in load_examples("synthetic", seed=0, split="train", purpose="train")}
+    for seed in (0, 1, 2):
+        evaluation = {e.question for e in load_examples("synthetic", n=256, seed=seed)}
+        assert not train & evaluation
+    assert {heldout_pool(q) for q in train} == {"rl"} and {heldout_pool(q) for q in evaluation} == {"test"}
+
+
+def test_hub_specs_name_a_subset_and_a_split():
+    from enigma_cli.datasets import parse_hub_spec
+
+    assert parse_hub_spec("openai/gsm8k", "train") == ("openai/gsm8k", None, "train")
+    assert parse_hub_spec("openai/gsm8k:main", "train") == ("openai/gsm8k", "main", "train")
+    assert parse_hub_spec("openai/gsm8k:main@test", "train") == ("openai/gsm8k", "main", "test")
+    assert parse_hub_spec("cais/mmlu@validation", "train") == ("cais/mmlu", None, "validation")
+    for bad in ("gsm8k:", "gsm8k@", ":main"):
+        with pytest.raises(InputError, match="NAME:SUBSET@SPLIT"):
+            parse_hub_spec(bad, "train")

@@ -30,10 +30,12 @@ Choices (ours, not the papers'): ASCII operators (``*``, ``/`` only in checks) s
 subtraction never goes below 0 and multiplication never uses 0 or 1, so every check by the inverse operation
 is exact; completions stay short (reasoning < ~120 characters) because the built-in model has a small context.
 
-Train/held-out split: a problem belongs to the held-out split when a BLAKE2 hash of its question falls in
-1/8 of the range (:func:`is_heldout`). ``generate_problems(..., split="train")`` (the default, used by
-:func:`training_examples`) never yields a held-out question and ``split="heldout"`` yields only those, so
-evaluation questions are never seen in training whatever the seeds.
+Splits: a problem belongs to the held-out split when a BLAKE2 hash of its question falls in 1/8 of the range
+(:func:`is_heldout`). ``generate_problems(..., split="train")`` (the default, used by :func:`training_examples`,
+i.e. enigma-tiny's pre-training) never yields a held-out question and ``split="heldout"`` yields only those. The
+held-out questions are cut in two by another bit of the same hash (:func:`heldout_pool`): ``"rl"`` for the
+questions `enigma train` and `enigma sft` learn from, ``"test"`` for evaluation. So evaluation questions are never
+seen in pre-training or in GRPO, whatever the seeds.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ STYLE_OF: dict[str, str] = {
     "no-brands": "default",
 }
 
-SPLITS = ("train", "heldout", "all")
+SPLITS = ("train", "heldout", "rl", "test", "all")
 HELDOUT_BUCKETS = 8  # 1 in 8 questions is held out
 
 _SYMBOL = {"+": "+", "-": "-", "*": "*"}
@@ -173,16 +175,35 @@ def _word(rng: random.Random) -> Problem:
     return Problem(question, str(steps[-1][3]), "word", steps, expression_of(steps))
 
 
+def _hash(question: str) -> int:
+    return int.from_bytes(hashlib.blake2b(question.encode("utf-8"), digest_size=8).digest(), "big")
+
+
 def is_heldout(question: str) -> bool:
     """Whether a question belongs to the held-out split (a fixed 1/8 of all questions, by hash)."""
-    digest = hashlib.blake2b(question.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % HELDOUT_BUCKETS == 0
+    return _hash(question) % HELDOUT_BUCKETS == 0
+
+
+def heldout_pool(question: str) -> str | None:
+    """``"rl"`` or ``"test"`` for a held-out question (half each, by another bit of the hash); None otherwise."""
+    if not is_heldout(question):
+        return None
+    return "rl" if (_hash(question) // HELDOUT_BUCKETS) % 2 == 0 else "test"
+
+
+def _in_split(question: str, split: str) -> bool:
+    if split == "all":
+        return True
+    if split in ("rl", "test"):
+        return heldout_pool(question) == split
+    return is_heldout(question) == (split == "heldout")
 
 
 def generate_problems(n: int, seed: int, *, split: str = "train", word_fraction: float = 0.4) -> list[Problem]:
     """`n` problems, a deterministic function of (`n`, `seed`, `split`); a prefix of a longer list.
 
-    `split`: "train" (never a held-out question), "heldout" (only held-out questions) or "all".
+    `split`: "train" (never a held-out question), "heldout" (only held-out questions), its halves "rl" (to learn
+    from with GRPO or SFT) and "test" (to evaluate on), or "all".
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -190,7 +211,7 @@ def generate_problems(n: int, seed: int, *, split: str = "train", word_fraction:
     out: list[Problem] = []
     while len(out) < n:
         problem = _word(rng) if rng.random() < word_fraction else _arithmetic(rng)
-        if split == "all" or is_heldout(problem.question) == (split == "heldout"):
+        if _in_split(problem.question, split):
             out.append(problem)
     return out
 

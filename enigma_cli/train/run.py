@@ -58,7 +58,7 @@ def plan(cfg: TrainConfig):
         raise InputError(f"--principles-per-prompt ({cfg.principles_per_prompt}) exceeds the {pset.k} principles "
                          f"of set {pset.name}.")
     examples = load_examples(cfg.dataset, seed=cfg.seed, question_column=cfg.question_column,
-                             answer_column=cfg.answer_column, split="train")
+                             answer_column=cfg.answer_column, split="train", purpose="train")
     if not examples:
         raise InputError(f"dataset {cfg.dataset or 'synthetic'} has no prompts.")
     from ..models.loading import resolve_device, resolve_dtype
