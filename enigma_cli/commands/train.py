@@ -41,7 +41,10 @@ def train(
     sampler: Annotated[str, typer.Option(help="Rollout sampler: lean (Llama-architecture models, prompts cached once "
                                               "per group), hf (transformers' generate), or auto.")] = _D.sampler,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = _D.lr,
-    loss_type: Annotated[str, typer.Option(help="grpo, bnpo, dr_grpo or dapo (TRL's definitions).")] = _D.loss_type,
+    loss_type: Annotated[str, typer.Option(help="Aggregation: grpo, bnpo, dr_grpo, dapo or luspo (TRL's "
+                                                "definitions).")] = _D.loss_type,
+    surrogate: Annotated[str, typer.Option(help="Policy surrogate: clip (PPO), cispo (cap = --epsilon-high; TRL's "
+                                                "cispo is --surrogate cispo --loss-type dapo) or sapo.")] = _D.surrogate,
     importance_level: Annotated[str, typer.Option(help="token, or sequence (GSPO, the paper's).")] = "sequence",
     scale_rewards: Annotated[str, typer.Option(help="Advantage scaling: group, batch or none.")] = "group",
     epsilon: Annotated[float, typer.Option(help="Clip range below (and above, unless --epsilon-high).")] = 0.2,
@@ -56,6 +59,21 @@ def train(
     ot_eps: Annotated[float, typer.Option(help="Entropic regularisation of the OT term.")] = _D.ot_eps,
     sami: Annotated[bool, typer.Option("--sami/--no-sami", help="Ablation: switch the SAMI term.")] = True,
     ot: Annotated[bool, typer.Option("--ot/--no-ot", help="Ablation: switch the OT term.")] = True,
+    ref_metrics: Annotated[bool, typer.Option(
+        "--ref-metrics/--no-ref-metrics", help="Log KL and hidden-state drift to the reference (costs a reference "
+                                               "copy and a reference pass per step unless OT or --beta needs them "
+                                               "anyway).")] = _D.ref_metrics,
+    critic_metrics: Annotated[bool, typer.Option(
+        "--critic-metrics/--no-critic-metrics", help="Log the critic's MI bound without SAMI (costs a no-grad "
+                                                     "forward of the critic pairs per step).")] = _D.critic_metrics,
+    ref_dtype: Annotated[str, typer.Option(help="dtype of the reference copy: auto (the run's), float32, bfloat16 "
+                                                "or float16.")] = _D.ref_dtype,
+    gradient_checkpointing: Annotated[bool, typer.Option(
+        "--gradient-checkpointing/--no-gradient-checkpointing",
+        help="Recompute activations in the backward: less memory, a slower update.")] = _D.gradient_checkpointing,
+    keep_dropout: Annotated[bool, typer.Option(
+        "--keep-dropout/--no-keep-dropout", help="Keep the model's dropout in the update (default: off, so on-policy "
+                                                 "ratios are exactly 1).")] = _D.keep_dropout,
     reward: Annotated[str, typer.Option(help="Reward terms with weights, e.g. 'format' or "
                                              "'format=1,coherence=0.5'.")] = _D.reward,
     coherence_gamma: Annotated[float, typer.Option(
@@ -85,7 +103,9 @@ def train(
         group_size=group_size, principles_per_prompt=principles_per_prompt, max_new_tokens=max_new_tokens,
         temperature=temperature, sampler=sampler, lr=lr, loss_type=loss_type, importance_level=importance_level,
         scale_rewards=scale_rewards, epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, lambda_sami=lambda_sami,
-        sami_matrices=sami_matrices, lambda_ot=lambda_ot, ot_layers=_layers(ot_layers), ot_eps=ot_eps, sami=sami, ot=ot, reward=reward,
+        sami_matrices=sami_matrices, lambda_ot=lambda_ot, ot_layers=_layers(ot_layers), ot_eps=ot_eps, sami=sami, ot=ot,
+        ref_metrics=ref_metrics, critic_metrics=critic_metrics, surrogate=surrogate, ref_dtype=ref_dtype,
+        gradient_checkpointing=gradient_checkpointing, keep_dropout=keep_dropout, reward=reward,
         coherence_gamma=coherence_gamma, gibbs_beta=gibbs_beta, updates_per_generation=updates_per_generation,
         grad_accum=grad_accum, max_grad_norm=max_grad_norm, lora_r=lora_r, output_dir=str(output_dir),
         save_every=save_every, seed=seed, device=device, dtype=dtype,

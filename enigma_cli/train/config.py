@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+SURROGATES = ("clip", "cispo", "sapo")
+REF_DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPORTANCE_LEVELS = ("token", "sequence")
 SCALES = ("group", "batch", "none")
 SAMPLERS = ("auto", "lean", "hf")
@@ -60,7 +62,20 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     max_nonfinite: int = 3
+    # Log KL and hidden-state drift to the reference (needs a reference copy and a reference pass per step).
     ref_metrics: bool = True
+    # Policy surrogate (core.surrogates): clip (PPO), cispo (needs epsilon_high = its cap), sapo.
+    surrogate: str = "clip"
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    # Log the critic's MI bound without SAMI (a no-grad forward of the off-diagonal pairs per step).
+    critic_metrics: bool = True
+    # dtype of the frozen reference copy; auto: the run's dtype.
+    ref_dtype: str = "auto"
+    # Recompute activations in the backward instead of keeping them (TRL's GRPOConfig default is True).
+    gradient_checkpointing: bool = False
+    # Keep the model's dropout in the update's forward (off by default: on-policy ratios are then exactly 1).
+    keep_dropout: bool = False
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -85,6 +100,14 @@ class TrainConfig:
              f"--importance-level must be token or sequence, not {self.importance_level!r}.")
         need(self.scale_rewards in SCALES, f"--scale-rewards must be one of {', '.join(SCALES)}, "
                                            f"not {self.scale_rewards!r}.")
+        need(self.surrogate in SURROGATES, f"--surrogate must be one of {', '.join(SURROGATES)}, "
+                                           f"not {self.surrogate!r}.")
+        need(self.surrogate != "cispo" or (self.epsilon_high is not None and self.epsilon_high > 0),
+             "--surrogate cispo needs --epsilon-high, the cap on its importance ratio (e.g. 5.0).")
+        need(self.sapo_temperature_pos > 0 and self.sapo_temperature_neg > 0,
+             "sapo_temperature_pos and sapo_temperature_neg must be positive.")
+        need(self.ref_dtype in REF_DTYPES, f"--ref-dtype must be one of {', '.join(REF_DTYPES)}, "
+                                           f"not {self.ref_dtype!r}.")
         need(self.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}.")
         need(self.lr > 0, f"--lr must be positive, not {self.lr}.")
         need(self.temperature > 0, f"--temperature must be positive for GRPO sampling, not {self.temperature}.")

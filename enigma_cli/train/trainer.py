@@ -5,7 +5,11 @@ Deviations and choices, stated once:
   entries and the OT hidden states (`objective.py`).
 - All randomness of a step (prompts, principles, sampling seed) is a function of (seed, step, rank), so `--resume`
   reproduces the uninterrupted run; optimizer, scheduler and RNG states are restored too.
-- The reference is a frozen copy of the starting model; under LoRA it is the same model with the adapter disabled.
+- The reference is a frozen copy of the starting model (in ``--ref-dtype``), held only when something needs it
+  (`objective.needs_reference`: β > 0, the OT term, or the reference metrics); under LoRA it is the same model
+  with the adapter disabled, so it costs no memory.
+- Dropout is switched off in the policy (and so in the reference copy) unless ``--keep-dropout``: rollouts,
+  scoring and the update then see one distribution, and on-policy importance ratios are exactly 1.
 - `--prompts-per-step` is per process under DDP (like TRL's per-device batch).
 - A non-finite loss or gradient skips the step (counted); `max_nonfinite` in a row aborts the run.
 """
@@ -24,7 +28,7 @@ from ..errors import EnigmaError, InputError
 from . import distributed as dist_utils
 from .checkpoint import find_checkpoint, load_state, save_checkpoint, set_rng_state
 from .episodes import Episodes, collect
-from .objective import micro_loss, reference_pass
+from .objective import micro_loss, needs_reference, reference_pass
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -41,15 +45,19 @@ class Trainer:
         self.rank, self.world = dist_utils.init(lm.device)
         torch.manual_seed(cfg.seed)
         model = lm.model
+        if not cfg.keep_dropout:
+            disable_dropout(model)
         self.lora = cfg.lora_r > 0
+        self.reference = None
+        if not self.lora and needs_reference(cfg):
+            self.reference = frozen_copy(model, reference_dtype(cfg.ref_dtype, lm.dtype))
+        if cfg.gradient_checkpointing:  # non-reentrant: needs no input that requires grad (LoRA, frozen embeddings)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.lora:
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
                                                      task_type="CAUSAL_LM"))
-            self.reference = None
-        else:
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         model.train()
         self.model = model
         self.wrapped = model
@@ -123,9 +131,8 @@ class Trainer:
         t_gen = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        need_ref = cfg.ref_metrics or cfg.beta > 0 or cfg.use_ot
         ref = None
-        if need_ref:
+        if needs_reference(cfg):
             with self._reference_model() as ref_model:
                 ref = reference_pass(ref_model, ep, self.pad_id, self.layers, cfg.temperature)
         old = (reference_pass(self.model, ep, self.pad_id, None, cfg.temperature)
@@ -136,7 +143,6 @@ class Trainer:
         self.model.train()
         num_items = sum(len(c) for c in ep.completion_ids)
         per_micro = cfg.prompts_per_step // cfg.grad_accum
-        scale = 1.0 / cfg.grad_accum
         metrics_acc: dict[str, float] = {}
         micro_steps = cfg.grad_accum * cfg.updates_per_generation
         skipped = False
@@ -148,7 +154,8 @@ class Trainer:
                 sync = nullcontext() if (self.world == 1 or a == cfg.grad_accum - 1) else self.wrapped.no_sync()
                 with sync:
                     loss, metrics = micro_loss(self.wrapped, ep, prompts, cfg, pad_id=self.pad_id, layers=self.layers,
-                                               ref=ref, old=old, num_items=num_items, scale=scale)
+                                               ref=ref, old=old, num_items=num_items,
+                                               accum_steps=cfg.grad_accum)
                     # logged even when non-finite, so a skipped step's row has the same columns as the others
                     for key, v in metrics.items():  # the mean over every micro-step of every update
                         metrics_acc[key] = metrics_acc.get(key, 0.0) + v / micro_steps
@@ -215,6 +222,36 @@ class Trainer:
                                     if any(lab is not None for lab in labels) else float("nan"))
         row = dist_utils.mean_over_ranks(row)
         return {"step": self.step_no, **row}
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability of ``model`` to 0 (the modules' and attention's); returns how many were > 0.
+
+    HF attention reads its probability from a float attribute (``attention_dropout``, Llama and most decoders) or
+    from a ``Dropout`` module (GPT-2's ``attn_dropout``), and applies it only in training mode; both are covered.
+    The model's config is left as it is, so a saved checkpoint keeps its own dropout settings.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            changed += module.p > 0
+            module.p = 0.0
+        value = getattr(module, "attention_dropout", None)
+        if isinstance(value, float):
+            changed += value > 0
+            module.attention_dropout = 0.0
+    return changed
+
+
+def reference_dtype(name: str, run_dtype: torch.dtype) -> torch.dtype:
+    """``--ref-dtype``: auto is the run's dtype."""
+    return run_dtype if name == "auto" else getattr(torch, name)
+
+
+def frozen_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A frozen eval-mode copy of ``model`` in ``dtype`` (the reference π_ref)."""
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    return ref.to(dtype) if dtype != next(model.parameters()).dtype else ref
 
 
 def _num_layers(model) -> int:
