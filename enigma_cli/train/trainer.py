@@ -51,8 +51,8 @@ class Trainer:
         self.reference = None
         if not self.lora and needs_reference(cfg):
             self.reference = frozen_copy(model, reference_dtype(cfg.ref_dtype, lm.dtype))
-        if cfg.gradient_checkpointing:  # non-reentrant: needs no input that requires grad (LoRA, frozen embeddings)
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(model)
         if self.lora:
             from peft import LoraConfig, get_peft_model
 
@@ -241,6 +241,17 @@ def disable_dropout(model: torch.nn.Module) -> int:
             changed += value > 0
             module.attention_dropout = 0.0
     return changed
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing of every decoder layer, non-reentrant (no input needs requires_grad,
+    so it also works with LoRA and frozen embeddings). Active only in training mode with grad enabled, so the
+    sampler and the no-grad scoring passes are unaffected."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def reference_dtype(name: str, run_dtype: torch.dtype) -> torch.dtype:
