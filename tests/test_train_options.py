@@ -106,8 +106,14 @@ def test_kl_ref_and_the_loss_share_one_k3_estimator(model_dir, tmp_path):
 
 def test_reference_dtype(model_dir, tmp_path):
     trainer = _trainer(model_dir, tmp_path / "run", ref_dtype="bfloat16")
-    assert {p.dtype for p in trainer.reference.parameters()} == {torch.bfloat16}
-    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    ref, policy = trainer.reference, trainer.model
+    assert {p.dtype for p in ref.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    assert ref.lm_head.weight is ref.model.embed_tokens.weight  # tied weights stay tied in the copy
+    assert not any(p.requires_grad for p in ref.parameters()) and not ref.training
+    for (name, p), q in zip(policy.named_parameters(), ref.parameters()):
+        assert torch.equal(q, p.detach().to(torch.bfloat16)), name
+        assert q.data_ptr() != p.data_ptr()
     row = trainer.step()
     # the bf16 reference rounds the starting weights: KL and drift are small but no longer exactly 0
     assert 0 <= row["kl_ref"] < 1e-2 and abs(row["ot_divergence"]) < 1e-2
