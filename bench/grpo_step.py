@@ -18,6 +18,9 @@ Three tables per model, every figure measured in this run:
    enigma's variants step on the *same* completions (one generation per step, shared; `enigma_paired`), so the
    extra is measured on identical work, and in alternating order, so other load on the machine hits all alike.
 
+Times are the CPU time of this process on a CPU (a shared machine's other jobs then move them far less than wall
+time; ``--wall`` for wall time) and wall time on a GPU (synchronised).
+
 Differences that remain: enigma gives each prompt's G completions to K principles (G/K each), TRL samples G
 completions from one rendered prompt (its first principle); the completions differ (sampling), hence tokens/s.
 ``--model-config`` takes presets of `bench/random_models.py` (comma-separated to run several) for random weights
@@ -68,13 +71,30 @@ def _config(args, model_dir, out_dir: str, **options) -> TrainConfig:
                        seed=args.seed, **options)
 
 
+#: The clock of every figure: CPU time of this process on a CPU (other jobs on a shared machine then slow the
+#: figures far less than wall time), wall time on a GPU (`main` chooses; ``--wall`` forces wall time).
+CLOCK = time.perf_counter
+
+
+def _timed(fn, device: str, acc: dict, key: str):
+    """``fn`` adding its (synchronised) time to ``acc[key]``."""
+    def wrapper(*a, **k):
+        _sync(device)
+        t0 = CLOCK()
+        out = fn(*a, **k)
+        _sync(device)
+        acc[key] = acc.get(key, 0.0) + CLOCK() - t0
+        return out
+    return wrapper
+
+
 def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -> dict[str, dict[str, list[float]]]:
     """Every variant's trainer (same starting weights) steps on the *same* episodes, generated once per step.
 
     The generation is shared, so a variant's extra cost is its reference pass and update on identical
     completions, not a difference of sampled lengths; the variants run in alternating order, so load from other
-    processes falls on all of them alike. Per timed step: each phase's seconds, generated and updated tokens and
-    the Sinkhorn seconds inside the update.
+    processes falls on all of them alike. Per timed step: each phase's seconds (generation, the reference pass
+    "scoring", the update, the Sinkhorn solves inside it), generated and updated tokens.
     """
     from enigma_cli.train import trainer as trainer_mod
 
@@ -85,46 +105,39 @@ def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -
         trainers[label] = trainer_mod.Trainer(load_model(str(model_dir), device=args.device, dtype=args.dtype,
                                                          for_training=True), examples, pset, cfgs[label])
     shared: dict = {}
-    real_collect, real_sinkhorn = trainer_mod.collect, terms.sinkhorn_divergence
-    sinkhorn = [0.0]
+    acc: dict[str, float] = {}
+    real = (trainer_mod.collect, trainer_mod.reference_pass, terms.sinkhorn_divergence)
+    generate = _timed(real[0], args.device, acc, "generation")
 
     def collect(*a, **k):
         if "ep" not in shared:
-            _sync(args.device)
-            t0 = time.perf_counter()
-            shared["ep"] = real_collect(*a, **k)
-            _sync(args.device)
-            shared["generation"] = time.perf_counter() - t0
+            shared["ep"] = generate(*a, **k)
+            shared["generation"] = acc["generation"]
         return shared["ep"]
 
-    def timed(*a, **k):
-        _sync(args.device)
-        t0 = time.perf_counter()
-        out = real_sinkhorn(*a, **k)
-        _sync(args.device)
-        sinkhorn[0] += time.perf_counter() - t0
-        return out
-
-    trainer_mod.collect, terms.sinkhorn_divergence = collect, timed
+    trainer_mod.collect = collect
+    trainer_mod.reference_pass = _timed(real[1], args.device, acc, "scoring")
+    terms.sinkhorn_divergence = _timed(real[2], args.device, acc, "sinkhorn")
     recs: dict[str, dict[str, list[float]]] = {label: {} for label, _ in variants}
     try:
         for i in range(args.repeats + 1):
             shared.clear()
             order = list(trainers) if i % 2 == 0 else list(reversed(trainers))
             for label in order:
-                sinkhorn[0] = 0.0
-                row = trainers[label].step()
-                _sync(args.device)
+                acc.clear()
+                step = _timed(trainers[label].step, args.device, acc, "step")
+                step()
                 if i:  # the first step is the warm-up
                     ep = shared["ep"]
-                    values = {"generation": shared["generation"], "scoring": row["seconds_scoring"],
-                              "update": row["seconds_update"], "sinkhorn": sinkhorn[0],
-                              "gen_tokens": sum(map(len, ep.completion_ids)), "upd_tokens": update_tokens(ep, cfgs[label])}
-                    values["step"] = values["generation"] + values["scoring"] + values["update"]
+                    own = acc["step"] - acc.get("generation", 0.0)  # this variant's reference pass and update
+                    values = {"generation": shared["generation"], "scoring": acc.get("scoring", 0.0),
+                              "update": own - acc.get("scoring", 0.0), "sinkhorn": acc.get("sinkhorn", 0.0),
+                              "step": shared["generation"] + own, "gen_tokens": sum(map(len, ep.completion_ids)),
+                              "upd_tokens": update_tokens(ep, cfgs[label])}
                     for key, value in values.items():
                         recs[label].setdefault(key, []).append(float(value))
     finally:
-        trainer_mod.collect, terms.sinkhorn_divergence = real_collect, real_sinkhorn
+        trainer_mod.collect, trainer_mod.reference_pass, terms.sinkhorn_divergence = real
         trainers.clear()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -159,21 +172,23 @@ def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool) -> dict
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
-            marks.append(time.perf_counter())
+            _sync(args.device)
+            marks.append(CLOCK())
 
         def on_step_end(self, a, state, control, **kw):
             _sync(args.device)
-            marks.append(time.perf_counter())
+            marks.append(CLOCK())
 
     trainer.add_callback(Clock())
     trainer.remove_callback(PrinterCallback)  # its end-of-training summary would interleave with our tables
     orig = trainer._generate_and_score_completions
 
     def spy(inputs):
-        t0 = time.perf_counter()
+        _sync(args.device)
+        t0 = CLOCK()
         out = orig(inputs)
         _sync(args.device)
-        rec["generation"].append(time.perf_counter() - t0)
+        rec["generation"].append(CLOCK() - t0)
         rec["gen_tokens"].append(float(out["completion_mask"].sum()))
         rec["upd_tokens"].append(float(out["completion_mask"].sum() + out["prompt_mask"].sum()))
         return out
@@ -207,13 +222,13 @@ def generation_rates(args, model_dir) -> list[tuple[str, str]]:
             times, tokens = [], []
             for i in range(args.repeats + 1):
                 _sync(args.device)
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 gen = rollout.generate(lm.model, lm.tokenizer, prompts, num_samples=args.group_size,
                                        max_new_tokens=args.max_new_tokens, temperature=1.0, seed=args.seed + i,
                                        engine=engine)
                 _sync(args.device)
                 if i:
-                    times.append(time.perf_counter() - t0)
+                    times.append(CLOCK() - t0)
                     tokens.append(gen.num_new_tokens)
             out.append((engine, f"{sum(tokens) / sum(times):.1f}"))
         except ValueError as err:  # an engine that cannot run this model
@@ -252,29 +267,38 @@ def _med(rec, key) -> float:
     return statistics.median(rec[key]) if rec.get(key) else float("nan")
 
 
-def report(name: str, rows: list[tuple[str, dict]], n_params: int, peak: float | None, gens) -> None:
-    base = _med(rows[0][1], "step")
-    print(f"\n[{name}] step")
+def _paired(base: dict, rec: dict, key: str, fn) -> float:
+    """Median over steps of fn(base_i, rec_i): the variants of `enigma_paired` step on the same episodes."""
+    return statistics.median(fn(x, y) for x, y in zip(base[key], rec[key]))
+
+
+def report(name: str, rows: list[tuple[str, dict]], paired: set[str], n_params: int, peak: float | None,
+           gens) -> None:
+    grpo = rows[0][1]
+    base = _med(grpo, "step")
+    print(f"\n[{name}] step (enigma rows: the same episodes each step; ratio = median of per-step ratios)")
     header = f"{'run':>34} {'s/step':>8} {'gen tok/s':>10} {'upd tok/s':>10} {'MFU':>7} {'time / true GRPO':>17}"
     print(header + "\n" + "-" * len(header))
     for label, rec in rows:
         upd = sum(rec["upd_tokens"]) / sum(rec["update"])
         mfu = f"{6 * n_params * upd / (peak * 1e12):.2%}" if peak else "-"
+        ratio = _paired(grpo, rec, "step", lambda x, y: y / x) if label in paired else _med(rec, "step") / base
         print(f"{label:>34} {_med(rec, 'step'):>8.3f} {sum(rec['gen_tokens']) / sum(rec['step']):>10.1f} "
-              f"{upd:>10.1f} {mfu:>7} {_med(rec, 'step') / base:>17.2f}")
+              f"{upd:>10.1f} {mfu:>7} {ratio:>17.2f}")
     if gens:
         print(f"\n[{name}] generation tokens/s (rollout.generate engines, then vLLM)")
         for engine, rate in gens:
             print(f"{engine:>34} {rate}")
-    grpo, enigma = rows[0][1], rows[1][1]
-    print(f"\n[{name}] ENIGMA's extra over the true GRPO-only step (median seconds; share of the GRPO step)")
-    parts = [("reference pass", "scoring"), ("update", "update"), ("  of which Sinkhorn", "sinkhorn")]
-    for label, key in parts:
-        extra = _med(enigma, key) - _med(grpo, key)
+    enigma = rows[1][1]
+    print(f"\n[{name}] ENIGMA's extra over the true GRPO-only step, on the same episodes (median seconds; median "
+          f"per-step extra; its share of the GRPO step)")
+    for label, key in [("reference pass", "scoring"), ("update", "update"), ("  of which Sinkhorn", "sinkhorn")]:
+        extra = _paired(grpo, enigma, key, lambda x, y: y - x)
         print(f"{label:>34} {_med(grpo, key):>8.3f} -> {_med(enigma, key):>8.3f}  extra {extra:+.3f} "
               f"({extra / base:+.1%})")
-    tokens = _med(enigma, "upd_tokens") / _med(grpo, "upd_tokens")
-    print(f"{'update tokens ENIGMA / GRPO':>34} {tokens:.2f}   whole step: {_med(enigma, 'step') / base - 1:+.1%}")
+    tokens = _paired(grpo, enigma, "upd_tokens", lambda x, y: y / x)
+    whole = _paired(grpo, enigma, "step", lambda x, y: y / x) - 1
+    print(f"{'update tokens ENIGMA / GRPO':>34} {tokens:.2f}   whole step: {whole:+.1%}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,15 +317,21 @@ def main(argv: list[str] | None = None) -> None:
                    help="presets of bench/random_models.py (comma-separated) or a JSON of LlamaConfig fields")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s for MFU (default: known GPUs)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="also time enigma with it on")
+    p.add_argument("--logging-costs", action="store_true",
+                   help="also time GRPO only with each logged extra (critic MI, reference KL/drift, both)")
+    p.add_argument("--wall", action="store_true", help="wall-clock time on a CPU too (default: process CPU time)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-generation", action="store_true", help="leave out the per-engine generation table")
     args = p.parse_args(argv)
+    global CLOCK
+    CLOCK = time.perf_counter if (args.wall or args.device.startswith("cuda")) else time.process_time
     torch.manual_seed(args.seed)
     shapes = args.model_config.split(",") if args.model_config else [None]
     peak = peak_tflops(args.device, args.peak_tflops)
     print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} dtype={args.dtype} "
           f"prompts={args.prompts} G={args.group_size} K={args.k} set={args.principles} "
-          f"max_new_tokens={args.max_new_tokens} steps={args.repeats} (+1 warm-up); medians")
+          f"max_new_tokens={args.max_new_tokens} steps={args.repeats} (+1 warm-up); medians; "
+          f"{'wall' if CLOCK is time.perf_counter else 'CPU (process)'} seconds")
     with tempfile.TemporaryDirectory() as tmp:
         for shape in shapes:
             model_dir = args.model or model_folder(shape, tmp, args.seed)
@@ -312,12 +342,17 @@ def main(argv: list[str] | None = None) -> None:
             if args.gradient_checkpointing:
                 variants += [("enigma GRPO only, grad ckpt ON", {**TRUE_GRPO, "gradient_checkpointing": True}),
                              ("enigma ENIGMA, grad ckpt ON", {"gradient_checkpointing": True})]
+            if args.logging_costs:
+                variants += [("GRPO only + critic metrics", {**TRUE_GRPO, "critic_metrics": True}),
+                             ("GRPO only + ref metrics", {**TRUE_GRPO, "ref_metrics": True}),
+                             ("GRPO only, both (the defaults)", {"sami": False, "ot": False})]
             rows = list(enigma_paired(args, model_dir, tmp, variants).items())
+            paired = {label for label, _ in rows}
             if not args.skip_trl:
                 rows += [("TRL GRPOTrainer, grad ckpt ON*", trl_run(args, model_dir, f"{tmp}/t1", True)),
                          ("TRL GRPOTrainer, grad ckpt OFF", trl_run(args, model_dir, f"{tmp}/t0", False))]
             gens = None if args.skip_generation else generation_rates(args, model_dir)
-            report(name, rows, n_params, peak, gens)
+            report(name, rows, paired, n_params, peak, gens)
     print("\n* TRL's GRPOConfig default. gen tok/s = completion tokens / whole step time; upd tok/s = tokens through "
           "the update's forward+backward / the update's time; MFU = 6·N·upd tok/s / peak (bf16 dense).")
 
