@@ -144,8 +144,10 @@ def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -
     return recs
 
 
-def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool) -> dict[str, list[float]]:
-    """TRL's GRPOTrainer on the same model and prompts; the update is the step minus generation and scoring."""
+def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool, beta: float = 0.0) -> dict[str, list[float]]:
+    """TRL's GRPOTrainer on the same model and prompts; the update is the step minus generation and scoring.
+
+    ``beta > 0`` makes TRL hold a reference model (a full copy) and run its reference pass, as ENIGMA does."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -160,7 +162,7 @@ def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool) -> dict
                       logging_strategy="no", max_steps=args.repeats + 1, learning_rate=3e-4,
                       per_device_train_batch_size=args.prompts * args.group_size, num_generations=args.group_size,
                       max_completion_length=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                      loss_type="grpo", beta=0.0, num_iterations=1, epsilon=0.2, scale_rewards="group",
+                      loss_type="grpo", beta=beta, num_iterations=1, epsilon=0.2, scale_rewards="group",
                       max_grad_norm=1.0, seed=args.seed, dataloader_num_workers=0, disable_tqdm=True,
                       shuffle_dataset=False, gradient_checkpointing=gradient_checkpointing,
                       # TRL defaults to bf16=True, which on a CPU means bf16 autocast: keep both sides at --dtype

@@ -8,10 +8,12 @@ state, the second is the steady state), in a fresh Python process whose peak res
 - ``enigma-grpo``: the true GRPO-only ablation (``--no-sami --no-ot --no-ref-metrics --no-critic-metrics``);
 - ``-gc`` suffix: the same with ``--gradient-checkpointing``; ``-bf16ref``: the reference copy in bfloat16;
   ``enigma-lora``: ENIGMA with LoRA r=16 (the reference is the adapter-disabled model: no copy);
-- ``trl-gc``: TRL's ``GRPOTrainer`` with gradient checkpointing ON (its ``GRPOConfig`` default); ``trl``: OFF.
+- ``trl-gc``: TRL's ``GRPOTrainer`` with gradient checkpointing ON (its ``GRPOConfig`` default); ``trl``: OFF;
+  ``trl-gc-ref``: ON, with β = 0.04, so that TRL too holds a reference model (a full copy) as ENIGMA does.
 
 Both sides: the same model, prompts rendered as `enigma train` renders them, G completions of at most
-``--max-new-tokens`` per prompt, loss "grpo", β = 0, one update per generation, float32 on the CPU.
+``--max-new-tokens`` per prompt, loss "grpo", β = 0 (but ``trl-gc-ref``), one update per generation, float32 on
+the CPU.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/peak_memory.py --model smollm2 --prompts 1 -G 4 --max-new-tokens 64
 """
@@ -36,6 +38,7 @@ CASES = {
     "enigma-lora": {"lora_r": 16},
     "trl-gc": None,
     "trl": None,
+    "trl-gc-ref": None,
 }
 GIB = 2**30
 
@@ -73,7 +76,7 @@ def child(case: str, args) -> dict:
             ns = SimpleNamespace(device="cpu", dtype="float32", repeats=args.steps - 1, prompts=args.prompts,
                                  group_size=args.group_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
                                  principles=args.principles, k=args.k)
-            trl_run(ns, args.model, tmp, gradient_checkpointing=case == "trl-gc")
+            trl_run(ns, args.model, tmp, gradient_checkpointing=case != "trl", beta=0.04 if case == "trl-gc-ref" else 0.0)
             after_load = loaded[0]
         else:
             from enigma_cli.train.config import TrainConfig
