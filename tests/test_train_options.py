@@ -95,6 +95,13 @@ def test_each_logged_extra_brings_back_only_its_own_work(model_dir, tmp_path, mo
     assert "kl_ref" in row and "ot_divergence" in row and "mi_sym" not in row
 
 
+def test_a_kl_penalty_alone_brings_back_the_reference(model_dir, tmp_path):
+    trainer = _trainer(model_dir, tmp_path / "run", **TRUE_GRPO, beta=0.1)
+    assert trainer.reference is not None
+    row = trainer.step()
+    assert row["grpo_kl"] == 0.0 and row["kl_ref"] == 0.0  # step 1: the policy is the reference
+
+
 def test_kl_ref_and_the_loss_share_one_k3_estimator(model_dir, tmp_path):
     """With β > 0 the loss's KL statistic and the logged kl_ref are the same number (the second update has moved
     away from the reference, so it is not 0)."""
