@@ -1,49 +1,57 @@
-"""Benchmark: enigma's GRPO step against TRL's `GRPOTrainer` step on the same model and batch.
+"""Benchmark: enigma's GRPO step (true GRPO-only and full ENIGMA) against TRL's, sampler throughput, ENIGMA's cost.
 
-Both sides train a fresh copy of the shipped enigma-tiny (``enigma_cli/data/enigma-tiny``) on the same rendered
-prompts (``enigma_cli.prompts.render_prompt`` with a principle in the system prompt, as `enigma train` draws
-them), with the same group size G, max completion length, sampling (temperature 1, top-k off, top-p 1), loss
-type "grpo", beta 0, one update per generation, each side at its default importance level (TRL: token,
-enigma: sequence) and the format reward (``enigma_cli.core.format_reward``). Each side runs 1 warm-up step and then K timed steps; the script prints
-steps/s, generated tokens/s and the ratio enigma/TRL, then enigma with SAMI and OT switched on, as a ratio to
-enigma's GRPO-only step.
+Three tables per model, every figure measured in this run:
 
-Differences that remain: enigma gives each prompt's G completions to K=2 principles (G/K each), TRL samples G
-completions from one rendered prompt; the generated lengths differ (sampling), which is why tokens/s is shown.
+1. **Step.** enigma's *true* GRPO-only step (no reference copy, no reference pass, no critic logging:
+   `--no-sami --no-ot --no-ref-metrics --no-critic-metrics`), full ENIGMA (`enigma train`'s defaults), and TRL's
+   ``GRPOTrainer`` with gradient checkpointing ON (its ``GRPOConfig`` default) and OFF, each labelled; with
+   ``--gradient-checkpointing`` also enigma's two rows with it on. Both sides train a fresh copy of the same
+   weights on the same rendered prompts, G, max completion length, sampling (temperature 1, no top-k/top-p),
+   loss type "grpo", β = 0, one update per generation and the format reward. Columns: s/step (median), generated
+   tok/s over the whole step, update tok/s (prompt + completion tokens through the update's forward and backward,
+   over the update's own time: for TRL the step minus `_generate_and_score_completions`), MFU =
+   6·N·(update tok/s) / peak, and the step time over enigma's true GRPO-only step.
+2. **Generation.** tokens/s of `rollout.generate` for every engine it offers (`rollout.ENGINES`, "auto" aside: a
+   new engine shows up here by itself), and of vLLM when it is installed and the device is a GPU (else "skipped").
+3. **ENIGMA's extra** over the true GRPO-only step, phase by phase (the reference pass, the update, and inside the
+   update the Sinkhorn solves; the rest of the update's extra is SAMI's off-diagonal rows and the hidden states).
+   enigma's variants step on the *same* completions (one generation per step, shared; `enigma_paired`), so the
+   extra is measured on identical work, and in alternating order, so other load on the machine hits all alike.
 
-``--model-config PRESET|JSON`` replaces enigma-tiny by a randomly initialised Llama of that shape (see
-``bench/random_models.py``) for GPU throughput; ``upd tok/s`` counts the prompt + completion tokens that go through the
-update's forward and backward, and MFU = 6·N·(upd tok/s) / peak FLOP/s (``--peak-tflops``, or a known GPU's
-dense bf16 peak). The ``+sami+ot`` row uses `enigma train`'s defaults (SAMI on 1 critic matrix per prompt);
-``--sami-matrices M`` adds a full-ENIGMA row whose SAMI term scores M matrices per prompt (0: all G/K).
-enigma samples with its lean sampler (`enigma_cli.models.decode`) where the model is Llama-shaped;
-``--hf-sampler`` adds a GRPO-only row that samples with ``transformers``' ``generate``, as TRL does, to show what
-the sampler contributes.
+Times are the CPU time of this process on a CPU (a shared machine's other jobs then move them far less than wall
+time; ``--wall`` for wall time) and wall time on a GPU (synchronised).
+
+Differences that remain: enigma gives each prompt's G completions to K principles (G/K each), TRL samples G
+completions from one rendered prompt (its first principle); the completions differ (sampling), hence tokens/s.
+``--model-config`` takes presets of `bench/random_models.py` (comma-separated to run several) for random weights
+of a real shape; ``--model`` an enigma model spec (enigma-tiny by default).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_step.py --repeats 3
-    .venv/bin/python bench/grpo_step.py --device cuda --dtype bfloat16 --model-config llama-1b --skip-trl
+    OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_step.py --principles reasoning-styles -K 4 --skip-trl
+    .venv/bin/python bench/grpo_step.py --device cuda --dtype bfloat16 --model-config smollm2-135m,llama-1b
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from random_models import model_folder, peak_tflops  # bench/random_models.py
 
 from enigma_cli.core import format_reward
+from enigma_cli.models import rollout
 from enigma_cli.models.loading import load_model
 from enigma_cli.prompts import render_prompt
+from enigma_cli.train import terms
 from enigma_cli.train.config import TrainConfig
 from enigma_cli.train.objective import sami_matrices
 from enigma_cli.train.run import plan
 
-PHASES = ("generation", "scoring", "update")
-split: dict[tuple, dict[str, list[float]]] = {}  # (sami, ot, matrices) -> phase -> seconds of each timed step
+TRUE_GRPO = {"sami": False, "ot": False, "ref_metrics": False, "critic_metrics": False}
 
 
 def update_tokens(ep, cfg) -> int:
@@ -55,52 +63,97 @@ def update_tokens(ep, cfg) -> int:
     return n
 
 
-def enigma_steps(args, model_dir: Path, out_dir: str, *, sami: bool, ot: bool, matrices: int | None = None,
-                 sampler: str = "auto"):
-    """(step seconds, generated tokens, update tokens) of each timed step."""
-    from enigma_cli.train.trainer import Trainer
-
-    cfg = TrainConfig(model=str(model_dir), steps=args.repeats + 1, prompts_per_step=args.prompts,
-                      group_size=args.group_size, max_new_tokens=args.max_new_tokens, temperature=1.0,
-                      loss_type="grpo", beta=0.0, updates_per_generation=1, sami=sami, ot=ot,
-                      ref_metrics=False, device=args.device, dtype=args.dtype, output_dir=out_dir, seed=args.seed,
-                      sampler=sampler, **({} if matrices is None else {"sami_matrices": matrices}))
-    pset, examples = plan(cfg)
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
-    trainer = Trainer(lm, examples, pset, cfg)
-    times, tokens, updated = [], [], []
-    for i in range(args.repeats + 1):
-        t0 = time.perf_counter()
-        row = trainer.step()
-        dt = time.perf_counter() - t0
-        if i:  # the first step is the warm-up
-            times.append(dt)
-            tokens.append(row["completion_len_mean"] * args.prompts * args.group_size)
-            updated.append(update_tokens(trainer._last_episodes, cfg))
-            for phase in PHASES:
-                split.setdefault((sami, ot, matrices, sampler), {}).setdefault(phase, []).append(row[f"seconds_{phase}"])
-    return times, tokens, updated
+def _config(args, model_dir, out_dir: str, **options) -> TrainConfig:
+    return TrainConfig(model=str(model_dir), principles=args.principles, principles_per_prompt=args.k,
+                       steps=args.repeats + 1, prompts_per_step=args.prompts, group_size=args.group_size,
+                       max_new_tokens=args.max_new_tokens, temperature=1.0, loss_type="grpo", beta=0.0,
+                       updates_per_generation=1, device=args.device, dtype=args.dtype, output_dir=out_dir,
+                       seed=args.seed, **options)
 
 
-def trl_prompts(args, model_dir: Path) -> list[str]:
-    """The rendered prompts of enigma's draw, one per prompt (its first principle)."""
-    cfg = TrainConfig(model=str(model_dir), prompts_per_step=args.prompts, group_size=args.group_size,
-                      seed=args.seed)
-    pset, examples = plan(cfg)
-    tok = load_model(str(model_dir), device="cpu").tokenizer
-    n = args.prompts * (args.repeats + 1)
-    return [render_prompt(tok, pset.principles[i % pset.k].text, examples[i % len(examples)].question)
-            for i in range(n)]
+#: The clock of every figure: CPU time of this process on a CPU (other jobs on a shared machine then slow the
+#: figures far less than wall time), wall time on a GPU (`main` chooses; ``--wall`` forces wall time).
+CLOCK = time.perf_counter
 
 
-def trl_steps(args, model_dir: Path, out_dir: str):
+def _timed(fn, device: str, acc: dict, key: str):
+    """``fn`` adding its (synchronised) time to ``acc[key]``."""
+    def wrapper(*a, **k):
+        _sync(device)
+        t0 = CLOCK()
+        out = fn(*a, **k)
+        _sync(device)
+        acc[key] = acc.get(key, 0.0) + CLOCK() - t0
+        return out
+    return wrapper
+
+
+def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -> dict[str, dict[str, list[float]]]:
+    """Every variant's trainer (same starting weights) steps on the *same* episodes, generated once per step.
+
+    The generation is shared, so a variant's extra cost is its reference pass and update on identical
+    completions, not a difference of sampled lengths; the variants run in alternating order, so load from other
+    processes falls on all of them alike. Per timed step: each phase's seconds (generation, the reference pass
+    "scoring", the update, the Sinkhorn solves inside it), generated and updated tokens.
+    """
+    from enigma_cli.train import trainer as trainer_mod
+
+    trainers, cfgs = {}, {}
+    for n, (label, options) in enumerate(variants):
+        cfgs[label] = _config(args, model_dir, f"{tmp}/v{n}", **options)
+        pset, examples = plan(cfgs[label])
+        trainers[label] = trainer_mod.Trainer(load_model(str(model_dir), device=args.device, dtype=args.dtype,
+                                                         for_training=True), examples, pset, cfgs[label])
+    shared: dict = {}
+    acc: dict[str, float] = {}
+    real = (trainer_mod.collect, trainer_mod.reference_pass, terms.sinkhorn_divergence)
+    generate = _timed(real[0], args.device, acc, "generation")
+
+    def collect(*a, **k):
+        if "ep" not in shared:
+            shared["ep"] = generate(*a, **k)
+            shared["generation"] = acc["generation"]
+        return shared["ep"]
+
+    trainer_mod.collect = collect
+    trainer_mod.reference_pass = _timed(real[1], args.device, acc, "scoring")
+    terms.sinkhorn_divergence = _timed(real[2], args.device, acc, "sinkhorn")
+    recs: dict[str, dict[str, list[float]]] = {label: {} for label, _ in variants}
+    try:
+        for i in range(args.repeats + 1):
+            shared.clear()
+            order = list(trainers) if i % 2 == 0 else list(reversed(trainers))
+            for label in order:
+                acc.clear()
+                step = _timed(trainers[label].step, args.device, acc, "step")
+                step()
+                if i:  # the first step is the warm-up
+                    ep = shared["ep"]
+                    own = acc["step"] - acc.get("generation", 0.0)  # this variant's reference pass and update
+                    values = {"generation": shared["generation"], "scoring": acc.get("scoring", 0.0),
+                              "update": own - acc.get("scoring", 0.0), "sinkhorn": acc.get("sinkhorn", 0.0),
+                              "step": shared["generation"] + own, "gen_tokens": sum(map(len, ep.completion_ids)),
+                              "upd_tokens": update_tokens(ep, cfgs[label])}
+                    for key, value in values.items():
+                        recs[label].setdefault(key, []).append(float(value))
+    finally:
+        trainer_mod.collect, trainer_mod.reference_pass, terms.sinkhorn_divergence = real
+        trainers.clear()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return recs
+
+
+def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool, beta: float = 0.0) -> dict[str, list[float]]:
+    """TRL's GRPOTrainer on the same model and prompts; the update is the step minus generation and scoring.
+
+    ``beta > 0`` makes TRL hold a reference model (a full copy) and run its reference pass, as ENIGMA does."""
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     lm = load_model(str(model_dir), device=args.device, dtype=args.dtype, for_training=True)
-    prompts = trl_prompts(args, model_dir)
-    dataset = Dataset.from_dict({"prompt": prompts})
+    dataset = Dataset.from_dict({"prompt": trl_prompts(args, model_dir, lm.tokenizer)})
 
     def reward(completions, **kwargs):
         return format_reward(list(completions))[0].tolist()
@@ -109,95 +162,201 @@ def trl_steps(args, model_dir: Path, out_dir: str):
                       logging_strategy="no", max_steps=args.repeats + 1, learning_rate=3e-4,
                       per_device_train_batch_size=args.prompts * args.group_size, num_generations=args.group_size,
                       max_completion_length=args.max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                      loss_type="grpo", beta=0.0, num_iterations=1, epsilon=0.2, scale_rewards="group",
+                      loss_type="grpo", beta=beta, num_iterations=1, epsilon=0.2, scale_rewards="group",
                       max_grad_norm=1.0, seed=args.seed, dataloader_num_workers=0, disable_tqdm=True,
-                      shuffle_dataset=False,
+                      shuffle_dataset=False, gradient_checkpointing=gradient_checkpointing,
                       # TRL defaults to bf16=True, which on a CPU means bf16 autocast: keep both sides at --dtype
                       bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16")
     trainer = GRPOTrainer(model=lm.model, reward_funcs=reward, args=conf, train_dataset=dataset,
                           processing_class=lm.tokenizer)
     marks: list[float] = []
-    lengths: list[float] = []
-    updated: list[float] = []
+    rec: dict[str, list[float]] = {"gen_tokens": [], "upd_tokens": [], "generation": []}
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
-            marks.append(time.perf_counter())
+            _sync(args.device)
+            marks.append(CLOCK())
 
         def on_step_end(self, a, state, control, **kw):
-            marks.append(time.perf_counter())
+            _sync(args.device)
+            marks.append(CLOCK())
 
     trainer.add_callback(Clock())
+    trainer.remove_callback(PrinterCallback)  # its end-of-training summary would interleave with our tables
     orig = trainer._generate_and_score_completions
 
     def spy(inputs):
+        _sync(args.device)
+        t0 = CLOCK()
         out = orig(inputs)
-        lengths.append(float(out["completion_mask"].sum()))
-        updated.append(float(out["completion_mask"].sum() + out["prompt_mask"].sum()))
+        _sync(args.device)
+        rec["generation"].append(CLOCK() - t0)
+        rec["gen_tokens"].append(float(out["completion_mask"].sum()))
+        rec["upd_tokens"].append(float(out["completion_mask"].sum() + out["prompt_mask"].sum()))
         return out
 
     trainer._generate_and_score_completions = spy
     trainer.train()
-    times = [marks[2 * i + 1] - marks[2 * i] for i in range(len(marks) // 2)][1:]
-    return times, lengths[1:len(times) + 1], updated[1:len(times) + 1]
+    steps = [marks[2 * i + 1] - marks[2 * i] for i in range(len(marks) // 2)][1:]
+    n = len(steps)
+    rec = {key: values[1:n + 1] for key, values in rec.items()}
+    rec["step"] = steps
+    rec["update"] = [s - g for s, g in zip(steps, rec["generation"])]
+    return rec
+
+
+def trl_prompts(args, model_dir, tok) -> list[str]:
+    """The rendered prompts of enigma's draw, one per prompt (its first principle)."""
+    cfg = _config(args, model_dir, "unused")
+    pset, examples = plan(cfg)
+    n = args.prompts * (args.repeats + 1)
+    return [render_prompt(tok, pset.principles[i % pset.k].text, examples[i % len(examples)].question)
+            for i in range(n)]
+
+
+def generation_rates(args, model_dir) -> list[tuple[str, str]]:
+    """(engine, tokens/s or why not) for every engine of `rollout.generate`, then vLLM."""
+    lm = load_model(str(model_dir), device=args.device, dtype=args.dtype)
+    prompts = trl_prompts(args, model_dir, lm.tokenizer)[: args.prompts]
+    out = []
+    for engine in [e for e in rollout.ENGINES if e != "auto"]:
+        try:
+            times, tokens = [], []
+            for i in range(args.repeats + 1):
+                _sync(args.device)
+                t0 = CLOCK()
+                gen = rollout.generate(lm.model, lm.tokenizer, prompts, num_samples=args.group_size,
+                                       max_new_tokens=args.max_new_tokens, temperature=1.0, seed=args.seed + i,
+                                       engine=engine)
+                _sync(args.device)
+                if i:
+                    times.append(CLOCK() - t0)
+                    tokens.append(gen.num_new_tokens)
+            out.append((engine, f"{sum(tokens) / sum(times):.1f}"))
+        except ValueError as err:  # an engine that cannot run this model
+            out.append((engine, f"skipped ({err})"))
+    out.append(("vllm", vllm_rate(args, model_dir, prompts)))
+    return out
+
+
+def vllm_rate(args, model_dir, prompts: list[str]) -> str:
+    if importlib.util.find_spec("vllm") is None:
+        return "skipped (vllm is not installed)"
+    if not args.device.startswith("cuda"):
+        return "skipped (vllm needs a GPU)"
+    try:
+        from vllm import LLM, SamplingParams
+
+        llm = LLM(model=str(model_dir), dtype=args.dtype, seed=args.seed, gpu_memory_utilization=0.35)
+        params = SamplingParams(n=args.group_size, temperature=1.0, top_p=1.0, max_tokens=args.max_new_tokens)
+        llm.generate(prompts, params, use_tqdm=False)  # warm-up
+        t0 = time.perf_counter()
+        tokens = 0
+        for _ in range(args.repeats):
+            for request in llm.generate(prompts, params, use_tqdm=False):
+                tokens += sum(len(o.token_ids) for o in request.outputs)
+        return f"{tokens / (time.perf_counter() - t0):.1f}"
+    except Exception as err:  # noqa: BLE001 - a benchmark row, not a failure of the run
+        return f"skipped ({type(err).__name__}: {str(err).splitlines()[0][:80]})"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _med(rec, key) -> float:
+    return statistics.median(rec[key]) if rec.get(key) else float("nan")
+
+
+def _paired(base: dict, rec: dict, key: str, fn) -> float:
+    """Median over steps of fn(base_i, rec_i): the variants of `enigma_paired` step on the same episodes."""
+    return statistics.median(fn(x, y) for x, y in zip(base[key], rec[key]))
+
+
+def report(name: str, rows: list[tuple[str, dict]], paired: set[str], n_params: int, peak: float | None,
+           gens) -> None:
+    grpo = rows[0][1]
+    base = _med(grpo, "step")
+    print(f"\n[{name}] step (enigma rows: the same episodes each step; ratio = median of per-step ratios)")
+    header = f"{'run':>34} {'s/step':>8} {'gen tok/s':>10} {'upd tok/s':>10} {'MFU':>7} {'time / true GRPO':>17}"
+    print(header + "\n" + "-" * len(header))
+    for label, rec in rows:
+        upd = sum(rec["upd_tokens"]) / sum(rec["update"])
+        mfu = f"{6 * n_params * upd / (peak * 1e12):.2%}" if peak else "-"
+        ratio = _paired(grpo, rec, "step", lambda x, y: y / x) if label in paired else _med(rec, "step") / base
+        print(f"{label:>34} {_med(rec, 'step'):>8.3f} {sum(rec['gen_tokens']) / sum(rec['step']):>10.1f} "
+              f"{upd:>10.1f} {mfu:>7} {ratio:>17.2f}")
+    if gens:
+        print(f"\n[{name}] generation tokens/s (rollout.generate engines, then vLLM)")
+        for engine, rate in gens:
+            print(f"{engine:>34} {rate}")
+    enigma = rows[1][1]
+    print(f"\n[{name}] ENIGMA's extra over the true GRPO-only step, on the same episodes (median seconds; median "
+          f"per-step extra; its share of the GRPO step)")
+    for label, key in [("reference pass", "scoring"), ("update", "update"), ("  of which Sinkhorn", "sinkhorn")]:
+        extra = _paired(grpo, enigma, key, lambda x, y: y - x)
+        print(f"{label:>34} {_med(grpo, key):>8.3f} -> {_med(enigma, key):>8.3f}  extra {extra:+.3f} "
+              f"({extra / base:+.1%})")
+    tokens = _paired(grpo, enigma, "upd_tokens", lambda x, y: y / x)
+    whole = _paired(grpo, enigma, "step", lambda x, y: y / x) - 1
+    print(f"{'update tokens ENIGMA / GRPO':>34} {tokens:.2f}   whole step: {whole:+.1%}")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps K (after 1 warm-up step)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (both sides)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps (after 1 warm-up step)")
     p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--group-size", "-G", type=int, default=8)
+    p.add_argument("--principles", default="stepwise-vs-oneline", help="the principle set enigma draws from")
+    p.add_argument("-K", dest="k", type=int, default=2, help="principles per prompt")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-trl", action="store_true")
-    p.add_argument("--hf-sampler", action="store_true",
-                   help="also time enigma's GRPO step sampling with transformers' generate (TRL's sampler)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (both sides)")
     p.add_argument("--model", default=None, help="an enigma model spec instead of enigma-tiny, e.g. smollm2")
     p.add_argument("--model-config", default=None,
-                   help="a preset (smollm2-135m, llama-1b) or a JSON of LlamaConfig fields: random weights")
+                   help="presets of bench/random_models.py (comma-separated) or a JSON of LlamaConfig fields")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak FLOP/s for MFU (default: known GPUs)")
-    p.add_argument("--sami-matrices", type=int, default=None,
-                   help="also time full ENIGMA with SAMI on this many critic matrices per prompt (0: all G/K)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="also time enigma with it on")
+    p.add_argument("--logging-costs", action="store_true",
+                   help="also time GRPO only with each logged extra (critic MI, reference KL/drift, both)")
+    p.add_argument("--wall", action="store_true", help="wall-clock time on a CPU too (default: process CPU time)")
+    p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--skip-generation", action="store_true", help="leave out the per-engine generation table")
     args = p.parse_args(argv)
+    global CLOCK
+    CLOCK = time.perf_counter if (args.wall or args.device.startswith("cuda")) else time.process_time
     torch.manual_seed(args.seed)
-    rows = []
+    shapes = args.model_config.split(",") if args.model_config else [None]
+    peak = peak_tflops(args.device, args.peak_tflops)
+    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} dtype={args.dtype} "
+          f"prompts={args.prompts} G={args.group_size} K={args.k} set={args.principles} "
+          f"max_new_tokens={args.max_new_tokens} steps={args.repeats} (+1 warm-up); medians; "
+          f"{'wall' if CLOCK is time.perf_counter else 'CPU (process)'} seconds")
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or model_folder(args.model_config, tmp, args.seed)
-        n_params = load_model(str(model_dir), device="cpu").model.num_parameters()
-        peak = peak_tflops(args.device, args.peak_tflops)
-        print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} "
-              f"model={args.model or args.model_config or 'enigma-tiny'} N={n_params:,} dtype={args.dtype} prompts={args.prompts} "
-              f"G={args.group_size} max_new_tokens={args.max_new_tokens} steps={args.repeats} (+1 warm-up); "
-              f"s/step = median")
-        rows.append(("enigma grpo", *enigma_steps(args, model_dir, f"{tmp}/a", sami=False, ot=False)))
-        if not args.skip_trl:
-            rows.append(("trl GRPOTrainer", *trl_steps(args, model_dir, f"{tmp}/t")))
-        if args.hf_sampler:
-            rows.append(("enigma grpo, hf gen", *enigma_steps(args, model_dir, f"{tmp}/h", sami=False, ot=False,
-                                                               sampler="hf")))
-        rows.append(("enigma +sami+ot", *enigma_steps(args, model_dir, f"{tmp}/b", sami=True, ot=True)))
-        if args.sami_matrices is not None:
-            rows.append((f"enigma sami{args.sami_matrices or 'all'}+ot",
-                         *enigma_steps(args, model_dir, f"{tmp}/c", sami=True, ot=True, matrices=args.sami_matrices)))
-    base = statistics.median(rows[0][1])
-    header = (f"{'impl':>18} {'s/step':>8} {'steps/s':>8} {'gen tok/s':>10} {'upd tok/s':>10} {'MFU':>7} "
-              f"{'time / enigma grpo':>19}")
-    print(header)
-    print("-" * len(header))
-    for name, times, toks, upd in rows:
-        t = statistics.median(times)
-        upd_rate = sum(upd) / sum(times)
-        mfu = f"{6 * n_params * upd_rate / (peak * 1e12):.2%}" if peak else "-"
-        print(f"{name:>18} {t:>8.3f} {1 / t:>8.3f} {sum(toks) / sum(times):>10.1f} {upd_rate:>10.1f} {mfu:>7} "
-              f"{t / base:>19.2f}")
-    print("enigma's step by phase (median seconds): " + "; ".join(
-        f"sami={k[0]} ot={k[1]} matrices={'default' if k[2] is None else k[2] or 'all'} sampler={k[3]}: " + ", ".join(
-            f"{ph} {statistics.median(v[ph]):.3f}" for ph in PHASES) for k, v in split.items()))
-    print("gen tok/s = completion tokens generated / wall time of the whole step (generation + scoring + update); "
-          "upd tok/s = tokens through the update's forward+backward / the same wall time; "
-          "MFU = 6·N·upd tok/s / peak")
+        for shape in shapes:
+            model_dir = args.model or model_folder(shape, tmp, args.seed)
+            name = args.model or shape or "enigma-tiny"
+            n_params = load_model(str(model_dir), device="cpu").model.num_parameters()
+            print(f"\n=== {name}: N = {n_params:,} parameters")
+            variants = [("enigma GRPO only (true)", TRUE_GRPO), ("enigma ENIGMA (defaults)", {})]
+            if args.gradient_checkpointing:
+                variants += [("enigma GRPO only, grad ckpt ON", {**TRUE_GRPO, "gradient_checkpointing": True}),
+                             ("enigma ENIGMA, grad ckpt ON", {"gradient_checkpointing": True})]
+            if args.logging_costs:
+                variants += [("GRPO only + critic metrics", {**TRUE_GRPO, "critic_metrics": True}),
+                             ("GRPO only + ref metrics", {**TRUE_GRPO, "ref_metrics": True}),
+                             ("GRPO only, both (the defaults)", {"sami": False, "ot": False})]
+            rows = list(enigma_paired(args, model_dir, tmp, variants).items())
+            paired = {label for label, _ in rows}
+            if not args.skip_trl:
+                rows += [("TRL GRPOTrainer, grad ckpt ON*", trl_run(args, model_dir, f"{tmp}/t1", True)),
+                         ("TRL GRPOTrainer, grad ckpt OFF", trl_run(args, model_dir, f"{tmp}/t0", False))]
+            gens = None if args.skip_generation else generation_rates(args, model_dir)
+            report(name, rows, paired, n_params, peak, gens)
+    print("\n* TRL's GRPOConfig default. gen tok/s = completion tokens / whole step time; upd tok/s = tokens through "
+          "the update's forward+backward / the update's time; MFU = 6·N·upd tok/s / peak (bf16 dense).")
 
 
 if __name__ == "__main__":

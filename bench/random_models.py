@@ -16,8 +16,11 @@ import enigma_cli
 
 TINY_DIR = Path(enigma_cli.__file__).parent / "data" / "enigma-tiny"
 
-#: Llama-shaped presets: SmolLM2-135M's and Llama-3.2-1B's transformer shapes.
+#: Llama-shaped presets: enigma-tiny's, SmolLM2-135M's and Llama-3.2-1B's transformer shapes. A random
+#: enigma-tiny-shaped model almost never samples EOS, so its completions run to the length cap.
 PRESETS: dict[str, dict] = {
+    "enigma-tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                    "num_key_value_heads": 4},
     "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                      "num_attention_heads": 9, "num_key_value_heads": 3},
     "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,

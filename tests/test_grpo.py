@@ -21,8 +21,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from enigma_cli.core.grpo import LOSS_TYPES, grpo_advantages, grpo_loss
+from enigma_cli.core.grpo import TRL_LOSS_TYPES, grpo_advantages, grpo_loss
 
+LOSS_TYPES = tuple(TRL_LOSS_TYPES)  # TRL's names, each a (surrogate, aggregation) pair here
 CLIPPED = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 MAX_LEN = 10
 EPS_LOW, EPS_HIGH = 0.2, 0.28
@@ -129,13 +130,16 @@ def make_batch(seed=0):
 
 
 def our_loss(logp, old_logp, advantages, mask, *, loss_type, level, beta=0.0, ref_logp=None, **kw):
+    """grpo_loss under TRL's name for the (surrogate, aggregation) pair."""
     eps_high = CISPO_CAP if loss_type == "cispo" else EPS_HIGH
+    surrogate, aggregation = TRL_LOSS_TYPES[loss_type]
     return grpo_loss(
         logp,
         old_logp,
         advantages,
         mask,
-        loss_type=loss_type,
+        surrogate=surrogate,
+        loss_type=aggregation,
         importance_level=level,
         eps_low=EPS_LOW,
         eps_high=eps_high,
@@ -246,41 +250,47 @@ def test_two_sided_delta_matches_trl(trl_trainer, level):
     assert not torch.isclose(ours, plain), "delta must change this batch's loss"
 
 
-def test_gradient_accumulation_contract(trl_trainer):
-    """TRL divides grpo by the accumulation steps, dapo by the generation batch's tokens: our losses are the
-    unscaled grpo loss and the already-normalised dapo loss."""
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_gradient_accumulation_contract(trl_trainer, loss_type):
+    """Each micro-batch's loss is TRL's under accumulation (grpo-like ones divided by the accumulation steps, dapo
+    by the generation batch's tokens), and the micro-batch losses of a batch sum to its full-batch loss."""
     logp, old_logp, _, adv, mask = make_batch(3)
     halves = [slice(0, 3), slice(3, 6)]
     total = mask.sum()
-    for loss_type in ("grpo", "dapo"):
-        ours_sum, trl_sum = 0.0, 0.0
-        for s in halves:
-            ours, _ = our_loss(
-                logp[s],
-                old_logp[s],
-                adv[s],
-                mask[s],
-                loss_type=loss_type,
-                level="token",
-                num_items_in_batch=total,
-            )
-            theirs, _ = trl_compute_loss(
-                trl_trainer,
-                logp[s],
-                old_logp[s],
-                adv[s],
-                mask[s],
-                loss_type=loss_type,
-                level="token",
-                num_items=total,
-                grad_accum=2,
-                steps_per_generation=2,
-            )
-            ours_sum = ours_sum + (ours / 2 if loss_type == "grpo" else ours)
-            trl_sum = trl_sum + theirs
-        assert_close(ours_sum, trl_sum, loss_type)
-    full, _ = our_loss(logp, old_logp, adv, mask, loss_type="dapo", level="token")
-    assert_close(ours_sum, full, "dapo micro-batches sum to the full-batch loss")
+    ours_sum, trl_sum = 0.0, 0.0
+    for s in halves:
+        ours, _ = our_loss(
+            logp[s],
+            old_logp[s],
+            adv[s],
+            mask[s],
+            loss_type=loss_type,
+            level="token",
+            num_items_in_batch=total,
+            accum_steps=2,
+        )
+        theirs, _ = trl_compute_loss(
+            trl_trainer,
+            logp[s],
+            old_logp[s],
+            adv[s],
+            mask[s],
+            loss_type=loss_type,
+            level="token",
+            num_items=total,
+            grad_accum=2,
+            steps_per_generation=2,
+            eps_high=CISPO_CAP if loss_type == "cispo" else EPS_HIGH,
+        )
+        assert_close(ours, theirs, f"{loss_type} micro-batch loss")
+        ours_sum = ours_sum + ours
+        trl_sum = trl_sum + theirs
+    assert_close(ours_sum, trl_sum, loss_type)
+    full, _ = our_loss(logp, old_logp, adv, mask, loss_type=loss_type, level="token")
+    if loss_type == "bnpo":  # a per-micro-batch token mean: additive only over equal token counts (17 and 7 here)
+        assert not torch.isclose(ours_sum, full)
+    else:  # dapo-like exactly; the per-sequence means because the halves hold equally many sequences
+        assert_close(ours_sum, full, f"{loss_type} micro-batches sum to the full-batch loss")
 
 
 # ---------------------------------------------------------------------------- loss, independent checks
@@ -334,6 +344,8 @@ def test_loss_validation():
     logp, old_logp, _, adv, mask = make_batch()
     with pytest.raises(ValueError, match="grpo, bnpo, dr_grpo, dapo"):
         grpo_loss(logp, old_logp, adv, mask, loss_type="ppo")
+    with pytest.raises(ValueError, match="clip, cispo, sapo"):
+        grpo_loss(logp, old_logp, adv, mask, surrogate="ppo")
     with pytest.raises(ValueError, match="token, sequence"):
         grpo_loss(logp, old_logp, adv, mask, importance_level="segment")
     with pytest.raises(ValueError, match="ref_logp"):
@@ -341,7 +353,7 @@ def test_loss_validation():
     with pytest.raises(ValueError, match="max_completion_length"):
         grpo_loss(logp, old_logp, adv, mask, loss_type="dr_grpo")
     with pytest.raises(ValueError, match="eps_high"):
-        grpo_loss(logp, old_logp, adv, mask, loss_type="cispo")
+        grpo_loss(logp, old_logp, adv, mask, surrogate="cispo", loss_type="dapo")
     with pytest.raises(ValueError, match="mask"):
         grpo_loss(logp, old_logp, adv, mask[:, :3])
     with pytest.raises(ValueError, match="advantages"):

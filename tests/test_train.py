@@ -153,9 +153,9 @@ def test_unconverged_sinkhorn_is_counted_not_warned(model_dir, tmp_path, monkeyp
     """A Sinkhorn solve that reaches max_iter shows in the `ot_unconverged` column, not as a warning per step."""
     import warnings
 
-    from enigma_cli.train import objective
+    from enigma_cli.train import terms
 
-    monkeypatch.setattr(objective, "OT_TOL", 1e-30)  # unreachable: every solve runs to max_iter
+    monkeypatch.setattr(terms, "OT_TOL", 1e-30)  # unreachable: every solve runs to max_iter
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         rc, _, stderr = train("--model", model_dir, "--steps", 1, *SMALL, "--output-dir", tmp_path / "run")

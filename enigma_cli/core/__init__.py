@@ -10,6 +10,15 @@ _EXPORTS = {
     # GRPO (method.md §2)
     "grpo_advantages": "grpo",
     "grpo_loss": "grpo",
+    "TRL_LOSS_TYPES": "grpo",
+    "importance_log_weight": "surrogates",
+    "clip_surrogate": "surrogates",
+    "cispo_surrogate": "surrogates",
+    "sapo_surrogate": "surrogates",
+    "SURROGATES": "surrogates",
+    "aggregate": "aggregation",
+    "AGGREGATIONS": "aggregation",
+    "k3_kl": "kl",
     # InfoNCE, SAMI and the Sufficiency Index (method.md §3-4)
     "sami_loss": "infonce",
     "infonce_bounds": "infonce",

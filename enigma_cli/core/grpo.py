@@ -1,10 +1,11 @@
-"""GRPO: group-relative advantages and the clipped policy-gradient loss (method.md §2).
+"""GRPO: group-relative advantages and the policy loss composed from its pieces (method.md §2).
 
 Two pure tensor functions, with no trainer state, no I/O and no logging:
 
 - :func:`grpo_advantages` turns the rewards of ``G`` completions per prompt into advantages,
-- :func:`grpo_loss` turns per-token log-probabilities and those advantages into a scalar loss plus a dict
-  of detached statistics for the one place that logs metrics.
+- :func:`grpo_loss` composes an importance weight and a surrogate (`surrogates.py`), an optional k3 KL penalty
+  (`kl.py`) and an aggregation (`aggregation.py`) into a scalar loss plus a dict of detached statistics for the
+  one place that logs metrics.
 
 Maths
 -----
@@ -15,51 +16,26 @@ Group ``g`` holds ``G`` completions with rewards ``r_1..r_G``. With ``s`` the ch
 where ``s`` is the unbiased (Bessel-corrected) standard deviation of the group (``"group"``), of the whole
 batch (``"batch"``), or no division at all (``"none"``).
 
-For completion ``i`` and completion token ``t`` (``m_{i,t} = 1``), the log-ratio is
-``ρ_{i,t} = log π_θ(y_{i,t}) − log π_old(y_{i,t})`` and the importance weight is
-
-- ``token``:    ``w_{i,t} = exp(ρ_{i,t})``,
-- ``sequence`` (GSPO [3]): ``w_i = exp(Σ_t m_{i,t} ρ_{i,t} / max(Σ_t m_{i,t}, 1))``, shared by every token of
-  completion ``i``. Nothing is detached inside the mean: the gradient of ``w_i`` is
-  ``w_i · mean_t ∇ log π_θ(y_{i,t})``, the GSPO-sequence gradient (not the GSPO-token variant).
-
-The per-token loss of the clipped objective (PPO [1], GRPO [2]) is
-
-.. math::  ℓ_{i,t} = -\\min(w A_i,\\ \\mathrm{clip}(w, 1-ε_{low}, 1+ε_{high}) A_i) + β k3_{i,t},
-           \\qquad k3 = e^{q-p} - (q - p) - 1
-
-with ``p`` the policy and ``q`` the reference log-probability. ``loss_type`` picks how ``ℓ`` is averaged:
-
-==========  =====================================================================
-``grpo``    mean over each sequence's tokens, then mean over the B sequences
-``bnpo``    Σ ℓ·m / max(Σ m, 1) over the micro-batch
-``dr_grpo`` Σ ℓ·m / (B · max_completion_length)          (Dr. GRPO [4])
-``dapo``    Σ ℓ·m / max(num_items_in_batch, 1)           (DAPO [5])
-``cispo``   ``-sg(min(w, ε_high)) · A · log π_θ``, aggregated as ``dapo``   (MiniMax-M1 [6])
-``sapo``    ``-σ(τ(w − 1)) · 4/τ · A``, τ = τ_pos if A > 0 else τ_neg, aggregated as ``grpo`` (SAPO [7])
-``luspo``   clipped objective, Σ_t ℓ·m per sequence, then mean over sequences
-==========  =====================================================================
+For completion ``i`` and completion token ``t`` (``m_{i,t} = 1``), ``ρ_{i,t} = log π_θ(y_{i,t}) − log π_old(y_{i,t})``
+gives the importance weight ``w`` (token or sequence level), the surrogate gives ``ℓ_{i,t}(w, A_i)``, the KL
+penalty adds ``β·k3_{i,t}`` (``β·w·k3`` with ``kl_bias_correction``), and the aggregation averages ``ℓ`` over the
+micro-batch. TRL names a surrogate and an aggregation together (its ``loss_type``): :data:`TRL_LOSS_TYPES` maps
+each of TRL's names to our pair, e.g. TRL's ``cispo`` is surrogate ``cispo`` aggregated as ``dapo``.
 
 With ``importance_level="sequence"`` pair ``loss_type="grpo"`` (the GSPO paper's setup, and ENIGMA's);
-``bnpo``/``dr_grpo``/``dapo``/``cispo`` then sum a per-sequence weight over tokens, which weights each
-sequence by its length (TRL warns about this too).
+``bnpo``/``dr_grpo``/``dapo`` then sum a per-sequence weight over tokens, which weights each sequence by its
+length (TRL warns about this too).
 
 Relation to TRL (tested against ``trl.GRPOTrainer._compute_loss``, TRL 1.16)
 -------------------------------------------------------------------------------
-Everything above is TRL's definition, value and gradient. The differences are of packaging:
+Value and gradient are TRL's. The differences are of packaging:
 
-- **Gradient accumulation.** TRL divides ``grpo``/``bnpo``/``dr_grpo``/``sapo``/``luspo`` by the number
-  of accumulation steps inside the loss; we do not: the caller scales. ``dapo``/``cispo`` are already
-  normalised by the token count of the *whole generation batch* (``num_items_in_batch``), so their
-  micro-batch losses *sum* to the batch loss and must **not** be divided again. TRL's extra factor
-  ``current_gradient_accumulation_steps / steps_per_generation`` is 1 in the usual setup where one
-  generation batch is one accumulation window; under DDP pass the token count of the local share (TRL
-  divides the global count by the number of processes).
+- **Gradient accumulation.** The loss is the micro-batch's share of the batch loss (see `aggregation.py`): pass
+  ``accum_steps`` and, for ``dapo``, ``num_items_in_batch``, and sum the shares.
 - **KL bias correction.** TRL 1.16 defaults to ``use_bias_correction_kl=True`` (k3 multiplied by ``w``,
   which changes the gradient even on-policy). We default to the plain k3 of the GRPO paper
   (``kl_bias_correction=False``) as method.md §2 states; pass ``True`` to reproduce TRL's default. With
   ``beta = 0`` (our default) it is moot.
-- **cispo** needs an explicit ``eps_high`` (ε_max, e.g. 5.0): TRL silently reuses ε = 0.2 as the cap.
 - ``old_logp`` is always detached (π_old is a constant by definition); ``None`` means on-policy,
   ``old = logp.detach()``, so the ratio is 1 in value but carries the gradient.
 - Not implemented (they need trainer/vLLM state): the ``vespo`` loss, the off-policy sequence mask, the
@@ -75,13 +51,9 @@ mean of k3), plus ``ratio_mean`` and ``tokens``.
 
 References
 ----------
-[1] Schulman et al., Proximal Policy Optimization Algorithms, arXiv 1707.06347 (2017).
-[2] Shao et al., DeepSeekMath (GRPO), arXiv 2402.03300 (2024).
-[3] Zheng et al., Group Sequence Policy Optimization, arXiv 2507.18071 (2025).
-[4] Liu et al., Understanding R1-Zero-Like Training (Dr. GRPO), arXiv 2503.20783 (2025).
-[5] Yu et al., DAPO, arXiv 2503.14476 (2025).
-[6] MiniMax, MiniMax-M1, arXiv 2506.13585 (2025).
-[7] Gao et al., Soft Adaptive Policy Optimization, arXiv 2511.20347 (2025).
+[1] Shao et al., DeepSeekMath (GRPO), arXiv 2402.03300 (2024).
+[2] Zheng et al., Group Sequence Policy Optimization, arXiv 2507.18071 (2025).
+The surrogates' and aggregations' own references are in their modules.
 """
 
 from __future__ import annotations
@@ -89,12 +61,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["IMPORTANCE_LEVELS", "LOSS_TYPES", "REWARD_SCALES", "grpo_advantages", "grpo_loss"]
+from .aggregation import AGGREGATIONS, aggregate
+from .kl import k3_kl, masked_token_mean
+from .surrogates import IMPORTANCE_LEVELS, SURROGATES, SurrogateParams, importance_log_weight
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo")
-IMPORTANCE_LEVELS = ("token", "sequence")
+__all__ = ["IMPORTANCE_LEVELS", "LOSS_TYPES", "REWARD_SCALES", "SURROGATE_NAMES", "TRL_LOSS_TYPES", "grpo_advantages",
+           "grpo_loss"]
+
+LOSS_TYPES = tuple(AGGREGATIONS)
+SURROGATE_NAMES = tuple(SURROGATES)
+#: TRL's ``loss_type`` names -> (surrogate, loss_type) here.
+TRL_LOSS_TYPES = {"grpo": ("clip", "grpo"), "bnpo": ("clip", "bnpo"), "dr_grpo": ("clip", "dr_grpo"),
+                  "dapo": ("clip", "dapo"), "luspo": ("clip", "luspo"), "cispo": ("cispo", "dapo"),
+                  "sapo": ("sapo", "grpo")}
 REWARD_SCALES = ("group", "batch", "none")
-_CLIPPED_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 _STD_EPS = 1e-4
 
 
@@ -172,34 +152,13 @@ def grpo_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> T
     return torch.nan_to_num(advantages, nan=0.0)
 
 
-def _masked_global_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """TRL's metric mean: over sequences for a (B, 1) tensor, over completion tokens for a (B, T) one."""
-    if x.shape[1] == 1:
-        return x.sum() / max(x.shape[0], 1)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def _per_sequence_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Per-sequence mean; NaN for a sequence without completion tokens at token level (as TRL)."""
-    if x.shape[1] == 1:
-        return x.squeeze(1)
-    return (x * mask).sum(-1) / mask.sum(-1)
-
-
-def _nan_extreme(x: Tensor, largest: bool) -> Tensor:
-    """Min or max ignoring NaNs without a host sync; NaN if every value is NaN."""
-    fill = float("-inf") if largest else float("inf")
-    filled = torch.where(torch.isnan(x), torch.full_like(x, fill), x)
-    out = filled.max() if largest else filled.min()
-    return torch.where(torch.isinf(out), torch.full_like(out, float("nan")), out)
-
-
 def grpo_loss(
     logp: Tensor,
     old_logp: Tensor | None,
     advantages: Tensor,
     mask: Tensor,
     *,
+    surrogate: str = "clip",
     loss_type: str = "grpo",
     importance_level: str = "token",
     eps_low: float = 0.2,
@@ -210,10 +169,11 @@ def grpo_loss(
     kl_bias_correction: bool = False,
     max_completion_length: int | None = None,
     num_items_in_batch: float | Tensor | None = None,
+    accum_steps: int = 1,
     sapo_temperature_pos: float = 1.0,
     sapo_temperature_neg: float = 1.05,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped GRPO / GSPO policy loss on per-token log-probabilities.
+    """GRPO / GSPO policy loss on per-token log-probabilities: surrogate + β·k3, then aggregation.
 
     Parameters
     ----------
@@ -225,8 +185,10 @@ def grpo_loss(
         ``A_i`` per completion (or per token).
     mask : Tensor, shape (B, T)
         1 for completion tokens, 0 for padding.
-    loss_type : {"grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo"}
-        Aggregation (and, for cispo/sapo, the surrogate); see the module docstring.
+    surrogate : {"clip", "cispo", "sapo"}
+        The per-token surrogate (`surrogates.py`).
+    loss_type : {"grpo", "bnpo", "dr_grpo", "dapo", "luspo"}
+        The aggregation (`aggregation.py`); TRL's combined names are in :data:`TRL_LOSS_TYPES`.
     importance_level : {"token", "sequence"}
         ``token``: :math:`w_{i,t} = e^{ρ_{i,t}}`; ``sequence`` (GSPO):
         :math:`w_i = \\exp(\\sum_t m_{i,t} ρ_{i,t} / \\max(\\sum_t m_{i,t}, 1))`.
@@ -236,35 +198,35 @@ def grpo_loss(
     delta : float, optional
         Two-sided clipping (INTELLECT-2): the unclipped branch uses ``min(w, delta)``.
     ref_logp : Tensor, shape (B, T), optional
-        ``log π_ref``; required when ``beta > 0``. When given, ``stats["kl"]`` is reported even if
-        ``beta = 0``.
+        ``log π_ref``; required when ``beta > 0``. When given, ``stats["kl"]`` is reported even if ``beta = 0``.
     beta : float
-        Weight of the k3 estimator :math:`e^{q-p} - (q-p) - 1` added to every token's loss.
+        Weight of the k3 estimator (`kl.k3_kl`) added to every token's loss.
     kl_bias_correction : bool
         Multiply k3 by the importance weight ``w`` (TRL's ``use_bias_correction_kl``, TRL default True).
     max_completion_length : int, optional
         The constant of ``dr_grpo`` (required for it).
     num_items_in_batch : int, float or Tensor, optional
-        Completion tokens in the whole generation batch, the normaliser of ``dapo``/``cispo``; defaults to
-        ``mask.sum()`` (this micro-batch is the whole batch).
+        Completion tokens in the whole batch, the normaliser of ``dapo``; defaults to ``mask.sum()``.
+    accum_steps : int
+        Micro-batches in the accumulation window; the loss is this micro-batch's share (`aggregation.py`).
     sapo_temperature_pos, sapo_temperature_neg : float
         SAPO gate temperatures for A > 0 and A ≤ 0.
 
     Returns
     -------
     loss : Tensor, 0-d
-        Not divided by gradient-accumulation steps (see the module docstring).
+        This micro-batch's share of the batch loss: add the shares, do not rescale them.
     stats : dict[str, Tensor]
-        Detached 0-d tensors: ``ratio_mean``, ``tokens``;
-        ``clip_ratio/{low_mean,high_mean,region_mean,low_min,high_max}`` for the clipped losses;
-        ``cispo_clip_ratio`` for cispo; ``kl`` when ``ref_logp`` is given.
+        Detached 0-d tensors: ``ratio_mean``, ``tokens``; ``clip_ratio/{low_mean,high_mean,region_mean,low_min,
+        high_max}`` for ``clip``; ``cispo_clip_ratio`` for ``cispo``; ``kl`` when ``ref_logp`` is given.
 
     Raises
     ------
     ValueError
-        Unknown ``loss_type``/``importance_level``, mismatched shapes, ``beta < 0``, ``beta > 0`` without
-        ``ref_logp``, ``dr_grpo`` without ``max_completion_length``, ``cispo`` without ``eps_high``.
+        Unknown ``surrogate``/``loss_type``/``importance_level``, mismatched shapes, ``beta < 0``, ``beta > 0``
+        without ``ref_logp``, ``dr_grpo`` without ``max_completion_length``, ``cispo`` without ``eps_high``.
     """
+    _check_choice("surrogate", surrogate, SURROGATE_NAMES)
     _check_choice("loss_type", loss_type, LOSS_TYPES)
     _check_choice("importance_level", importance_level, IMPORTANCE_LEVELS)
     if logp.dim() != 2:
@@ -285,82 +247,28 @@ def grpo_loss(
         raise ValueError(f"beta must be >= 0, got {beta}.")
     if beta != 0.0 and ref_logp is None:
         raise ValueError(f"beta={beta} needs ref_logp (reference-model log-probabilities).")
-    if loss_type == "dr_grpo" and (max_completion_length is None or max_completion_length < 1):
-        raise ValueError(
-            f"loss_type='dr_grpo' needs a positive max_completion_length, got {max_completion_length!r}."
-        )
-    if loss_type == "cispo" and eps_high is None:
-        raise ValueError(
-            "loss_type='cispo' needs eps_high, the ratio cap ε_max (the CISPO papers use e.g. 5.0)."
-        )
-    if eps_high is None:
-        eps_high = eps_low
+    params = SurrogateParams(eps_low=eps_low, eps_high=eps_high, delta=delta,
+                             sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg)
+    term = SURROGATES[surrogate]
+    term.check(params)
 
     mask = mask.to(logp.dtype)
     advantages = advantages.to(logp.dtype)
     old_logp = logp.detach() if old_logp is None else old_logp.detach()
+    w = torch.exp(importance_log_weight(logp - old_logp, mask, importance_level))  # (B, T) token, (B, 1) sequence
 
-    log_ratio = logp - old_logp
-    if importance_level == "token":
-        log_w = log_ratio
-    else:  # GSPO: one weight per sequence, from the mean log-ratio over its completion tokens
-        log_w = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
-    w = torch.exp(log_w)  # (B, T) at token level, (B, 1) at sequence level
-
+    per_token = term.loss(w, advantages, logp, params)
+    stats = dict(term.stats(w, advantages, mask, params))
     kl = None
     if ref_logp is not None:
-        diff = ref_logp.detach() - logp
-        kl = torch.exp(diff) - diff - 1.0
+        kl = k3_kl(logp, ref_logp)
         if kl_bias_correction:
             kl = kl * w
-
-    stats: dict[str, Tensor] = {}
-    if loss_type == "cispo":
-        capped = torch.clamp(w, max=eps_high).detach()
-        per_token = -capped * advantages * logp
-        stats["cispo_clip_ratio"] = _masked_global_mean(
-            ((w > eps_high) & (advantages > 0)).to(logp.dtype), mask
-        )
-    elif loss_type == "sapo":
-        tau = torch.where(
-            advantages > 0,
-            torch.as_tensor(sapo_temperature_pos, dtype=logp.dtype, device=logp.device),
-            torch.as_tensor(sapo_temperature_neg, dtype=logp.dtype, device=logp.device),
-        )
-        per_token = -torch.sigmoid(tau * (w - 1.0)) * 4.0 / tau * advantages
-    else:
-        w_clipped = torch.clamp(w, 1.0 - eps_low, 1.0 + eps_high)
-        w_unclipped = w if delta is None else torch.clamp(w, max=delta)
-        per_token = -torch.min(w_unclipped * advantages, w_clipped * advantages)
-        # TRL measures clipping on the (delta-capped) ratio and only where the clip changes the objective.
-        low = ((w_unclipped < 1.0 - eps_low) & (advantages < 0)).to(logp.dtype)
-        high = ((w_unclipped > 1.0 + eps_high) & (advantages > 0)).to(logp.dtype)
-        region = torch.maximum(low, high)
-        stats["clip_ratio/low_mean"] = _masked_global_mean(low, mask)
-        stats["clip_ratio/high_mean"] = _masked_global_mean(high, mask)
-        stats["clip_ratio/region_mean"] = _masked_global_mean(region, mask)
-        stats["clip_ratio/low_min"] = _nan_extreme(_per_sequence_mean(low, mask), largest=False)
-        stats["clip_ratio/high_max"] = _nan_extreme(_per_sequence_mean(high, mask), largest=True)
-
+        stats["kl"] = masked_token_mean(kl, mask)
     if beta != 0.0:
         per_token = per_token + beta * kl
-
-    masked = per_token * mask  # broadcasts a (B, 1) sequence-level loss onto the completion tokens
-    if loss_type in ("grpo", "sapo"):
-        loss = (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
-    elif loss_type == "bnpo":
-        loss = masked.sum() / mask.sum().clamp(min=1.0)
-    elif loss_type == "dr_grpo":
-        loss = masked.sum() / (bsz * max_completion_length)
-    elif loss_type in ("dapo", "cispo"):
-        n_items = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        n_items = torch.as_tensor(n_items, dtype=logp.dtype, device=logp.device)
-        loss = masked.sum() / n_items.clamp(min=1.0)
-    else:  # luspo: length-weighted sequence loss
-        loss = masked.sum(-1).mean()
-
-    stats["ratio_mean"] = _masked_global_mean(w, mask)
+    loss = aggregate(loss_type, per_token, mask, accum_steps=accum_steps,
+                     max_completion_length=max_completion_length, num_items_in_batch=num_items_in_batch)
+    stats["ratio_mean"] = masked_token_mean(w, mask)
     stats["tokens"] = mask.sum()
-    if kl is not None:
-        stats["kl"] = _masked_global_mean(kl, mask)
     return loss, {k: v.detach() for k, v in stats.items()}

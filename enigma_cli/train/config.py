@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..options import Options, opt
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+SURROGATES = ("clip", "cispo", "sapo")
+REF_DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPORTANCE_LEVELS = ("token", "sequence")
 SCALES = ("group", "batch", "none")
 SAMPLERS = ("auto", "lean", "hf")
@@ -43,13 +45,18 @@ class TrainConfig(Options):
                                    "16 above 20M parameters).", ge=0)
     lora_alpha: int = opt(16, "LoRA alpha (scale = alpha / r).", ge=1)
     # the GRPO term
-    loss_type: str = opt("grpo", "Loss aggregation (TRL's definitions).", choices=LOSS_TYPES)
+    loss_type: str = opt("grpo", "Loss aggregation (TRL's definitions; TRL's cispo is --surrogate cispo "
+                                 "--loss-type dapo).", choices=LOSS_TYPES)
     importance_level: str = opt("sequence", "Importance ratio per token, or per sequence (GSPO, the paper's).",
                                 choices=IMPORTANCE_LEVELS)
     scale_rewards: str = opt("group", "Advantage scaling.", choices=SCALES)
     epsilon: float = opt(0.2, "Clip range below (and above, unless --epsilon-high).", gt=0)
     epsilon_high: float | None = opt(None, "Clip range above.", gt=0)
     beta: float = opt(0.0, "KL-to-reference weight (k3 estimator).", ge=0)
+    surrogate: str = opt("clip", "Policy surrogate: clip (PPO), cispo (needs --epsilon-high, its cap on the "
+                                 "ratio), sapo.", choices=SURROGATES)
+    sapo_temperature_pos: float = opt(1.0, "SAPO's temperature for positive advantages.", gt=0)
+    sapo_temperature_neg: float = opt(1.05, "SAPO's temperature for negative advantages.", gt=0)
     # rewards
     reward: str = opt("format", "Reward terms with weights, e.g. 'format' or 'format=1,coherence=0.5'.")
     format_weights: tuple[float, ...] = opt((1.0, 0.5, 0.5), "Weights of the strict, soft and tag parts of the "
@@ -74,8 +81,15 @@ class TrainConfig(Options):
                                           "last).", metavar="auto|LIST")
     ot_eps: float = opt(0.05, "Entropic regularisation of the OT term.", gt=0)
     kl_warn: float = opt(0.1, "Warn once when the KL to the reference passes this.", gt=0)
-    ref_metrics: bool = opt(True, "Log KL, OT drift and the MI bound in every ablation (costs a reference pass).",
-                            negative="--no-ref-metrics")
+    ref_metrics: bool = opt(True, "Log the KL to the reference and the OT drift in every ablation (costs a "
+                                  "reference copy and a reference pass per step).", negative="--no-ref-metrics")
+    critic_metrics: bool = opt(True, "Log the critic's MI bound without SAMI (a no-grad forward of the "
+                                     "off-diagonal pairs per step).", negative="--no-critic-metrics")
+    ref_dtype: str = opt("auto", "dtype of the frozen reference copy (auto: the run's).", choices=REF_DTYPES)
+    gradient_checkpointing: bool = opt(False, "Recompute activations in the backward instead of keeping them (less "
+                                              "memory, about 8% slower).")
+    keep_dropout: bool = opt(False, "Keep the model's dropout in the update's forward (off by default, so that "
+                                    "on-policy ratios are exactly 1).")
     # the run
     output_dir: str = opt("runs/enigma", "Where metrics, completions and checkpoints go.", metavar="DIR",
                       output="dir")
@@ -101,6 +115,8 @@ class TrainConfig(Options):
              f"--sami-matrices must lie in [0, G/K = {self.group_size // self.principles_per_prompt}] "
              f"(0: all), not {self.sami_matrices}.")
         need(len(self.format_weights) == 3, "--format-weights must be three numbers: strict, soft, tags.")
+        need(self.surrogate != "cispo" or self.epsilon_high is not None,
+             "--surrogate cispo needs --epsilon-high, the cap on its importance ratio (e.g. 5.0).")
         from .rewards import parse_reward_spec
 
         parse_reward_spec(self.reward)  # raises InputError on an unknown reward

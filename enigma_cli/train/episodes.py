@@ -44,6 +44,11 @@ class Episodes:
         """Index into prompt_ids of completion idx's own (principle-conditioned) prompt."""
         return idx // self.m
 
+    def group_rows(self, prompts: range) -> list[int]:
+        """Indices of the G completions of each prompt in `prompts` (their GRPO groups), in order."""
+        g = self.group_size
+        return [i for p in prompts for i in range(p * g, (p + 1) * g)]
+
     def completion_index(self, p: int, j: int, s: int) -> int:
         return (p * self.k + j) * self.m + s
 

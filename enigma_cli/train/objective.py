@@ -2,25 +2,21 @@
 
 One batched forward of the policy serves all three terms: the G "diagonal" sequences (each completion after its
 own principle's prompt) give the GRPO token log-probs and the hidden states for the OT term; the m'·K·(K−1)
-"off-diagonal" sequences (m' = ``--sami-matrices`` of the G/K matrices, all by default: G·(K−1) sequences; the
-same completions after the other principles' prompts) complete the SAMI critic matrices. Without SAMI the critic
-is only logged, and its off-diagonal runs in a separate forward without a graph. Reference log-probs and hidden
-states come from `reference_pass`, computed once per generation.
+"off-diagonal" sequences (m' = ``--sami-matrices`` of the G/K matrices; the same completions after the other
+principles' prompts) complete the SAMI critic matrices. Without SAMI the critic is only logged (unless
+``--no-critic-metrics``), and its off-diagonal runs in a separate forward without a graph. Reference log-probs and
+hidden states come from `reference_pass`, computed once per generation and only when `needs_reference`.
 
-Our choices: OT points are the L2-normalised mean completion-token hidden state per completion, one cloud per
-layer, averaged over layers; S_ε is computed per micro-batch (it is not additive over micro-batches, so gradient
-accumulation approximates the full-batch divergence by the mean of micro-batch divergences).
+`micro_loss` only composes: each term and each logged metric is a function of its own in `terms.py`.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..core import SinkhornConvergenceWarning, grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
 from ..models import decode
 from ..models.logprobs import (
     Batch,
@@ -32,13 +28,8 @@ from ..models.logprobs import (
     sequence_mean_logprob,
     token_logprobs,
 )
+from . import terms
 from .episodes import Episodes
-
-#: Sinkhorn tolerance in training (L1 error of the plan's marginal): 1e-4 gives the regulariser's gradient to
-#: ~1e-4 relative, plenty for SGD, and stops policy-vs-reference clouds (nearly a permutation plan, Sinkhorn's
-#: slow case) in tens of iterations. Solves that reach max_iter anyway are counted in `ot_unconverged`
-#: instead of warning at every step.
-OT_TOL = 1e-4
 
 
 def compact(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,86 +108,69 @@ def reference_pass(model, ep: Episodes, pad_id: int, layers: list[int] | None, t
 
 
 def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers: list[int], ref: Forward | None,
-               old: Forward | None, num_items: int, scale: float) -> tuple[torch.Tensor, dict]:
-    """Loss of the prompts in `prompts` (already scaled for accumulation) and its detached metrics."""
-    k, m, g = ep.k, ep.m, ep.group_size
-    diag = [i for p in prompts for i in range(p * g, (p + 1) * g)]
-    rows, cols = list(diag), [ep.prompt_of(i) for i in diag]
-    critic = cfg.use_sami or cfg.ref_metrics  # the MI bound is logged in every ablation, trained only with SAMI
-    m_sami = sami_matrices(cfg, m)
-    off = ep.off_diagonal(prompts, m_sami) if critic else []
-    rows += [ep.completion_index(p, j, s) for p, s, i, j in off]
-    cols += [p * k + i for p, s, i, j in off]
-    nd = len(diag)
+               old: Forward | None, num_items: int, accum_steps: int = 1) -> tuple[torch.Tensor, dict]:
+    """This micro-batch's share of the batch loss (`terms`: shares add up over micro-batches) and its metrics.
+
+    The sum of the terms: GRPO always; SAMI when ``cfg.use_sami``; OT when ``cfg.use_ot``. What is only logged is
+    computed only when asked for: the critic's MI bound (``critic_metrics``, off-diagonal scored without a graph),
+    and, when a reference pass ran (``ref``), the KL and the hidden-state drift to the reference.
+    """
+    diag = ep.group_rows(prompts)
+    m_sami = sami_matrices(cfg, ep.m)
+    off = ep.off_diagonal(prompts, m_sami) if (cfg.use_sami or cfg.critic_metrics) else []
     hidden = layers if (cfg.use_ot or ref is not None) else None
-    if cfg.use_sami or not off:  # SAMI trains through the off-diagonal: one forward with the diagonal
-        out = forward(model, ep, rows, cols, pad_id, hidden, cfg.temperature)
-        off_logp = out.seq_logp[nd:]
-    else:  # the critic is only logged: its off-diagonal needs no graph (a forward, no backward)
-        out = forward(model, ep, rows[:nd], cols[:nd], pad_id, hidden, cfg.temperature)
-        with torch.no_grad():  # the bare module: a DDP wrapper would sync buffers between forward and backward
-            off_logp = forward(getattr(model, "module", model), ep, rows[nd:], cols[nd:], pad_id, None,
-                               cfg.temperature).seq_logp
+    out, off_logp = _policy_forward(model, ep, diag, off, cfg, pad_id, hidden)
+    nd = len(diag)
     logp, mask = out.logp[:nd], out.mask[:nd]
-    adv = ep.advantages[diag].to(logp.device)
-    old_logp = old.logp[diag].to(logp.device) if old is not None else None
-    ref_logp = ref.logp[diag].to(logp.device) if (ref is not None and cfg.beta > 0) else None
-    # compaction may give the reference rows a different width: line them up with ours
-    old_logp = _fit(old_logp, logp)
-    ref_logp = _fit(ref_logp, logp)
-    l_grpo, stats = grpo_loss(logp, old_logp, adv, mask, loss_type=cfg.loss_type,
-                              importance_level=cfg.importance_level, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
-                              ref_logp=ref_logp, beta=cfg.beta, max_completion_length=cfg.max_new_tokens,
-                              num_items_in_batch=num_items)
-    grpo_scale = 1.0 if cfg.loss_type == "dapo" else scale  # dapo already divides by the whole batch's tokens
-    total = l_grpo * grpo_scale
-    metrics = {"loss_grpo": float(l_grpo.detach())}
-    metrics.update({f"grpo_{key}": float(v) for key, v in stats.items()})
-    if ref is not None:
-        metrics["kl_ref"] = _k3(logp.detach(), _fit(ref.logp[diag].to(logp.device), logp), mask)
+    old_logp = _fit(old.logp[diag].to(logp.device), logp) if old is not None else None
+    ref_logp = _fit(ref.logp[diag].to(logp.device), logp) if ref is not None else None
 
-    if critic:
-        S = torch.empty(len(prompts) * m_sami, k, k, device=logp.device, dtype=out.seq_logp.dtype)
-        base = prompts.start
-        for n_i, idx in enumerate(diag):
-            p, rem = divmod(idx, g)
-            j, s = divmod(rem, m)
-            if s < m_sami:
-                S[(p - base) * m_sami + s, j, j] = out.seq_logp[n_i]
-        for n_i, (p, s, i, j) in enumerate(off):
-            S[(p - base) * m_sami + s, i, j] = off_logp[n_i]
+    total, metrics = terms.grpo_term(logp, mask, ep.advantages[diag].to(logp.device), cfg, old_logp=old_logp,
+                                     ref_logp=ref_logp, accum_steps=accum_steps, num_items=num_items)
+    if ref_logp is not None:
+        metrics.update(terms.kl_metric(logp, ref_logp, mask))
+    if off:
+        S = terms.critic_matrix(ep, prompts, m_sami, out.seq_logp[:nd], off, off_logp)
         if cfg.use_sami:
-            l_sami, _ = sami_loss(S)
-            total = total + cfg.lambda_sami * l_sami * scale
-            metrics["loss_sami"] = float(l_sami.detach())
-        bounds = infonce_bounds(S.detach())
-        metrics.update({"mi_sym": bounds["mi_sym"], "mi_row": bounds["mi_row"],
-                        "si": bounds["mi_sym"] / bounds["log_k"], "sami_acc_row": bounds["acc_row"]})
-
-    if cfg.use_ot or ref is not None:
-        divs, unconverged = [], 0
-        for layer in layers:
-            if layer not in out.pooled or ref is None or layer not in ref.pooled:
-                continue
-            x = out.pooled[layer][:nd]
-            x = F.normalize(x if cfg.use_ot else x.detach(), dim=-1)
-            y = F.normalize(ref.pooled[layer][diag].to(x.device), dim=-1)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", SinkhornConvergenceWarning)
-                divs.append(sinkhorn_divergence(x, y, eps=cfg.ot_eps, tol=OT_TOL))
-            for w in caught:  # count ours, pass any other warning on
-                if issubclass(w.category, SinkhornConvergenceWarning):
-                    unconverged += 1
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if divs:
-            l_ot = torch.stack(divs).mean()
-            if cfg.use_ot:
-                total = total + cfg.lambda_ot * l_ot * scale
-            metrics["ot_divergence"] = float(l_ot.detach())
-            metrics["ot_unconverged"] = unconverged
-    metrics["loss"] = float(total.detach() / scale)
+            l_sami, m_sami_metrics = terms.sami_term(S, accum_steps)
+            total = total + cfg.lambda_sami * l_sami
+            metrics.update(m_sami_metrics)
+        metrics.update(terms.critic_metrics(S))
+    if ref is not None:
+        policy = {layer: (x[:nd] if cfg.use_ot else x[:nd].detach()) for layer, x in out.pooled.items()}
+        l_ot, ot_metrics = terms.ot_term(policy, {layer: y[diag] for layer, y in ref.pooled.items()}, cfg.ot_eps,
+                                         accum_steps)
+        if cfg.use_ot and l_ot is not None:
+            total = total + cfg.lambda_ot * l_ot
+        metrics.update(ot_metrics)
+    metrics["loss"] = float(total.detach()) * accum_steps
     return total, metrics
+
+
+def _policy_forward(model, ep: Episodes, diag: list[int], off: list, cfg, pad_id: int,
+                    hidden: list[int] | None) -> tuple[Forward, torch.Tensor]:
+    """The policy's forward of the diagonal (with graph) and the critic's off-diagonal scores.
+
+    SAMI trains through the off-diagonal, which then joins the diagonal's forward; a critic that is only logged
+    scores its off-diagonal in a separate forward without a graph (no activations kept for the backward).
+    """
+    rows, cols = list(diag), [ep.prompt_of(i) for i in diag]
+    rows += [ep.completion_index(p, j, s) for p, s, i, j in off]
+    cols += [p * ep.k + i for p, s, i, j in off]
+    nd = len(diag)
+    if cfg.use_sami or not off:
+        out = forward(model, ep, rows, cols, pad_id, hidden, cfg.temperature)
+        return out, out.seq_logp[nd:]
+    out = forward(model, ep, rows[:nd], cols[:nd], pad_id, hidden, cfg.temperature)
+    with torch.no_grad():  # the bare module: a DDP wrapper would sync buffers between forward and backward
+        off_logp = forward(getattr(model, "module", model), ep, rows[nd:], cols[nd:], pad_id, None,
+                           cfg.temperature).seq_logp
+    return out, off_logp
+
+
+def needs_reference(cfg) -> bool:
+    """Whether a run needs π_ref at all: the KL penalty (β > 0), the OT term, or the reference metrics."""
+    return cfg.beta > 0 or cfg.use_ot or cfg.ref_metrics
 
 
 def sami_matrices(cfg, m: int) -> int:
@@ -216,10 +190,3 @@ def _fit(other: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     if other.shape[1] >= width:
         return other[:, :width]
     return F.pad(other, (0, width - other.shape[1]))
-
-
-def _k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean per-token k3 estimate of KL(π_θ ‖ π_ref): exp(r − p) − (r − p) − 1."""
-    d = ref_logp - logp
-    kl = torch.exp(d) - d - 1
-    return float((kl * mask).sum() / mask.sum().clamp(min=1))

@@ -1,0 +1,136 @@
+"""Benchmark: peak resident memory of enigma's training step against TRL's `GRPOTrainer`, each case in its own process.
+
+Every case loads the model, builds its trainer and runs ``--steps`` steps (the first allocates the optimizer's
+state, the second is the steady state), in a fresh Python process whose peak resident set size
+(``getrusage(RUSAGE_SELF).ru_maxrss``) it reports, beside the resident size once the model is loaded. Cases:
+
+- ``enigma``: full ENIGMA (`enigma train`'s defaults: SAMI + OT, reference copy, KL/drift and MI logged);
+- ``enigma-grpo``: the true GRPO-only ablation (``--no-sami --no-ot --no-ref-metrics --no-critic-metrics``);
+- ``-gc`` suffix: the same with ``--gradient-checkpointing``; ``-bf16ref``: the reference copy in bfloat16;
+  ``enigma-lora``: ENIGMA with LoRA r=16 (the reference is the adapter-disabled model: no copy);
+- ``trl-gc``: TRL's ``GRPOTrainer`` with gradient checkpointing ON (its ``GRPOConfig`` default); ``trl``: OFF;
+  ``trl-gc-ref``: ON, with β = 0.04, so that TRL too holds a reference model (a full copy) as ENIGMA does.
+
+Both sides: the same model, prompts rendered as `enigma train` renders them, G completions of at most
+``--max-new-tokens`` per prompt, loss "grpo", β = 0 (but ``trl-gc-ref``), one update per generation, float32 on
+the CPU.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/peak_memory.py --model smollm2 --prompts 1 -G 4 --max-new-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from types import SimpleNamespace
+
+TRUE_GRPO = {"sami": False, "ot": False, "ref_metrics": False, "critic_metrics": False}
+CASES = {
+    "enigma": {},
+    "enigma-gc": {"gradient_checkpointing": True},
+    "enigma-bf16ref-gc": {"gradient_checkpointing": True, "ref_dtype": "bfloat16"},
+    "enigma-grpo": TRUE_GRPO,
+    "enigma-grpo-gc": {**TRUE_GRPO, "gradient_checkpointing": True},
+    "enigma-lora": {"lora_r": 16},
+    "trl-gc": None,
+    "trl": None,
+    "trl-gc-ref": None,
+}
+GIB = 2**30
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / GIB
+
+
+def _peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # ru_maxrss is in KiB on Linux
+
+
+def child(case: str, args) -> dict:
+    import torch
+
+    torch.manual_seed(args.seed)
+    from enigma_cli.models.loading import load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if CASES[case] is None:
+            from grpo_step import trl_run  # bench/grpo_step.py
+
+            loaded = []
+            real = load_model
+
+            def spy(*a, **k):  # note the resident size once the model is in memory
+                out = real(*a, **k)
+                loaded.append(_rss_gib())
+                return out
+
+            import grpo_step
+
+            grpo_step.load_model = spy
+            ns = SimpleNamespace(device="cpu", dtype="float32", repeats=args.steps - 1, prompts=args.prompts,
+                                 group_size=args.group_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                 principles=args.principles, k=args.k)
+            trl_run(ns, args.model, tmp, gradient_checkpointing=case != "trl", beta=0.04 if case == "trl-gc-ref" else 0.0)
+            after_load = loaded[0]
+        else:
+            from enigma_cli.train.config import TrainConfig
+            from enigma_cli.train.run import plan
+            from enigma_cli.train.trainer import Trainer
+
+            cfg = TrainConfig(model=args.model, principles=args.principles, principles_per_prompt=args.k,
+                              steps=args.steps, prompts_per_step=args.prompts, group_size=args.group_size,
+                              max_new_tokens=args.max_new_tokens, device="cpu", dtype="float32", output_dir=tmp,
+                              seed=args.seed, **CASES[case])
+            pset, examples = plan(cfg)
+            lm = load_model(cfg.model, device="cpu", dtype="float32", for_training=True)
+            after_load = _rss_gib()
+            trainer = Trainer(lm, examples, pset, cfg)
+            del lm
+            for _ in range(args.steps):
+                trainer.step()
+    return {"case": case, "after_load_gib": after_load, "peak_gib": _peak_gib()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--prompts", type=int, default=1)
+    p.add_argument("--group-size", "-G", type=int, default=4)
+    p.add_argument("-K", dest="k", type=int, default=2)
+    p.add_argument("--principles", default="stepwise-vs-oneline")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args)))
+        return
+    cases = args.cases.split(",")
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise SystemExit(f"--cases: unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}.")
+    print(f"model={args.model} prompts={args.prompts} G={args.group_size} K={args.k} "
+          f"max_new_tokens={args.max_new_tokens} steps={args.steps} float32 cpu; one process per case")
+    print(f"{'case':>20} {'after load GiB':>15} {'peak GiB':>9}")
+    for case in cases:
+        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--child", case]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"{case:>20} failed: {tail}")
+            continue
+        out = json.loads(lines[-1])
+        print(f"{case:>20} {out['after_load_gib']:>15.2f} {out['peak_gib']:>9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
