@@ -129,9 +129,9 @@ def test_the_non_finite_abort_names_the_term_that_went_non_finite(metrics, optio
 
 def test_the_abort_blames_lambda_ot_not_lr_in_a_real_run(model_dir, tmp_path, monkeypatch):
     """--lambda-ot 1e308 is finite and allowed, but times an OT divergence of 5 it is not."""
-    from enigma_cli.train import objective
+    from enigma_cli.train import terms
 
-    monkeypatch.setattr(objective, "sinkhorn_divergence", lambda x, y, **kw: (x.sum() - x.sum().detach()) + 5.0)
+    monkeypatch.setattr(terms, "sinkhorn_divergence", lambda x, y, **kw: (x.sum() - x.sum().detach()) + 5.0)
     base = [a for a in SMALL if a not in ("--no-ot", "--no-ref-metrics")]
     rc, _, stderr = train("--model", model_dir, "--steps", 3, *base, "--output-dir", tmp_path / "run",
                           "--lambda-ot", "1e308", "--max-nonfinite", 1)
