@@ -129,3 +129,39 @@ def test_train_lora_checkpoint_names_the_alias(package_tiny, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(ckpt, moved)
     assert load_model(str(moved), device="cpu").adapter == str(moved.resolve())
+
+
+def test_lora_training_on_an_sft_adapter_stacks_adapters(tmp_path):
+    """`enigma train --lora-r` from an sft LoRA adapter: the adapter is the starting policy (merged), the run's
+    checkpoints are adapters whose base is that sft adapter, and they load as --model (both merged in turn)."""
+    import contextlib
+    import io
+    import json
+    import warnings
+
+    from enigma_cli.cli import main
+    from enigma_cli.models.loading import load_model
+
+    def run(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main([str(a) for a in argv])
+        return rc, err.getvalue()
+
+    sft, train = tmp_path / "sft", tmp_path / "train"
+    assert run("sft", "--model", "enigma-tiny", "--steps", "1", "--lora-r", "4", "--output-dir", sft,
+               "--eval-prompts", "0")[0] == 0
+    rc, err = run("train", "--model", sft, "--lora-r", "4", "--steps", "1", "--prompts-per-step", "1", "-G", "2",
+                  "--max-new-tokens", "8", "--output-dir", train)
+    assert rc == 0, err
+    assert "Could not find a config file" not in err
+    checkpoint = train / "checkpoint-1"
+    assert json.loads((checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation or peft warning while loading the stack
+        lm = load_model(str(checkpoint))
+    assert lm.adapter == str(checkpoint) and "adapter" in lm.source and str(sft) in lm.source
+    base = load_model(str(sft))
+    # the stacked model is not the sft model (a LoRA step moved it), and not enigma-tiny either
+    changed = [n for n, p in lm.model.named_parameters() if not torch.equal(p, dict(base.model.named_parameters())[n])]
+    assert changed

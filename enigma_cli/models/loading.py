@@ -124,11 +124,13 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
     for_training: bool = False,
+    _depth: int = 0,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer; eval mode unless ``for_training``.
 
     The tokenizer pads on the left and gets ``pad = eos`` when it has no pad token; the model's generation
-    config carries the same pad id. See the module docstring for the accepted specs.
+    config carries the same pad id. See the module docstring for the accepted specs. An adapter whose base is
+    itself an adapter (a LoRA run started from an `enigma sft --lora-r` adapter) loads its base merged first.
     """
     start = time.perf_counter()
     _quiet_progress_bars()
@@ -138,14 +140,25 @@ def load_model(
     adapter_dir: str | None = None
     folder = Path(path)
     base_spec = spec
-    if (
-        gguf_file is None
-        and (folder / "adapter_config.json").is_file()
-        and not (folder / "config.json").is_file()
-    ):
+    if _is_adapter_folder(path, gguf_file):
         adapter_dir = path
         base_spec = _adapter_base(spec, folder)
         path, gguf_file = model_path_for(base_spec)
+        if _is_adapter_folder(path, gguf_file):  # the base is an adapter too: load it merged, then this one
+            if _depth >= MAX_ADAPTER_DEPTH:
+                raise InputError(f"Adapter '{spec}' sits on more than {MAX_ADAPTER_DEPTH} adapters; merge some of "
+                                 "them (enigma sft --merge) first.")
+            base = load_model(base_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                              _depth=_depth + 1)
+            name = portable_spec(base_spec, path, gguf_file)
+            _record_name(base.model, name)
+            model = _apply_adapter(spec, base.model, adapter_dir, for_training, name)
+            tokenizer = base.tokenizer
+            if _has_tokenizer(folder):
+                tokenizer = _call_loader("tokenizer", spec, adapter_dir, True, False, "", _load_tokenizer,
+                                         {"trust_remote_code": trust_remote_code})
+            return _finish(model, tokenizer, spec, f"adapter {adapter_dir} on {base.source}", dev, torch_dtype,
+                           start, adapter_dir, for_training)
     portable = portable_spec(base_spec, path, gguf_file)
 
     gguf_path = Path(path) / gguf_file if gguf_file is not None else None
@@ -189,6 +202,23 @@ def load_model(
     _record_name(model, portable)
     if adapter_dir is not None:
         model = _apply_adapter(spec, model, adapter_dir, for_training, portable)
+    source = str(gguf_path) if gguf_path is not None else path
+    if adapter_dir is not None:
+        source = f"adapter {adapter_dir} on {source}"
+    return _finish(model, tokenizer, spec, source, dev, torch_dtype, start, adapter_dir, for_training)
+
+
+MAX_ADAPTER_DEPTH = 4
+
+
+def _is_adapter_folder(path: str, gguf_file: str | None) -> bool:
+    folder = Path(path)
+    return gguf_file is None and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+def _finish(model, tokenizer, spec: str, source: str, dev, torch_dtype, start: float, adapter_dir: str | None,
+            for_training: bool) -> LoadedModel:
+    """Device, padding and mode: the same for every way a model was read."""
     model = model.to(dev)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
@@ -199,20 +229,8 @@ def load_model(
     if gen_config is not None and gen_config.pad_token_id is None:
         gen_config.pad_token_id = tokenizer.pad_token_id
     model.train(for_training)
-
-    source = str(gguf_path) if gguf_path is not None else path
-    if adapter_dir is not None:
-        source = f"adapter {adapter_dir} on {source}"
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        name=spec,
-        source=source,
-        device=dev,
-        dtype=torch_dtype,
-        load_seconds=time.perf_counter() - start,
-        adapter=adapter_dir,
-    )
+    return LoadedModel(model=model, tokenizer=tokenizer, name=spec, source=source, device=dev, dtype=torch_dtype,
+                       load_seconds=time.perf_counter() - start, adapter=adapter_dir)
 
 
 def _load_tokenizer(source: str, kwargs: dict[str, Any]):

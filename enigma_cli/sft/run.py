@@ -235,7 +235,7 @@ def run(p: Plan) -> dict:
     """Train, save and measure; returns the report row."""
     import torch
 
-    from .. import config as cfgmod
+    from .. import options as cfgmod
     from ..models.loading import LoadedModel, load_model
 
     cfg, start = p.cfg, time.perf_counter()

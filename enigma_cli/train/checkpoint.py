@@ -64,7 +64,11 @@ def save_checkpoint(output_dir: Path, step: int, model, tokenizer, optimizer, sc
         raise WriteError(f"could not write checkpoint {final}: {err.strerror or err}.") from None
     try:
         public_mode(tmp, folder=True)
-        model.save_pretrained(tmp, safe_serialization=True)
+        with warnings.catch_warnings():
+            # peft looks for the base's config.json to see whether embeddings changed; an alias or an adapter as
+            # the base has none there, and LoRA on all-linear layers never touches the embeddings.
+            warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state(), **extra}, tmp / STATE_FILE)

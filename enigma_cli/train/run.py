@@ -156,7 +156,13 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
 
     stream = cfg.format
     out = Path(cfg.output_dir)
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
+    # An adapter comes merged: it is the starting policy (and the reference); a LoRA run adds a fresh adapter on
+    # top, whose checkpoints name this adapter as their base (load_model then merges it first again).
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    if lm.adapter is not None:
+        from ..models.portable import _record_name, portable_spec
+
+        _record_name(lm.model, portable_spec(cfg.model, lm.adapter))
     if cfg.sampler == "lean" and not decode.supports(lm.model):
         raise InputError(f"--sampler lean runs Llama-architecture models only, and {cfg.model} is "
                          f"{type(lm.model).__name__}; use --sampler auto or hf.")
