@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from enigma_cli.errors import InputError
+from enigma_cli.models.hidden import resolve_layers
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,6 @@ def _forward_accepts(model, name: str) -> bool:
         return False
 
 
-def _num_hidden_layers(model) -> int:
-    config = getattr(model, "module", model).config  # DDP / FSDP wrappers hold the model in .module
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text_config.num_hidden_layers)
-
-
 def _selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     """``log_softmax(logits / temperature)`` gathered at ``targets``, in float32, one row at a time."""
     rows = []
@@ -125,16 +119,7 @@ def token_logprobs(
     input_ids, attention_mask, completion_mask = batch.input_ids, batch.attention_mask, batch.completion_mask
     bsz, width = input_ids.shape
 
-    wanted: dict[int, int] = {}
-    if hidden_layers:
-        n_states = _num_hidden_layers(model) + 1
-        for layer in hidden_layers:
-            if not -n_states <= int(layer) < n_states:
-                raise InputError(
-                    f"Hidden layer {layer} does not exist: the model has {n_states - 1} layers "
-                    f"(use 0..{n_states - 1}, or negative indices from the last)."
-                )
-            wanted[int(layer)] = int(layer) % n_states
+    wanted = resolve_layers(model, hidden_layers)
 
     # The first position whose logits predict a completion token; earlier logits are never needed.
     has_completion = completion_mask.any(dim=0)
