@@ -2,9 +2,9 @@
 
 Times ``Sampler.generate`` of each engine on the same rendered prompts (a shipped principle set's principles in
 the system prompt, synthetic questions, as `enigma train` draws them): ``shared`` (each distinct prompt prefilled
-once, the model's own forward and cache), ``hf`` (``model.generate`` on left-padded rows, the peer) and, where
-the model is Llama-shaped and ``enigma_cli.models.lean_sampler`` exists, ``lean``. Engines run interleaved, one
-warm-up each, then ``--repeats`` timed runs; the script prints the median seconds, new tokens/s and the time
+once, the model's own forward and cache) and ``hf`` (``model.generate`` on left-padded rows, the peer); at
+commits that still hold ``enigma_cli/models/lean.py`` (up to ab8f117), also the Llama-only ``lean`` sampler
+(NOTES-engine-models.md has its figures). Engines run interleaved, one warm-up each, then ``--repeats`` timed runs; the script prints the median seconds, new tokens/s and the time
 ratio to ``hf``. ``--no-eos`` makes every row run to ``--max-new-tokens`` (equal work for every engine).
 
 Agreement (printed before the timings): whether ``shared`` draws the very completions ``hf`` draws for the seed,
@@ -21,7 +21,6 @@ expected count ≥ 5 (the rest pooled).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import tempfile
 import time
@@ -32,24 +31,13 @@ from random_models import model_folder  # bench/random_models.py
 from enigma_cli.datasets import load_examples
 from enigma_cli.models.loading import load_model
 from enigma_cli.models.rollout import encode_prompts
-from enigma_cli.models.sampler import GenerateSampler, Sampler, SharedPrefixSampler, warp
+from enigma_cli.models.sampler import GenerateSampler, SharedPrefixSampler, warp
 from enigma_cli.principles import load_principle_set
 from enigma_cli.prompts import render_prompt
 
 
 def engines(model) -> dict:
-    out = {"shared": SharedPrefixSampler(model), "hf": GenerateSampler(model)}
-    if importlib.util.find_spec("enigma_cli.models.lean"):
-        from enigma_cli.models import decode, lean
-
-        class Lean(Sampler):
-            def _continue(self, rows, steps, temperature, top_p, eos, pad_id):
-                return decode.sample(self.model, rows, max_new_tokens=steps, eos_ids=eos, pad_id=pad_id,
-                                     temperature=temperature, top_p=top_p)
-
-        if lean.supports(model):
-            out["lean"] = Lean(model)
-    return out
+    return {"shared": SharedPrefixSampler(model), "hf": GenerateSampler(model)}
 
 
 def first_token_check(model, sampler, prompt: list[int], n: int, temperature: float, top_p: float, seed: int):

@@ -76,7 +76,7 @@ def test_read_gradients_equal_the_models_own(share):
         model = build(name)
         weights = torch.linspace(-1, 1, len(PROMPTS))
 
-        def loss_of(logp_rows, pooled, states):
+        def loss_of(logp_rows, pooled, states, weights=weights):
             return (sum(w * lp.mean() for w, lp in zip(weights, logp_rows) if lp is not None)
                     + pooled.pow(2).sum() + states.sum())
 
@@ -170,3 +170,20 @@ def test_models_that_cannot_share_read_per_row():
             logits = model(input_ids=torch.tensor([p + c])).logits[0, -len(c) - 1 : -1].double()
             expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(c).unsqueeze(1)).squeeze(1)
             torch.testing.assert_close(r.logp[i, : len(c)].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_adapters_are_read_through_the_models_own_forward():
+    """Adapters that replace layers (LoRA) run inside the model's forward: shared reads see them."""
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "gate_proj"], init_lora_weights=False)
+    model = peft.get_peft_model(build("llama"), config).eval()
+    assert prefix.supports(model)
+    with torch.no_grad():
+        logp, *_ = _expected(model, layers=[])
+        r = read(model, PROMPTS, COMPLETIONS)
+        with model.disable_adapter():
+            plain = read(model, PROMPTS, COMPLETIONS)
+    for i, c in enumerate(COMPLETIONS):
+        if c:
+            torch.testing.assert_close(r.logp[i, : len(c)].double(), logp[i], atol=1e-5, rtol=1e-5)
+    assert (r.logp - plain.logp).abs().max() > 1e-3  # the adapter matters, so the check above could fail

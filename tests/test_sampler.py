@@ -150,8 +150,9 @@ def test_the_engine_is_chosen_in_one_place():
     model = build("gpt2")
     assert isinstance(make_sampler(model), SharedPrefixSampler)  # any architecture with a key/value cache
     assert isinstance(make_sampler(model, "hf"), GenerateSampler)
+    assert isinstance(make_sampler(model, "lean"), SharedPrefixSampler)  # the former engine's name, kept
     with pytest.raises(ValueError, match="one of auto, shared, hf"):
-        make_sampler(model, "lean")
+        make_sampler(model, "fast")
     peft = pytest.importorskip("peft")
     tuned = peft.get_peft_model(build("llama"), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
     assert not prefix.supports(tuned) and isinstance(make_sampler(tuned), GenerateSampler)

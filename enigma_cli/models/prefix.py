@@ -101,7 +101,7 @@ def run(model, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
         kwargs["logits_to_keep"] = int(logits_to_keep)
     out = model(**kwargs)
     for name in ("cache", "past_key_values"):  # transformers 5.2x renamed the output field
-        if name in out.keys():
+        if name in out:
             return out, out[name]
     raise RuntimeError(f"{type(unwrap(model)).__name__} returned no cache; prompts cannot be shared for it.")
 

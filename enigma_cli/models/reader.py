@@ -76,7 +76,7 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
     wanted = resolve_layers(model, layers)
     device = next(model.parameters()).device
     completions = [list(c) for c in completion_ids]
-    n, width = len(completions), max(1, max(len(c) for c in completions))
+    width = max(1, max(len(c) for c in completions))
     at_rows, at_offsets = _check_at(at, completions)
     budget = (max_tokens or chunk_tokens(device), max_rows)
     chunks = _shared_chunks if share_prompts and prefix.supports(model) else _padded_chunks

@@ -28,6 +28,9 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from . import prefix
 
 ENGINES = ("auto", "shared", "hf")
+#: Former engine names still accepted: "lean" was the Llama-only shared-prompt sampler this one replaces, so that
+#: configs written with ``--sampler lean`` keep running (on the same models, and now on every other one).
+ALIASES = {"lean": "shared"}
 #: Ended rows leave the batch once they are at least this share of it (each time a gather of the cache).
 COMPACT_SHARE = 0.25
 
@@ -189,6 +192,7 @@ def make_sampler(model, engine: str = "auto") -> Sampler:
     """The sampler for ``model``: ``"shared"`` (prompts prefilled once), ``"hf"`` (``model.generate``), or
     ``"auto"``: shared wherever `prefix.supports` the model, else hf. An unknown engine, or ``"shared"`` for a
     model it cannot serve, raises ``ValueError``."""
+    engine = ALIASES.get(engine, engine)
     if engine not in ENGINES:
         raise ValueError(f"sampler engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     supported = prefix.supports(model)
