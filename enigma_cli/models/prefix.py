@@ -17,6 +17,7 @@ changes no value we read (tests/test_reader.py checks every architecture against
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -37,10 +38,16 @@ def accepts(model, name: str) -> bool:
     """Whether the forward of ``model`` (under peft: its base model's) takes a keyword ``name``."""
     target = unwrap(model)
     target = target.get_base_model() if hasattr(target, "get_base_model") else target
+    return name in _parameters(type(target))
+
+
+@functools.cache
+def _parameters(cls) -> frozenset[str]:
+    """The keyword names of ``cls.forward`` (asked at every decoding step, so looked up once per class)."""
     try:
-        return name in inspect.signature(target.forward).parameters
+        return frozenset(inspect.signature(cls.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
 
 
 def supports(model) -> bool:
@@ -86,11 +93,12 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def run(model, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor | None, cache=None, *,
-        hidden: bool = False, logits_to_keep: int | None = None):
+        hidden: bool = False, logits_to_keep: int | None = None, use_cache: bool = True):
     """One call of the model's own forward on ``ids`` ``[B, q]`` after ``cache`` (None: a fresh one), with the
-    full attention ``mask`` ``[B, cache + q]`` (``position_ids`` None: the model's own, from 0). Returns ``(output, cache)``; ``output.logits`` covers the last
+    full attention ``mask`` ``[B, cache + q]`` (``position_ids`` None: the model's own, from 0). Returns
+    ``(output, cache)`` (the cache None with ``use_cache=False``); ``output.logits`` covers the last
     ``logits_to_keep`` positions when the model can trim them (else all ``q``)."""
-    kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
+    kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": use_cache}
     if position_ids is not None and accepts(model, "position_ids"):  # ALiBi models derive them from the mask
         kwargs["position_ids"] = position_ids
     if cache is not None:
@@ -101,9 +109,11 @@ def run(model, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
         kwargs["logits_to_keep"] = int(logits_to_keep)
     out = model(**kwargs)
     for name in ("cache", "past_key_values"):  # transformers 5.2x renamed the output field
-        if name in out:
+        if out.get(name) is not None:
             return out, out[name]
-    raise RuntimeError(f"{type(unwrap(model)).__name__} returned no cache; prompts cannot be shared for it.")
+    if use_cache:
+        raise RuntimeError(f"{type(unwrap(model)).__name__} returned no cache; prompts cannot be shared for it.")
+    return out, None
 
 
 @dataclass

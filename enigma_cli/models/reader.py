@@ -12,7 +12,8 @@ Choices (ours):
   under gradient, where each row's gradient flows back into its prompt's one forward pass. The prompts of a
   critic matrix are most of its tokens, so SAMI's K² pairs cost K prompt passes instead of K². The values and
   gradients equal those of the padded per-row forward (tests/test_reader.py), except under dropout, where a
-  prompt's one pass draws one mask for all of its rows.
+  prompt's one pass draws one mask for all of its rows. With activation checkpointing on (training mode, with a
+  graph), rows are read per row: transformers drops the cache inside checkpointed layers.
 - **Per row** (``share_prompts=False``, and for models `prefix.supports` refuses): each row is ``prompt +
   completion``, right-padded, one forward per chunk (the layout of `logprobs.pack`).
 - Rows run in length-sorted chunks of a padded-token budget (``max_tokens``, default `logprobs.chunk_tokens`);
@@ -79,7 +80,8 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
     width = max(1, max(len(c) for c in completions))
     at_rows, at_offsets = _check_at(at, completions)
     budget = (max_tokens or chunk_tokens(device), max_rows)
-    chunks = _shared_chunks if share_prompts and prefix.supports(model) else _padded_chunks
+    share = share_prompts and prefix.supports(model) and not (grad and _checkpointed(model))
+    chunks = _shared_chunks if share else _padded_chunks
     parts: list[tuple] = []
     with torch.enable_grad() if grad else torch.no_grad():
         for rows, logits, states in chunks(model, [list(p) for p in prompt_ids], completions, wanted, budget, device):
@@ -94,6 +96,12 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
         reading.states = {layer: torch.cat([part[4][layer] for part in parts])[slots] for layer in wanted}
         reading.next_logprobs = torch.cat([part[5] for part in parts])[slots]
     return reading
+
+
+def _checkpointed(model) -> bool:
+    """Whether activation checkpointing would run on a graph: transformers then drops the cache inside each
+    layer (a replayed layer must not write it twice), so a continuation could not see its prompt."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 def _check_at(at, completions):
@@ -180,7 +188,7 @@ def _padded_chunks(model, prompts, completions, wanted, budget, device):
         first = int(starts.min()) - 1  # the first column whose logits predict a completion token
         keep = batch.input_ids.shape[1] - first
         out, _ = prefix.run(model, batch.input_ids, batch.attention_mask, None, hidden=bool(wanted),
-                            logits_to_keep=keep)
+                            logits_to_keep=keep, use_cache=False)
         column = (starts.unsqueeze(1) + torch.arange(width, device=device)).clamp(max=batch.input_ids.shape[1])
         logits = out.logits[:, -keep:]
         logits = logits.gather(1, (column - 1 - first).unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
