@@ -108,12 +108,12 @@ def run(model, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor
     if logits_to_keep is not None and accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = int(logits_to_keep)
     out = model(**kwargs)
-    for name in ("cache", "past_key_values"):  # transformers 5.2x renamed the output field
-        if out.get(name) is not None:
-            return out, out[name]
-    if use_cache:
+    if not use_cache:
+        return out, None
+    cache = out.get("cache" if accepts(model, "cache") else "past_key_values")  # renamed in transformers 5.2x
+    if cache is None:
         raise RuntimeError(f"{type(unwrap(model)).__name__} returned no cache; prompts cannot be shared for it.")
-    return out, None
+    return out, cache
 
 
 @dataclass
@@ -155,8 +155,9 @@ def select(cache, index: torch.Tensor):
 def reserve(cache, extra: int) -> None:
     """Give every full-attention layer of ``cache`` room for ``extra`` more positions, written in place.
 
-    ``DynamicLayer.update`` concatenates, i.e. copies the whole cache at every decoding step: a quarter of a
-    step of enigma-tiny's sampling (bench/sampler.py). Other layer kinds (sliding windows) are left as they are.
+    ``DynamicLayer.update`` concatenates, i.e. copies the whole cache at every decoding step: sampling 32 rows
+    of 200 tokens from enigma-tiny took 1.63 s so, 1.29 s with room reserved (equal at 96 tokens, where the
+    cache is short). Other layer kinds (sliding windows) are left as they are.
     """
     cache.layers = [_Reserved(layer, extra) if type(layer) is DynamicLayer and layer.is_initialized else layer
                     for layer in cache.layers]
