@@ -142,6 +142,8 @@ def test_layers_are_checked_in_one_place(model):
         read(model, PROMPTS[:1], COMPLETIONS[:1], layers=[3])
     with pytest.raises(InputError, match="Hidden layer -4"):
         resolve_layers(model, [-4])
+    with pytest.raises(InputError, match="--layers 5 does not exist: the model has 4 layers"):
+        resolve_layers(4, [0, 5], what="--layers")  # a layer count works before any weights load
 
 
 def test_bad_input_is_refused():

@@ -28,21 +28,22 @@ def num_layers(model) -> int:
     raise InputError("Cannot tell how many layers the model has: its config has no num_hidden_layers.")
 
 
-def resolve_layers(model, layers: Iterable[int] | None) -> dict[int, int]:
+def resolve_layers(model, layers: Iterable[int] | None, *, what: str = "Hidden layer") -> dict[int, int]:
     """Map each requested layer (as asked) to its hidden-state index in ``0..L``.
 
-    Negative layers count from the last (``-1`` is ``L``). A layer outside ``-(L+1)..L`` raises `InputError`
-    naming the valid range, before any forward pass. Duplicates naming the same state keep both keys.
+    ``model`` is a model or its layer count ``L``. Negative layers count from the last (``-1`` is ``L``). A layer
+    outside ``-(L+1)..L`` raises `InputError` naming it as ``what`` (e.g. ``"--layers"``) and the valid range,
+    before any forward pass. Duplicates naming the same state keep both keys.
     """
     if not layers:
         return {}
-    n_states = num_layers(model) + 1
+    n_states = (model if isinstance(model, int) else num_layers(model)) + 1
     resolved: dict[int, int] = {}
     for layer in layers:
         layer = int(layer)
         if not -n_states <= layer < n_states:
             raise InputError(
-                f"Hidden layer {layer} does not exist: the model has {n_states - 1} layers "
+                f"{what} {layer} does not exist: the model has {n_states - 1} layers "
                 f"(use 0..{n_states - 1}, or negative indices from the last)."
             )
         resolved[layer] = layer % n_states

@@ -1,7 +1,9 @@
-"""Batched scoring for any causal LM: per-token log-probs and hidden states of ``prompt + completion`` rows.
+"""Batched scoring for any causal LM: per-token log-probs and hidden states of right-padded ``prompt + completion``
+rows, and the chunking and pooling helpers that `reader` shares.
 
-The training forward (`train.objective`), the K×K critic matrix of SAMI with gradient (method.md §3, `pack` +
-`token_logprobs`) and the hidden states of the geometry analysis (§6) go through these functions.
+`reader.read` is the one reader of completions (shared prompts, any layout the callers need); `pack` +
+`token_logprobs` remain for callers that want the input-aligned layout below (and as the peer bench/reader.py
+times the reader against).
 
 Layout choices (ours):
 
@@ -192,7 +194,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def completion_positions(completion_ids: list[list[int]], like: torch.Tensor) -> torch.Tensor:
-    """Boolean ``[n, L]`` on ``like``'s device: True at ``j < len(completion_ids[i])`` (`decode.score`'s layout)."""
+    """Boolean ``[n, L]`` on ``like``'s device: True at ``j < len(completion_ids[i])`` (`reader.Reading`'s layout)."""
     lengths = torch.tensor([len(c) for c in completion_ids], device=like.device)
     return torch.arange(like.shape[1], device=like.device).unsqueeze(0) < lengths.unsqueeze(1)
 
