@@ -3,9 +3,10 @@
 Times ``Sampler.generate`` of each engine on the same rendered prompts (a shipped principle set's principles in
 the system prompt, synthetic questions, as `enigma train` draws them): ``shared`` (each distinct prompt prefilled
 once, the model's own forward and cache) and ``hf`` (``model.generate`` on left-padded rows, the peer); at
-commits that still hold ``enigma_cli/models/lean.py`` (up to ab8f117), also the Llama-only ``lean`` sampler
-(NOTES-engine-models.md has its figures). Engines run interleaved, one warm-up each, then ``--repeats`` timed runs; the script prints the median seconds, new tokens/s and the time
-ratio to ``hf``. ``--no-eos`` makes every row run to ``--max-new-tokens`` (equal work for every engine).
+commits that still hold ``enigma_cli/models/lean.py`` (up to ab8f117), also the Llama-only ``lean`` sampler.
+Engines run interleaved, one warm-up each, then ``--repeats`` timed runs; the script prints the median and the
+fastest seconds, new tokens/s and the time ratios to ``hf``. ``--no-eos`` makes every row run to
+``--max-new-tokens`` (equal work for every engine).
 
 Agreement (printed before the timings): whether ``shared`` draws the very completions ``hf`` draws for the seed,
 and ``--first-token N``: N one-token samples of one prompt from ``shared``, their total-variation distance to the

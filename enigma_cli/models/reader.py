@@ -9,8 +9,9 @@ Choices (ours):
 
 - **Shared prompts** (``share_prompts=True``, default where `prefix.supports` the model): each distinct prompt
   is run once and every completion that follows it continues from a copy of its cache (`prefix.select`), also
-  under gradient, where each row's gradient flows back into its prompt's one forward pass. The prompts of a
-  critic matrix are most of its tokens, so SAMI's K² pairs cost K prompt passes instead of K². The values and
+  under gradient, where each row's gradient flows back into its prompt's one forward pass. Prompts are a large
+  share of a critic matrix's tokens (about half in bench/reader.py), and SAMI's K² pairs then cost K prompt
+  passes instead of K². The values and
   gradients equal those of the padded per-row forward (tests/test_reader.py), except under dropout, where a
   prompt's one pass draws one mask for all of its rows. With activation checkpointing on (training mode, with a
   graph), rows are read per row: transformers drops the cache inside checkpointed layers.
@@ -66,7 +67,8 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
     `hidden.resolve_layers` checks them). ``grad``: build a graph (else ``no_grad``). ``at``: (rows, offsets)
     of completion tokens, offset ``j`` being token ``j`` of its completion, whose states and next-token
     distributions to return. ``max_tokens`` / ``max_rows``: the padded-token budget and row cap of one forward
-    chunk (default `logprobs.chunk_tokens`, no cap). The model's mode is left as it is (call it in eval mode for a metric).
+    chunk (default `logprobs.chunk_tokens`, no cap). The model's mode is left as it is (call it in eval mode
+    for a metric).
     """
     if len(prompt_ids) != len(completion_ids):
         raise ValueError(f"read: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
@@ -82,10 +84,12 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
     budget = (max_tokens or chunk_tokens(device), max_rows)
     share = share_prompts and prefix.supports(model) and not (grad and _checkpointed(model))
     chunks = _shared_chunks if share else _padded_chunks
+    prompts = [list(p) for p in prompt_ids]
     parts: list[tuple] = []
     with torch.enable_grad() if grad else torch.no_grad():
-        for rows, logits, states in chunks(model, [list(p) for p in prompt_ids], completions, wanted, budget, device):
-            parts.append(_collect(rows, logits, states, completions, wanted, temperature, width, at_rows, at_offsets))
+        for rows, logits, states in chunks(model, prompts, completions, wanted, budget, device):
+            parts.append(_collect(rows, logits, states, completions, wanted, temperature, width, at_rows,
+                                  at_offsets))
     order = torch.tensor([r for part in parts for r in part[0]], device=device)
     back = torch.argsort(order)  # chunk order -> input order
     logp = torch.cat([part[1] for part in parts])[back]

@@ -173,7 +173,8 @@ class GenerateSampler(Sampler):
         model = prefix.unwrap(self.model)
         sampling = temperature > 0
         config = GenerationConfig(
-            max_new_tokens=steps, do_sample=sampling, pad_token_id=pad_id, eos_token_id=list(eos),  # [] stops never
+            max_new_tokens=steps, do_sample=sampling, pad_token_id=pad_id,
+            eos_token_id=list(eos),  # [] never stops (None would take the model's own EOS)
             num_beams=1, use_cache=True,
             # Neutral values, so that the model's own generation_config cannot add warpers we did not ask for.
             repetition_penalty=1.0, no_repeat_ngram_size=0,
