@@ -3,11 +3,11 @@
 Builds the (principle prompt, completion) pairs exactly as `enigma_cli.scoring.critic_matrices` does: for N
 synthetic questions and a shipped principle set with K principles, enigma-tiny writes M completions under each
 principle (`generate`), and every sample index gives the K² pairs (principle i's prompt, principle j's
-completion). Those pairs are then scored with `enigma_cli.models.rollout.score_pairs`: with the padded forward
-(``engine="hf"``) at each of ``--batch-sizes`` (default 64) and at ``batch_size=1`` (the peer: no batching), and
-with the lean engine (each distinct prompt run once for its K pairs, `enigma_cli.models.decode.score`); the script
-prints pairs/s of each, the ratio to one at a time, and the largest difference to it (padding or prompt sharing
-must not change any score).
+completion). Those pairs are then scored with `enigma_cli.models.rollout.score_pairs`: with shared prompts (the
+default: each distinct prompt run once for its K pairs, `enigma_cli.models.reader.read`), per row
+(``share_prompts=False``) at each of ``--batch-sizes`` (default 64), and per row at ``batch_size=1`` (the peer: no
+batching); the script prints pairs/s of each, the ratio to one at a time, and the largest difference to it
+(padding or prompt sharing must not change any score).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/score_pairs.py --repeats 3
 """
@@ -83,13 +83,13 @@ def main(argv: list[str] | None = None) -> None:
           f"set={pset.name} (K={pset.k}) prompts={args.prompts} samples={args.samples} -> {n} pairs, "
           f"completion tokens mean {sum(lengths) / n:.1f} max {max(lengths)}; time = median of {args.repeats}")
 
-    t_single, s_single = timed(lambda: score_pairs(model, tok, prompts, completions, batch_size=1, engine="hf"),
-                               device, args.repeats)
+    t_single, s_single = timed(lambda: score_pairs(model, tok, prompts, completions, batch_size=1,
+                                                   share_prompts=False), device, args.repeats)
     header = f"{'impl':>14} {'seconds':>9} {'pairs/s':>9} {'ratio':>7} {'max |diff|':>11}"
     print(header)
     print("-" * len(header))
-    runs = [("lean", {"engine": "lean"})] + [(f"batch {bs}", {"engine": "hf", "batch_size": bs})
-                                             for bs in args.batch_sizes]
+    runs = [("shared", {})] + [(f"batch {bs}", {"share_prompts": False, "batch_size": bs})
+                               for bs in args.batch_sizes]
     for name, kwargs in runs:
         t, s = timed(lambda kwargs=kwargs: score_pairs(model, tok, prompts, completions, **kwargs), device,
                      args.repeats)

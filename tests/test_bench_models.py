@@ -24,7 +24,18 @@ def test_a_json_shape_gets_its_own_head_dim_and_the_tokenizer_vocabulary(tmp_pat
     assert config.vocab_size == len(AutoTokenizer.from_pretrained(folder))
 
 
-def test_presets_are_llama_shapes_with_whole_heads():
+def test_presets_have_whole_heads():
     for name, shape in PRESETS.items():
         assert shape["hidden_size"] % shape["num_attention_heads"] == 0, name
         assert shape["num_attention_heads"] % shape["num_key_value_heads"] == 0, name
+
+
+def test_a_model_type_picks_the_architecture(tmp_path):
+    """The Qwen2 presets build Qwen2 models (biased q/k/v projections), with enigma-tiny's token ids."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_folder("qwen2-mini", str(tmp_path)))
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    assert model.config.num_key_value_heads == PRESETS["qwen2-mini"]["num_key_value_heads"]
+    assert model.config.eos_token_id == 2 and model.config.vocab_size == 512

@@ -14,7 +14,7 @@ from enigma_cli.models.logprobs import Batch, mean_pool, pack, sequence_mean_log
 from enigma_cli.models.rollout import encode_prompts, generate, score_pairs
 from enigma_cli.prompts import render_prompt
 
-ENGINES = pytest.mark.parametrize("engine", ["lean", "hf"])
+ENGINES = pytest.mark.parametrize("engine", ["shared", "hf"])
 
 
 def _random_pairs(vocab: int, lengths: list[tuple[int, int]], seed: int = 0):
@@ -134,8 +134,8 @@ def test_gradient_flows(tiny_lm):
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
-@ENGINES
-def test_score_pairs_equals_each_pair_alone(tiny_lm, engine):
+@pytest.mark.parametrize("share", [True, False])
+def test_score_pairs_equals_each_pair_alone(tiny_lm, share):
     model, tokenizer = tiny_lm
     principles = ["Be concise.", "Explain each step carefully.", "Think step by step."]
     question = "What is 3 + 4?"
@@ -144,7 +144,7 @@ def test_score_pairs_equals_each_pair_alone(tiny_lm, engine):
     # The K x K critic matrix: row i = principle i, column j = completion j.
     pair_prompts = [prompt_texts[i] for i in range(3) for _ in range(3)]
     pair_completions = [completions[j] for _ in range(3) for j in range(3)]
-    scores = score_pairs(model, tokenizer, pair_prompts, pair_completions, batch_size=4, engine=engine)
+    scores = score_pairs(model, tokenizer, pair_prompts, pair_completions, batch_size=4, share_prompts=share)
     assert scores.shape == (9,)
     encoded = encode_prompts(tokenizer, prompt_texts)
     for k, (i, j) in enumerate((i, j) for i in range(3) for j in range(3)):
@@ -210,12 +210,15 @@ def test_greedy_batched_equals_one_at_a_time(tiny_lm, engine):
     assert split.completion_ids == batched.completion_ids
 
 
-def test_greedy_engines_agree(tiny_lm):
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_engines_draw_the_same_samples(tiny_lm, temperature):
+    """For a seed, the shared-prompt sampler draws what `model.generate` draws (greedy and sampled alike)."""
     model, tokenizer = tiny_lm
     prompts = [render_prompt(tokenizer, c, q) for c, q in [("Be concise.", "What is 3 + 4?"), ("", "Hi")]]
-    lean = generate(model, tokenizer, prompts, num_samples=2, max_new_tokens=8, temperature=0.0, engine="lean")
-    hf = generate(model, tokenizer, prompts, num_samples=2, max_new_tokens=8, temperature=0.0, engine="hf")
-    assert lean.completion_ids == hf.completion_ids and lean.finished == hf.finished
+    kwargs = {"num_samples": 3, "max_new_tokens": 8, "temperature": temperature, "top_p": 0.9, "seed": 11}
+    shared = generate(model, tokenizer, prompts, engine="shared", **kwargs)
+    hf = generate(model, tokenizer, prompts, engine="hf", **kwargs)
+    assert shared.completion_ids == hf.completion_ids and shared.finished == hf.finished
 
 
 @ENGINES
@@ -228,9 +231,9 @@ def test_generate_truncates_after_eos(tiny_lm, engine):
 
     def boost_eos(module, inputs, output):
         calls["n"] += 1
-        output = output.clone()  # [B, T, V] from the model's forward, [B, V] from the lean sampler's
+        output = output.clone()  # [B, T, V]
         output[..., eos] = -1e4  # never EOS by chance...
-        if calls["n"] >= 3 and output.shape[0] == 2:  # (the lean sampler drops row 0 once it has ended)
+        if calls["n"] >= 3 and output.shape[0] == 2:  # (the shared sampler drops row 0 once it has ended)
             output[0, ..., eos] = 1e4  # ...except row 0 from its 3rd token on
         return output
 

@@ -1,7 +1,9 @@
-"""Batched scoring for any causal LM: per-token log-probs and hidden states of ``prompt + completion`` rows.
+"""Batched scoring for any causal LM: per-token log-probs and hidden states of right-padded ``prompt + completion``
+rows, and the chunking and pooling helpers that `reader` shares.
 
-The training forward (`train.objective`), the K×K critic matrix of SAMI with gradient (method.md §3, `pack` +
-`token_logprobs`) and the hidden states of the geometry analysis (§6) go through these functions.
+`reader.read` is the one reader of completions (shared prompts, any layout the callers need); `pack` +
+`token_logprobs` remain for callers that want the input-aligned layout below (and as the peer bench/reader.py
+times the reader against).
 
 Layout choices (ours):
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from enigma_cli.errors import InputError
+from enigma_cli.models.hidden import resolve_layers
 
 
 @dataclass(frozen=True)
@@ -83,12 +85,6 @@ def _forward_accepts(model, name: str) -> bool:
         return False
 
 
-def _num_hidden_layers(model) -> int:
-    config = getattr(model, "module", model).config  # DDP / FSDP wrappers hold the model in .module
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(text_config.num_hidden_layers)
-
-
 def _selected_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
     """``log_softmax(logits / temperature)`` gathered at ``targets``, in float32, one row at a time."""
     rows = []
@@ -125,16 +121,7 @@ def token_logprobs(
     input_ids, attention_mask, completion_mask = batch.input_ids, batch.attention_mask, batch.completion_mask
     bsz, width = input_ids.shape
 
-    wanted: dict[int, int] = {}
-    if hidden_layers:
-        n_states = _num_hidden_layers(model) + 1
-        for layer in hidden_layers:
-            if not -n_states <= int(layer) < n_states:
-                raise InputError(
-                    f"Hidden layer {layer} does not exist: the model has {n_states - 1} layers "
-                    f"(use 0..{n_states - 1}, or negative indices from the last)."
-                )
-            wanted[int(layer)] = int(layer) % n_states
+    wanted = resolve_layers(model, hidden_layers)
 
     # The first position whose logits predict a completion token; earlier logits are never needed.
     has_completion = completion_mask.any(dim=0)
@@ -207,7 +194,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def completion_positions(completion_ids: list[list[int]], like: torch.Tensor) -> torch.Tensor:
-    """Boolean ``[n, L]`` on ``like``'s device: True at ``j < len(completion_ids[i])`` (`decode.score`'s layout)."""
+    """Boolean ``[n, L]`` on ``like``'s device: True at ``j < len(completion_ids[i])`` (`reader.Reading`'s layout)."""
     lengths = torch.tensor([len(c) for c in completion_ids], device=like.device)
     return torch.arange(like.shape[1], device=like.device).unsqueeze(0) < lengths.unsqueeze(1)
 
