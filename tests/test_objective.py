@@ -140,12 +140,12 @@ def _setup(tiny_lm, ablation, **options):
                  cfg, step=1)
     ep.advantages = torch.randn(len(ep.completion_ids), generator=torch.Generator().manual_seed(4))
     layers = [1, 4]
-    ref = reference_pass(model, ep, tokenizer.pad_token_id, layers)
+    ref = reference_pass(model, ep, layers)
     old_model = copy.deepcopy(model)
     with torch.no_grad():
         for p in old_model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    old = reference_pass(old_model, ep, tokenizer.pad_token_id, None)
+    old = reference_pass(old_model, ep, None)
     with torch.no_grad():  # the policy has moved away from the reference: KL and OT are not 0
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -172,9 +172,9 @@ def test_micro_loss_equals_a_brute_force_enigma_objective(tiny_lm):
     """Full ENIGMA, GSPO weights against a perturbed old policy, β > 0: every sequence alone, terms by hand."""
     from enigma_cli.train.objective import micro_loss
 
-    model, pad, cfg, ep, layers, ref, old = _setup(tiny_lm, "enigma", beta=0.1, sami_matrices=0,
+    model, _, cfg, ep, layers, ref, old = _setup(tiny_lm, "enigma", beta=0.1, sami_matrices=0,
                                                    lambda_sami=0.7, lambda_ot=2.0)
-    loss, metrics = micro_loss(model, ep, range(2), cfg, pad_id=pad, layers=layers, ref=ref, old=old,
+    loss, metrics = micro_loss(model, ep, range(2), cfg, layers=layers, ref=ref, old=old,
                                num_items=sum(map(len, ep.completion_ids)))
     got = _grads(model, loss)
 
@@ -273,17 +273,20 @@ def test_micro_loss_equals_the_replaced_objective(ablation, loss_type, accum, be
     num_items = sum(map(len, ep.completion_ids))
     for a in range(accum):
         prompts = range(a * 2 // accum, (a + 1) * 2 // accum)
-        new_loss, new_metrics = micro_loss(model, ep, prompts, cfg, pad_id=pad, layers=layers, ref=ref, old=old,
+        new_loss, new_metrics = micro_loss(model, ep, prompts, cfg, layers=layers, ref=ref, old=old,
                                            num_items=num_items, accum_steps=accum)
         new_grads = _grads(model, new_loss)
         old_loss, old_metrics = legacy(model, ep, prompts, cfg, pad_id=pad, layers=layers, ref=ref, old=old,
                                        num_items=num_items, scale=1.0 / accum)
         old_grads = _grads(model, old_loss)
-        assert new_loss.item() == pytest.approx(old_loss.item(), rel=1e-6, abs=1e-9)
+        # the new forward shares each prompt's pass among its rows (models.reader), the old one padded every row:
+        # the same numbers up to float32 summation order
+        assert new_loss.item() == pytest.approx(old_loss.item(), rel=1e-5, abs=1e-7)
         assert set(new_grads) == set(old_grads)
+        scale = max(float(g.abs().max()) for g in old_grads.values())
         for name in new_grads:
-            torch.testing.assert_close(new_grads[name], old_grads[name], rtol=1e-6, atol=1e-9, msg=name)
+            torch.testing.assert_close(new_grads[name], old_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
         # the same metrics, except the old dapo `loss_grpo`, which logged the share and not the batch loss
         for key, value in old_metrics.items():
             if not (key == "loss_grpo" and loss_type == "dapo"):
-                assert new_metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+                assert new_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

@@ -518,9 +518,9 @@ def test_too_many_non_finite_steps_in_a_row_abort(model_dir, tmp_path, monkeypat
     assert pd.read_csv(out / "metrics.csv")["skipped"].tolist() == [1]
 
 
-def test_reference_pass_of_llama_models_equals_the_padded_forward(tiny_lm, model_dir, tmp_path):
-    """The reference pass runs each prompt once for all of its completions (`decode.score`); its log-probs,
-    masks and pooled hidden states are those of the right-padded batch forward that the update uses."""
+def test_reference_pass_equals_the_padded_forward(tiny_lm, model_dir, tmp_path):
+    """The reference pass runs each prompt once for all of its completions (`models.reader`); its log-probs,
+    masks and pooled hidden states are those of reading every row on its own, right-padded."""
     from enigma_cli.train import objective
     from enigma_cli.train.config import TrainConfig
     from enigma_cli.train.episodes import collect
@@ -533,10 +533,12 @@ def test_reference_pass_of_llama_models_equals_the_padded_forward(tiny_lm, model
     ep = collect(model, tokenizer, examples, pset, cfg, step=1)
     assert len({tuple(p) for p in ep.prompt_ids}) < len(ep.completion_ids)  # prompts shared by several rows
     layers = [0, 2, 4]
-    lean = objective.reference_pass(model, ep, tokenizer.pad_token_id, layers)
+    lean = objective.reference_pass(model, ep, layers)
     idx = list(range(len(ep.completion_ids)))
-    with torch.no_grad():
-        plain = objective.forward(model, ep, idx, [ep.prompt_of(i) for i in idx], tokenizer.pad_token_id, layers)
+    from enigma_cli.models.reader import read
+
+    plain = read(model, [ep.prompt_ids[ep.prompt_of(i)] for i in idx], [ep.completion_ids[i] for i in idx],
+                 layers=layers, share_prompts=False)
     assert torch.equal(lean.mask, plain.mask.bool())
     torch.testing.assert_close(lean.logp, plain.logp, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(lean.seq_logp, plain.seq_logp, atol=2e-5, rtol=1e-5)

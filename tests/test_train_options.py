@@ -54,10 +54,25 @@ def _models_alive() -> int:
     return sum(type(o) is LlamaForCausalLM for o in gc.get_objects())
 
 
+def _spy_reads(monkeypatch) -> list[bool]:
+    """Record each read of the update's objective (models.reader.read): True when it builds a graph."""
+    from enigma_cli.train import objective
+
+    reads: list[bool] = []
+    real = objective.read
+
+    def spy(*args, **kwargs):
+        reads.append(bool(kwargs.get("grad")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "read", spy)
+    return reads
+
+
 # -- the true GRPO-only ablation -------------------------------------------------------------------------------
 @pytest.mark.parametrize("lora", [0, 4])
 def test_true_grpo_only_holds_no_reference_and_runs_only_the_policy_forward(lora, model_dir, tmp_path, monkeypatch):
-    passes, forwards, entered = [], [], []
+    passes, entered = [], []
     real_pass = trainer_mod.reference_pass
     monkeypatch.setattr(trainer_mod, "reference_pass", lambda *a, **k: passes.append(1) or real_pass(*a, **k))
     real_ctx = trainer_mod.Trainer._reference_model
@@ -66,12 +81,10 @@ def test_true_grpo_only_holds_no_reference_and_runs_only_the_policy_forward(lora
     trainer = _trainer(model_dir, tmp_path / "run", lora_r=lora, **TRUE_GRPO)
     assert trainer.reference is None
     assert _models_alive() - before == 1  # the policy, and no copy of it anywhere
-    policy = trainer.model.get_base_model() if lora else trainer.model
-    handle = policy.register_forward_hook(lambda *a: forwards.append(torch.is_grad_enabled()))
+    reads = _spy_reads(monkeypatch)
     row = trainer.step()
-    handle.remove()
     assert passes == [] and entered == []
-    assert forwards == [True]  # one forward of the G·P sequences with a graph; no critic, no reference
+    assert reads == [True]  # one read of the G·P sequences with a graph; no critic, no reference
     for col in ("kl_ref", "ot_divergence", "mi_sym", "loss_sami"):
         assert col not in row
     assert row["grad_norm"] > 0
@@ -84,10 +97,9 @@ def test_each_logged_extra_brings_back_only_its_own_work(model_dir, tmp_path, mo
     real_pass = trainer_mod.reference_pass
     monkeypatch.setattr(trainer_mod, "reference_pass", lambda *a, **k: passes.append(1) or real_pass(*a, **k))
     critic = _trainer(model_dir, tmp_path / "c", **{**TRUE_GRPO, "critic_metrics": True})
-    forwards = []
-    critic.model.register_forward_hook(lambda *a: forwards.append(torch.is_grad_enabled()))
+    reads = _spy_reads(monkeypatch)
     row = critic.step()
-    assert critic.reference is None and passes == [] and forwards == [True, False]
+    assert critic.reference is None and passes == [] and reads == [True, False]
     assert "mi_sym" in row and "kl_ref" not in row
     ref = _trainer(model_dir, tmp_path / "r", **{**TRUE_GRPO, "ref_metrics": True})
     row = ref.step()
@@ -159,29 +171,37 @@ def test_dropout_is_off_so_step_one_has_no_kl_and_no_drift(keep, dropout_model_d
 
 # -- gradient checkpointing ------------------------------------------------------------------------------------
 def test_gradient_checkpointing_gives_the_same_gradients(model_dir, tmp_path, monkeypatch):
-    calls: dict[bool, int] = {False: 0, True: 0}
+    # a layer's MLP calls in the update: during micro_loss (the forward) and after it (the backward's replay)
+    calls = {(ckpt, phase): 0 for ckpt in (False, True) for phase in ("forward", "backward")}
     real = trainer_mod.micro_loss
 
-    def counted(model, ep, prompts, cfg, **kwargs):  # count a layer's MLP calls in the update, its backward included
+    def counted(model, ep, prompts, cfg, **kwargs):
         key, mlp = cfg.gradient_checkpointing, model.model.layers[0].mlp
         forward = mlp.forward  # (a forward hook would not do: torch's checkpoint replays the forward without hooks)
+        phase = ["forward"]
 
         def spy(*a, **k):
-            calls[key] += 1
+            calls[(key, phase[0])] += 1
             return forward(*a, **k)
 
         mlp.forward = spy
-        return real(model, ep, prompts, cfg, **kwargs)
+        try:
+            return real(model, ep, prompts, cfg, **kwargs)
+        finally:
+            phase[0] = "backward"
 
     monkeypatch.setattr(trainer_mod, "micro_loss", counted)
     plain, row1 = _grads_at_first_step(_trainer(model_dir, tmp_path / "a"))
     checkpointed, row2 = _grads_at_first_step(_trainer(model_dir, tmp_path / "b", gradient_checkpointing=True))
-    assert calls[True] == 2 * calls[False] > 0  # the checkpointed layer ran again in the backward
+    assert calls[(False, "forward")] > 0 and calls[(False, "backward")] == 0
+    # the checkpointed layer ran again in the backward, once per forward call
+    assert calls[(True, "backward")] == calls[(True, "forward")] > 0
     scale = max(float(g.abs().max()) for g in plain.values())
     assert set(plain) == set(checkpointed) and scale > 0
     for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7 * scale, msg=name)
-    assert row2["loss"] == pytest.approx(row1["loss"], rel=1e-6)
+        # (the checkpointed run reads every row on its own, the plain one shares prompts: float32 sums differ)
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+    assert row2["loss"] == pytest.approx(row1["loss"], rel=1e-5)
 
 
 # -- what feeds the objective: advantages per prompt, weighted rewards ----------------------------------------

@@ -17,97 +17,44 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models import decode
-from ..models.logprobs import (
-    Batch,
-    chunk_tokens,
-    completion_positions,
-    length_chunks,
-    mean_pool,
-    pack,
-    sequence_mean_logprob,
-    token_logprobs,
-)
+from ..models.reader import read
 from . import terms
 from .episodes import Episodes
 
 
-def compact(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's masked entries to the front, keeping order: [B, T] → ([B, L], mask [B, L]), L = max count.
-
-    Differentiable (a gather), so per-token log-probs from sequences padded differently line up by completion token.
-    """
-    mask = mask.bool()
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
-    length = int(mask.sum(dim=1).max().item()) if mask.numel() else 0
-    order = order[:, :length]
-    return values.gather(1, order), mask.gather(1, order)
-
-
 @dataclass
 class Forward:
-    logp: torch.Tensor              # [n, L] completion-token log-probs (compacted)
+    logp: torch.Tensor              # [n, L] completion-token log-probs (token j of each completion at column j)
     mask: torch.Tensor              # [n, L]
     seq_logp: torch.Tensor          # [n] mean token log-prob
     pooled: dict[int, torch.Tensor]  # layer -> [n, H]
 
 
-def forward(model, ep: Episodes, idx: list[int], prompt_rows: list[int], pad_id: int,
-            layers: list[int] | None, temperature: float = 1.0) -> Forward:
+def forward(model, ep: Episodes, idx: list[int], prompt_rows: list[int], layers: list[int] | None,
+            temperature: float = 1.0) -> Forward:
     """Log-probs (and pooled hidden states) of completions `idx`, each after prompt `prompt_rows[i]`.
 
-    Log-probs are of the sampling distribution, logits / temperature, as in TRL, so that on-policy ratios are 1.
-    The rows run in length-sorted chunks (`logprobs.length_chunks`, `logprobs.chunk_tokens`); the result is in the order of `idx`, and the graphs of
-    all chunks stay alive for one backward, so the loss and its gradient do not depend on the chunking.
+    Through `models.reader.read`, with a graph when grad is enabled: each distinct prompt runs once and its cache
+    serves every completion after it (the K rows of a SAMI critic row share their principle's prompt), and the
+    gradient flows back into that one pass. Log-probs are of the sampling distribution, logits / temperature, as
+    in TRL, so that on-policy ratios are 1. The result is in the order of `idx`.
     """
-    device = _device(model)
-    prompts = [ep.prompt_ids[r] for r in prompt_rows]
-    completions = [ep.completion_ids[i] for i in idx]
-    budget = chunk_tokens(device)
-    parts, order = [], []
-    for rows in length_chunks([len(p) + len(c) for p, c in zip(prompts, completions)], budget):
-        batch: Batch = pack([prompts[i] for i in rows], [completions[i] for i in rows], pad_id)
-        batch = Batch(*(t.to(device) for t in (batch.input_ids, batch.attention_mask, batch.completion_mask)))
-        logp, hidden = token_logprobs(model, batch, hidden_layers=layers or None, temperature=temperature)
-        mask = batch.completion_mask
-        seq = (logp * mask).sum(1) / mask.sum(1).clamp(min=1)
-        pooled = {layer: mean_pool(h.float(), mask) for layer, h in (hidden or {}).items()}
-        logp_c, mask_c = compact(logp.float(), mask)
-        parts.append((logp_c, mask_c, seq, pooled))
-        order.extend(rows)
-    width = max(part[0].shape[1] for part in parts)
-    back = torch.argsort(torch.tensor(order, device=device))  # chunk order -> the order of idx
-    logp = torch.cat([F.pad(part[0], (0, width - part[0].shape[1])) for part in parts])[back]
-    mask = torch.cat([F.pad(part[1], (0, width - part[1].shape[1])) for part in parts])[back]
-    seq = torch.cat([part[2] for part in parts])[back]
-    pooled = {layer: torch.cat([part[3][layer] for part in parts])[back] for layer in parts[0][3]}
-    return Forward(logp, mask, seq, pooled)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    r = read(model, [ep.prompt_ids[p] for p in prompt_rows], [ep.completion_ids[i] for i in idx],
+             layers=layers or (), grad=torch.is_grad_enabled(), temperature=temperature)
+    return Forward(r.logp, r.mask, r.seq_logp, r.pooled)
 
 
 @torch.no_grad()
-def reference_pass(model, ep: Episodes, pad_id: int, layers: list[int] | None, temperature: float = 1.0) -> Forward:
-    """Log-probs and pooled hidden states of every completion under `model` (reference or old policy).
+def reference_pass(model, ep: Episodes, layers: list[int] | None, temperature: float = 1.0) -> Forward:
+    """Log-probs and pooled hidden states of every completion under `model` (reference or old policy), no graph.
 
-    No gradient is needed, so Llama-architecture models take `decode.score`, which runs each of the step's
-    prompts once for its G/K completions instead of once per completion (the prompts are most of the tokens);
-    other models take `forward`. Both give the same numbers (tests/test_train.py).
+    The same reader as the policy's forward, so at step 1 (policy = reference, dropout off) the two agree exactly.
     """
-    n = len(ep.completion_ids)
-    idx = list(range(n))
-    if not decode.supports(model):
-        return forward(model, ep, idx, [ep.prompt_of(i) for i in idx], pad_id, layers, temperature)
-    prompts = [ep.prompt_ids[ep.prompt_of(i)] for i in idx]
-    logp, pooled = decode.score(model, prompts, [list(c) for c in ep.completion_ids],
-                                hidden_layers=layers or (), temperature=temperature)
-    mask = completion_positions(ep.completion_ids, logp)
-    return Forward(logp, mask, sequence_mean_logprob(logp, mask), pooled)
+    idx = list(range(len(ep.completion_ids)))
+    return forward(model, ep, idx, [ep.prompt_of(i) for i in idx], layers, temperature)
 
 
-def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers: list[int], ref: Forward | None,
+def micro_loss(model, ep: Episodes, prompts: range, cfg, *, layers: list[int], ref: Forward | None,
                old: Forward | None, num_items: int, accum_steps: int = 1) -> tuple[torch.Tensor, dict]:
     """This micro-batch's share of the batch loss (`terms`: shares add up over micro-batches) and its metrics.
 
@@ -119,7 +66,7 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
     m_sami = sami_matrices(cfg, ep.m)
     off = ep.off_diagonal(prompts, m_sami) if (cfg.use_sami or cfg.critic_metrics) else []
     hidden = layers if (cfg.use_ot or ref is not None) else None
-    out, off_logp = _policy_forward(model, ep, diag, off, cfg, pad_id, hidden)
+    out, off_logp = _policy_forward(model, ep, diag, off, cfg, hidden)
     nd = len(diag)
     logp, mask = out.logp[:nd], out.mask[:nd]
     old_logp = _fit(old.logp[diag].to(logp.device), logp) if old is not None else None
@@ -147,7 +94,7 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, pad_id: int, layers:
     return total, metrics
 
 
-def _policy_forward(model, ep: Episodes, diag: list[int], off: list, cfg, pad_id: int,
+def _policy_forward(model, ep: Episodes, diag: list[int], off: list, cfg,
                     hidden: list[int] | None) -> tuple[Forward, torch.Tensor]:
     """The policy's forward of the diagonal (with graph) and the critic's off-diagonal scores.
 
@@ -159,11 +106,11 @@ def _policy_forward(model, ep: Episodes, diag: list[int], off: list, cfg, pad_id
     cols += [p * ep.k + i for p, s, i, j in off]
     nd = len(diag)
     if cfg.use_sami or not off:
-        out = forward(model, ep, rows, cols, pad_id, hidden, cfg.temperature)
+        out = forward(model, ep, rows, cols, hidden, cfg.temperature)
         return out, out.seq_logp[nd:]
-    out = forward(model, ep, rows[:nd], cols[:nd], pad_id, hidden, cfg.temperature)
+    out = forward(model, ep, rows[:nd], cols[:nd], hidden, cfg.temperature)
     with torch.no_grad():  # the bare module: a DDP wrapper would sync buffers between forward and backward
-        off_logp = forward(getattr(model, "module", model), ep, rows[nd:], cols[nd:], pad_id, None,
+        off_logp = forward(getattr(model, "module", model), ep, rows[nd:], cols[nd:], None,
                            cfg.temperature).seq_logp
     return out, off_logp
 
@@ -184,6 +131,7 @@ def sami_matrices(cfg, m: int) -> int:
 
 
 def _fit(other: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """`other` [n, L'] cut or zero-padded to `like`'s width (log-probs of the same completions, read separately)."""
     if other is None:
         return None
     width = like.shape[1]

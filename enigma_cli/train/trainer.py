@@ -139,8 +139,8 @@ class Trainer:
         ref = None
         if needs_reference(cfg):
             with self._reference_model() as ref_model:
-                ref = reference_pass(ref_model, ep, self.pad_id, self.layers, cfg.temperature)
-        old = (reference_pass(self.model, ep, self.pad_id, None, cfg.temperature)
+                ref = reference_pass(ref_model, ep, self.layers, cfg.temperature)
+        old = (reference_pass(self.model, ep, None, cfg.temperature)
                if cfg.updates_per_generation > 1 else None)
         release_freed_memory()
         t_score = time.perf_counter() - t1
@@ -159,7 +159,7 @@ class Trainer:
                 prompts = range(a * per_micro, (a + 1) * per_micro)
                 sync = nullcontext() if (self.world == 1 or a == cfg.grad_accum - 1) else self.wrapped.no_sync()
                 with sync:
-                    loss, metrics = micro_loss(self.wrapped, ep, prompts, cfg, pad_id=self.pad_id, layers=self.layers,
+                    loss, metrics = micro_loss(self.wrapped, ep, prompts, cfg, layers=self.layers,
                                                ref=ref, old=old, num_items=num_items,
                                                accum_steps=cfg.grad_accum)
                     # logged even when non-finite, so a skipped step's row has the same columns as the others
