@@ -283,3 +283,11 @@ def test_bad_surrogate_options_exit_3_before_loading(flags, needle, model_dir, t
     rc, stdout, stderr = train("--model", model_dir, "--steps", 1, *SMALL, "--output-dir", tmp_path / "r", *flags)
     assert rc == 3 and stdout == "" and needle in stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_every_sampler_engine_is_a_train_option():
+    """--sampler offers what the sampler has (plus the old name lean), so a new engine cannot be forgotten."""
+    from enigma_cli.models.sampler import ALIASES, ENGINES
+    from enigma_cli.train.config import SAMPLERS
+
+    assert set(SAMPLERS) == set(ENGINES) | set(ALIASES)

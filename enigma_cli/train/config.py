@@ -12,7 +12,7 @@ SURROGATES = ("clip", "cispo", "sapo")
 REF_DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPORTANCE_LEVELS = ("token", "sequence")
 SCALES = ("group", "batch", "none")
-SAMPLERS = ("auto", "lean", "hf")
+SAMPLERS = ("auto", "shared", "hf", "lean")  # models.sampler.ENGINES, plus the old name "lean" (= shared)
 STREAM_FORMATS = ("csv", "jsonl")
 
 
@@ -31,8 +31,9 @@ class TrainConfig(Options):
     principles_per_prompt: int = opt(2, "Principles per prompt (K); G/K completions each.", short="-K", ge=2)
     max_new_tokens: int = opt(96, "Longest completion, in tokens.", ge=1)
     temperature: float = opt(1.0, "Sampling temperature.", gt=0)
-    sampler: str = opt("auto", "Rollout sampler: lean (Llama-architecture models, prompts cached once per "
-                               "group), hf (transformers' generate), or auto.", choices=SAMPLERS)
+    sampler: str = opt("auto", "Rollout sampler: shared (each prompt prefilled once, its cache shared by its G "
+                               "samples; draws what generate draws), hf (transformers' generate), or auto (shared "
+                               "where the model allows). 'lean' is an old name of shared.", choices=SAMPLERS)
     # the optimiser
     lr: float | None = opt(None, "AdamW learning rate (default: per model size, see docs: 3e-4 for enigma-tiny, "
                                  "2e-5 with LoRA above 20M parameters).", gt=0)

@@ -163,9 +163,9 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
         from ..models.portable import _record_name, portable_spec
 
         _record_name(lm.model, portable_spec(cfg.model, lm.adapter))
-    if cfg.sampler == "lean" and not decode.supports(lm.model):
-        raise InputError(f"--sampler lean runs Llama-architecture models only, and {cfg.model} is "
-                         f"{type(lm.model).__name__}; use --sampler auto or hf.")
+    if cfg.sampler in ("shared", "lean") and not decode.supports(lm.model):
+        raise InputError(f"--sampler {cfg.sampler} needs a decoder-only model with a key/value cache, and "
+                         f"{cfg.model} is {type(lm.model).__name__}; use --sampler auto or hf.")
     # the context check on the loaded model (it could not run before loading for a GGUF file or a hub id)
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}",
                          deferred={cfg.model})
