@@ -288,5 +288,7 @@ def test_micro_loss_equals_the_replaced_objective(ablation, loss_type, accum, be
             torch.testing.assert_close(new_grads[name], old_grads[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
         # the same metrics, except the old dapo `loss_grpo`, which logged the share and not the batch loss
         for key, value in old_metrics.items():
-            if not (key == "loss_grpo" and loss_type == "dapo"):
+            # (and ot_unconverged: whether a nearly-converged Sinkhorn solve crosses its tolerance before max_iter
+            # turns on the last digits of its inputs, which the two forwards sum in different orders)
+            if not (key == "loss_grpo" and loss_type == "dapo") and key != "ot_unconverged":
                 assert new_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

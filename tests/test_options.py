@@ -142,7 +142,7 @@ def test_config_values_are_type_checked_before_anything_runs(tmp_path, capsys, l
     (["--max-grad-norm", "-1"], "--max-grad-norm must be greater than 0"),
     (["--max-grad-norm", "0"], "--max-grad-norm must be greater than 0"),
     (["--lora-r", "-1"], "--lora-r must be at least 0"),
-    (["--sampler", "fast"], "--sampler must be one of auto, lean, hf"),
+    (["--sampler", "fast"], "--sampler must be one of auto, shared, hf, lean"),
 ])
 def test_flag_values_are_checked_with_one_sentence(tmp_path, capsys, argv, needle):
     rc, out, err = run(["train", *argv, "--output-dir", tmp_path / "out"], capsys)

@@ -80,14 +80,10 @@ def resolve_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[in
     """``all``/None → 0..L; a comma list (negative counts from L, as in Python) → sorted unique indices."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         return list(range(num_layers + 1))
+    from ..models.hidden import resolve_layers as resolve
+
     items = parse_layers(spec) if isinstance(spec, str) else list(spec)
-    out = set()
-    for layer in items:
-        if not -(num_layers + 1) <= layer <= num_layers:
-            raise InputError(f"--layers {layer} does not exist: hidden states run 0..{num_layers} "
-                             f"(or -{num_layers + 1}..-1 from the last).")
-        out.add(layer % (num_layers + 1))
-    return sorted(out)
+    return sorted(set(resolve(num_layers, items, what="--layers").values()))
 
 
 def parse_layers(spec: str) -> list[int] | None:

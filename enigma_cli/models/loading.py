@@ -100,9 +100,9 @@ class LoadedModel:
     @property
     def num_layers(self) -> int:
         """Number of transformer blocks (hidden-state index ``num_layers`` is the last; 0 is the embeddings)."""
-        config = self.model.config
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        return int(text_config.num_hidden_layers)
+        from enigma_cli.models.hidden import num_layers
+
+        return num_layers(self.model)
 
 
 def _quiet_progress_bars() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EnigmaError, InputError
+from ..errors import EnigmaError
 from . import distributed as dist_utils
 from .checkpoint import find_checkpoint, load_state, save_checkpoint, set_rng_state
 from .episodes import Episodes, collect
@@ -69,12 +69,12 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.wrapped = DDP(model, device_ids=[lm.device.index] if lm.device.type == "cuda" else None)
-        n_layers = _num_layers(model)
-        self.layers = [x if x >= 0 else n_layers + 1 + x for x in cfg.ot_layers] or default_layers(n_layers)
-        bad = [x for x, layer in zip(cfg.ot_layers, self.layers) if not 0 <= layer <= n_layers]
-        if bad:  # checked here, before run() writes anything, rather than at the first forward
-            raise InputError(f"--ot-layers {bad[0]} does not exist: the model has {n_layers} layers "
-                             f"(use 0..{n_layers}, or negative indices from the last).")
+        from ..models.hidden import num_layers, resolve_layers
+
+        n_layers = num_layers(model)
+        # checked here, before run() writes anything, rather than at the first forward
+        self.layers = list(resolve_layers(n_layers, cfg.ot_layers, what="--ot-layers").values()) \
+            or default_layers(n_layers)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(cfg.warmup_steps, 0)
@@ -334,11 +334,3 @@ def frozen_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         if id(param) not in memo:
             memo[id(param)] = torch.nn.Parameter(param.detach().to(dtype, copy=True), requires_grad=False)
     return copy.deepcopy(model, memo).eval()
-
-
-def _num_layers(model) -> int:
-    cfg = getattr(model, "config", None)
-    for name in ("num_hidden_layers", "n_layer", "num_layers"):
-        if cfg is not None and getattr(cfg, name, None):
-            return int(getattr(cfg, name))
-    raise EnigmaError("cannot tell how many layers the model has (no num_hidden_layers in its config).")
