@@ -1,4 +1,4 @@
-"""`enigma evaluate` and `enigma_cli.evaluation`: report schema, hand-computed metrics, several models, bad input."""
+"""`enigma evaluate` and `enigma_cli.evaluate`: report schema, hand-computed metrics, several models, bad input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import math
 import pandas as pd
 import pytest
 
-from enigma_cli import evaluation
 from enigma_cli.cli import main
+from enigma_cli.evaluate import evaluation
 from enigma_cli.models.rollout import Generation
 
 FAST = ["--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--batch-size", "8", "--device", "cpu"]

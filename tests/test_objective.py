@@ -251,7 +251,7 @@ def _legacy_micro_loss(folder: Path):
     for old, new in [
         ("from ..core import SinkhornConvergenceWarning, grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence",
          "from enigma_cli.core import SinkhornConvergenceWarning, infonce_bounds, sami_loss, sinkhorn_divergence"),
-        ("from ..models import decode", "from enigma_cli.models import decode"),
+        ("from ..models import decode", "from enigma_cli.models import prefix as decode"),  # (its micro_loss never calls it)
         ("from ..models.logprobs import", "from enigma_cli.models.logprobs import"),
         ("from .episodes import Episodes", "from enigma_cli.train.episodes import Episodes"),
     ]:

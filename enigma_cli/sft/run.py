@@ -3,7 +3,7 @@
 `plan` reads the data, the tokenizer and the model's config (never its weights), tokenises every row, checks
 ``max_length`` against the model's context, counts the parameters on the meta device to resolve the default
 learning rate, and refuses an output folder that already holds something. `run` loads the model, measures the
-strict format rate on held-out prompts (`enigma_cli.evaluation.evaluate`), trains with TRL's ``SFTTrainer``
+strict format rate on held-out prompts (`enigma_cli.evaluate.evaluate`), trains with TRL's ``SFTTrainer``
 (completion-only loss from our ``completion_mask``; LoRA through ``peft_config``), writes the checkpoint into a
 temporary folder renamed into place, measures again, and returns the one-row report (``seconds``: the whole
 run, loading and both format measurements included).
@@ -157,7 +157,7 @@ def plan(cfg: SftConfig) -> Plan:
 def _format_rate(lm, held_out, cfg: SftConfig) -> float:
     if not held_out:
         return float("nan")
-    from ..evaluation import EvalSettings, evaluate
+    from ..evaluate import EvalSettings, evaluate
 
     settings = EvalSettings(samples=cfg.eval_samples, max_new_tokens=cfg.eval_max_new_tokens, temperature=1.0,
                             seed=cfg.seed, batch_size=64)

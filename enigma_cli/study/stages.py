@@ -54,7 +54,7 @@ def measure_si(lm, pset, examples, cfg: StudyConfig, model: str) -> dict:
 
 def evaluate_both(lm, pset, examples, cfg: StudyConfig) -> dict:
     """Accuracy without a principle, and with the set's principles given round-robin over the questions."""
-    from ..evaluation import EvalSettings, evaluate
+    from ..evaluate import EvalSettings, evaluate
 
     settings = EvalSettings(samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
                             seed=cfg.seed)

@@ -149,7 +149,7 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     from .. import options as cfgmod
     from ..context import ContextCheck, principles_of
     from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
-    from ..models import decode
+    from ..models import prefix
     from ..models.loading import load_model
     from .defaults import Watch
     from .trainer import Trainer
@@ -163,7 +163,7 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
         from ..models.portable import _record_name, portable_spec
 
         _record_name(lm.model, portable_spec(cfg.model, lm.adapter))
-    if cfg.sampler in ("shared", "lean") and not decode.supports(lm.model):
+    if cfg.sampler in ("shared", "lean") and not prefix.supports(lm.model):
         raise InputError(f"--sampler {cfg.sampler} needs a decoder-only model with a key/value cache, and "
                          f"{cfg.model} is {type(lm.model).__name__}; use --sampler auto or hf.")
     # the context check on the loaded model (it could not run before loading for a GGUF file or a hub id)

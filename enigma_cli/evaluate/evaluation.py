@@ -24,12 +24,12 @@ from functools import partial
 
 import torch
 
-from .core import parse_completion
-from .core.answer_stats import group_answer_stats, majority_vote
-from .core.answers import answer_classes, answers_match, extract_answer, is_numeric_answer
-from .datasets import Example
-from .models.rollout import generate
-from .prompts import render_prompt
+from ..core import parse_completion
+from ..core.answer_stats import group_answer_stats, majority_vote
+from ..core.answers import answer_classes, answers_match, extract_answer, is_numeric_answer
+from ..datasets import Example
+from ..models.rollout import generate
+from ..prompts import render_prompt
 
 
 @dataclass(frozen=True)
