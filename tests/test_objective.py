@@ -292,3 +292,50 @@ def test_micro_loss_equals_the_replaced_objective(ablation, loss_type, accum, be
             # turns on the last digits of its inputs, which the two forwards sum in different orders)
             if not (key == "loss_grpo" and loss_type == "dapo") and key != "ot_unconverged":
                 assert new_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_sami_prompts_is_an_unbiased_subsample_of_the_sami_loss(tiny_lm):
+    """--sami-prompts n scores the critic matrices of the first n prompts only. Averaged over which prompts come
+    first (they are drawn at random each step), the subsampled SAMI loss and its gradient equal the exact ones;
+    under gradient accumulation the micro-batches' shares still add up to the mean over the scored matrices."""
+    import dataclasses
+    import itertools
+
+    from enigma_cli.train.objective import micro_loss
+
+    model, _, cfg, ep, layers, ref, old = _setup(tiny_lm, "grpo+sami", sami_matrices=0, lambda_sami=1.0)
+    grpo_only = dataclasses.replace(cfg, sami=False, critic_metrics=False)
+    num_items = sum(map(len, ep.completion_ids))
+
+    def sami_part(config, episodes):
+        loss_all, _ = micro_loss(model, episodes, range(episodes.n_prompts), config, layers=layers, ref=ref,
+                                 old=old, num_items=num_items)
+        loss_grpo, _ = micro_loss(model, episodes, range(episodes.n_prompts), grpo_only, layers=layers, ref=ref,
+                                  old=old, num_items=num_items)
+        return float(loss_all - loss_grpo)
+
+    exact = sami_part(cfg, ep)
+    one = dataclasses.replace(cfg, sami_prompts=1)
+    # every order of the step's prompts is equally likely: average the one-prompt estimate over them
+    estimates = [sami_part(one, _reorder(ep, order)) for order in itertools.permutations(range(ep.n_prompts))]
+    assert sum(estimates) / len(estimates) == pytest.approx(exact, rel=1e-5)
+    assert max(estimates) - min(estimates) > 1e-6  # a subsample, not the exact term
+    # gradient accumulation: two micro-batches, the first holding the only scored prompt, give the same total
+    acc = dataclasses.replace(one, grad_accum=2)
+    shares = [micro_loss(model, ep, range(a, a + 1), acc, layers=layers, ref=ref, old=old, num_items=num_items,
+                         accum_steps=2)[0] for a in range(2)]
+    whole, _ = micro_loss(model, ep, range(2), one, layers=layers, ref=ref, old=old, num_items=num_items)
+    assert float(sum(shares)) == pytest.approx(float(whole), rel=1e-5)
+
+
+def _reorder(ep, order):
+    """The same episodes with the prompts in another order (each prompt keeps its K principles and G rows)."""
+    import dataclasses
+
+    g, k = ep.group_size, ep.k
+    rows = [i for p in order for i in range(p * g, (p + 1) * g)]
+    return dataclasses.replace(
+        ep, prompt_ids=[ep.prompt_ids[p * k + j] for p in order for j in range(k)],
+        completion_ids=[ep.completion_ids[i] for i in rows], texts=[ep.texts[i] for i in rows],
+        principle_ids=[ep.principle_ids[i] for i in rows], questions=[ep.questions[p] for p in order],
+        labels=[ep.labels[i] for i in rows], advantages=ep.advantages[rows])

@@ -75,6 +75,9 @@ class TrainConfig(Options):
     # (0.034 vs 0.033 nats) at 1.2-1.35x the GRPO-only step instead of 1.5-1.85x (BENCHMARKS.md).
     sami_matrices: int = opt(1, "Critic matrices per prompt that SAMI scores, of G/K (0: all; fewer is cheaper, "
                                 "same expectation).", ge=0)
+    sami_prompts: int = opt(0, "Prompts per step whose critic matrices SAMI scores (0: all). Fewer is cheaper at "
+                               "large K; the step's prompts are drawn at random, so the SAMI loss keeps its "
+                               "expectation and gains variance.", ge=0)
     # the OT term
     ot: bool = opt(True, "Ablation: switch the OT term.", negative="--no-ot")
     lambda_ot: float = opt(1.0, "Weight of the Sinkhorn OT term.", ge=0)
@@ -115,6 +118,9 @@ class TrainConfig(Options):
         need(self.sami_matrices <= self.group_size // self.principles_per_prompt,
              f"--sami-matrices must lie in [0, G/K = {self.group_size // self.principles_per_prompt}] "
              f"(0: all), not {self.sami_matrices}.")
+        need(self.sami_prompts <= self.prompts_per_step,
+             f"--sami-prompts must lie in [0, --prompts-per-step = {self.prompts_per_step}] (0: all), "
+             f"not {self.sami_prompts}.")
         need(len(self.format_weights) == 3, "--format-weights must be three numbers: strict, soft, tags.")
         need(self.surrogate != "cispo" or self.epsilon_high is not None,
              "--surrogate cispo needs --epsilon-high, the cap on its importance ratio (e.g. 5.0).")

@@ -64,7 +64,9 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, layers: list[int], r
     """
     diag = ep.group_rows(prompts)
     m_sami = sami_matrices(cfg, ep.m)
-    off = ep.off_diagonal(prompts, m_sami) if (cfg.use_sami or cfg.critic_metrics) else []
+    n_sami = sami_prompts(cfg, ep.n_prompts)
+    critic = range(prompts.start, max(prompts.start, min(prompts.stop, n_sami)))  # this micro-batch's share
+    off = ep.off_diagonal(critic, m_sami) if (cfg.use_sami or cfg.critic_metrics) else []
     hidden = layers if (cfg.use_ot or ref is not None) else None
     out, off_logp = _policy_forward(model, ep, diag, off, cfg, hidden)
     nd = len(diag)
@@ -77,9 +79,9 @@ def micro_loss(model, ep: Episodes, prompts: range, cfg, *, layers: list[int], r
     if ref_logp is not None:
         metrics.update(terms.kl_metric(logp, ref_logp, mask))
     if off:
-        S = terms.critic_matrix(ep, prompts, m_sami, out.seq_logp[:nd], off, off_logp)
+        S = terms.critic_matrix(ep, critic, m_sami, out.seq_logp[:len(critic) * ep.group_size], off, off_logp)
         if cfg.use_sami:
-            l_sami, m_sami_metrics = terms.sami_term(S, accum_steps)
+            l_sami, m_sami_metrics = terms.sami_term(S, share=len(critic) / n_sami)
             total = total + cfg.lambda_sami * l_sami
             metrics.update(m_sami_metrics)
         metrics.update(terms.critic_metrics(S))
@@ -128,6 +130,17 @@ def sami_matrices(cfg, m: int) -> int:
     grows) while the extra forward/backward shrinks from G·(K−1) to m'·K·(K−1) sequences per prompt.
     """
     return min(cfg.sami_matrices or m, m)
+
+
+def sami_prompts(cfg, n_prompts: int) -> int:
+    """How many of the step's prompts (the first ones) get SAMI's critic matrices (``--sami-prompts``; 0: all).
+
+    The step's prompts are drawn independently at random (`episodes.draw`), so the first n are a uniform random
+    subset: the SAMI loss (the mean over matrices) keeps its expectation and gains variance, while the update's
+    extra rows fall from P·m'·K(K−1) to n·m'·K(K−1). An approximation, off by default; its effect is measured in
+    BENCHMARKS.md.
+    """
+    return min(cfg.sami_prompts or n_prompts, n_prompts)
 
 
 def _fit(other: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

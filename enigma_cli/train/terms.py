@@ -48,10 +48,16 @@ def grpo_term(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, 
     return loss, metrics
 
 
-def sami_term(S: torch.Tensor, accum_steps: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
-    """SAMI's symmetric InfoNCE of the critic matrices ``S`` [B, K, K] (`core.sami_loss`), as a share."""
+def sami_term(S: torch.Tensor, accum_steps: int = 1, share: float | None = None) -> tuple[torch.Tensor,
+                                                                                          dict[str, float]]:
+    """SAMI's symmetric InfoNCE of the critic matrices ``S`` [B, K, K] (`core.sami_loss`), as a share.
+
+    The batch's SAMI loss is the mean over all of its matrices; this micro-batch's mean counts with ``share`` =
+    its matrices / the batch's (``1 / accum_steps`` when every micro-batch has as many, the default).
+    """
     loss, _ = sami_loss(S)
-    return loss / accum_steps, {"loss_sami": float(loss.detach())}
+    weight = share if share is not None else 1.0 / accum_steps
+    return loss * weight, {"loss_sami": float(loss.detach())}
 
 
 def critic_metrics(S: torch.Tensor) -> dict[str, float]:

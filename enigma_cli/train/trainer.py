@@ -150,6 +150,7 @@ class Trainer:
         num_items = sum(len(c) for c in ep.completion_ids)
         per_micro = cfg.prompts_per_step // cfg.grad_accum
         metrics_acc: dict[str, float] = {}
+        seen: dict[str, int] = {}  # micro-steps that logged each key (--sami-prompts leaves some without a critic)
         micro_steps = cfg.grad_accum * cfg.updates_per_generation
         skipped = False
         grad_norm = float("nan")
@@ -164,7 +165,8 @@ class Trainer:
                                                accum_steps=cfg.grad_accum)
                     # logged even when non-finite, so a skipped step's row has the same columns as the others
                     for key, v in metrics.items():  # the mean over every micro-step of every update
-                        metrics_acc[key] = metrics_acc.get(key, 0.0) + v / micro_steps
+                        metrics_acc[key] = metrics_acc.get(key, 0.0) + v
+                        seen[key] = seen.get(key, 0) + 1
                     if not dist_utils.all_ranks_true(bool(torch.isfinite(loss))):
                         skipped = True  # on every rank at once: a rank that went on to backward() would hang
                         break
@@ -179,6 +181,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)  # free the gradients now, not at the next step's update
             release_freed_memory()
+        metrics_acc = {key: v / seen[key] for key, v in metrics_acc.items()}
         if skipped:
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_in_row += 1
