@@ -151,7 +151,6 @@ class Trainer:
         per_micro = cfg.prompts_per_step // cfg.grad_accum
         metrics_acc: dict[str, float] = {}
         seen: dict[str, int] = {}  # micro-steps that logged each key (--sami-prompts leaves some without a critic)
-        micro_steps = cfg.grad_accum * cfg.updates_per_generation
         skipped = False
         grad_norm = float("nan")
         for _ in range(cfg.updates_per_generation):
