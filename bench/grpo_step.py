@@ -48,7 +48,7 @@ from enigma_cli.models.loading import load_model
 from enigma_cli.prompts import render_prompt
 from enigma_cli.train import terms
 from enigma_cli.train.config import TrainConfig
-from enigma_cli.train.objective import sami_matrices
+from enigma_cli.train.objective import sami_matrices, sami_prompts
 from enigma_cli.train.run import plan
 
 TRUE_GRPO = {"sami": False, "ot": False, "ref_metrics": False, "critic_metrics": False}
@@ -58,7 +58,7 @@ def update_tokens(ep, cfg) -> int:
     """Prompt + completion tokens of every sequence the update forwards (the diagonal, plus SAMI's off-diagonal)."""
     n = sum(len(ep.prompt_ids[ep.prompt_of(i)]) + len(c) for i, c in enumerate(ep.completion_ids))
     if cfg.use_sami:
-        for p, s, i, j in ep.off_diagonal(range(ep.n_prompts), sami_matrices(cfg, ep.m)):
+        for p, s, i, j in ep.off_diagonal(range(sami_prompts(cfg, ep.n_prompts)), sami_matrices(cfg, ep.m)):
             n += len(ep.prompt_ids[p * ep.k + i]) + len(ep.completion_ids[ep.completion_index(p, j, s)])
     return n
 
@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time GRPO only with each logged extra (critic MI, reference KL/drift, both)")
     p.add_argument("--wall", action="store_true", help="wall-clock time on a CPU too (default: process CPU time)")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--sami-prompts", type=int, nargs="*", default=[],
+                   help="also time ENIGMA with --sami-prompts N for each N given (the SAMI subsample option)")
     p.add_argument("--skip-generation", action="store_true", help="leave out the per-engine generation table")
     args = p.parse_args(argv)
     global CLOCK
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.gradient_checkpointing:
                 variants += [("enigma GRPO only, grad ckpt ON", {**TRUE_GRPO, "gradient_checkpointing": True}),
                              ("enigma ENIGMA, grad ckpt ON", {"gradient_checkpointing": True})]
+            variants += [(f"enigma ENIGMA, --sami-prompts {n}", {"sami_prompts": n}) for n in args.sami_prompts]
             if args.logging_costs:
                 variants += [("GRPO only + critic metrics", {**TRUE_GRPO, "critic_metrics": True}),
                              ("GRPO only + ref metrics", {**TRUE_GRPO, "ref_metrics": True}),
