@@ -12,6 +12,9 @@ The run folder's life (our choices):
 - SIGINT / SIGTERM stop after the current step with a checkpoint and one line saying how to continue; a second
   signal stops at once (the newest checkpoint stays whole). Exit code 128 + the signal (130, 143).
 - A failure before anything was written removes the folder again if this run created it.
+- `RUN_INFO` (run.json) records how the run was launched: backend, world size, ranks per node, launcher.
+- Under DDP every rank's completions reach `completions.jsonl` (gathered to rank 0, with their rank).
+- ``--backend trl`` shares all of the above (lock, start point, logs, plot) and trains in `enigma_cli.trl.backend`.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from ..console import console
 from ..errors import InputError
 from . import distributed as dist_utils
 from .config import TrainConfig
-from .records import CURVES, MetricsLog, dump_completions, truncate_dump
+from .records import CURVES, MetricsLog, completion_records, dump_completions, truncate_dump
 
 METRICS = "metrics.csv"
 COMPLETIONS = "completions.jsonl"
 CONFIG = "config.yaml"
 PLOT = "training_curves.png"
-RUN_FILES = (METRICS, COMPLETIONS, CONFIG, PLOT)
+RUN_INFO = "run.json"
+RUN_FILES = (METRICS, COMPLETIONS, CONFIG, PLOT, RUN_INFO)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,15 @@ def plan(cfg: TrainConfig):
         raise InputError(f"dataset {cfg.dataset or 'synthetic'} has no prompts.")
     from ..models.loading import resolve_device, resolve_dtype
 
-    resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # --device cuda without CUDA: now, not after the lock
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.dtype, device)  # --device cuda without CUDA: now, not after the lock
+    from .tracking import check_trackers
+
+    check_trackers(cfg.trackers)  # a tracker's library missing: now, with its pip command
+    if cfg.backend == "trl":
+        from ..trl.options import check_trl_environment
+
+        check_trl_environment(cfg, device)
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
     examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
     start_point(cfg)
@@ -94,7 +106,7 @@ def start_point(cfg: TrainConfig, *, locked: bool = False) -> Start:
         note = f"--resume latest: no checkpoint in {out} yet, so the run starts from step 0"
         return Start(None, 0, note + (" (the steps it logged are discarded)." if logged else "."))
     checkpoint = latest if cfg.resume == "latest" else find_checkpoint(cfg.resume, out)
-    step = verify_checkpoint(checkpoint)
+    step = verify_checkpoint(checkpoint, cfg.backend)
     if step is not None and step > cfg.steps:
         raise InputError(f"--steps {cfg.steps} is below the step of {checkpoint} ({step}); give --steps above "
                          f"{step} to train further, or resume an earlier checkpoint.")
@@ -145,25 +157,57 @@ def _remove_empty(out: Path, created: Path) -> None:
         pass
 
 
-def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
-    from .. import options as cfgmod
+def load(cfg: TrainConfig, pset, examples):
+    """The model, and the examples whose prompts fit its context (checked on the loaded model: it could not run
+    before loading for a GGUF file or a hub id)."""
     from ..context import ContextCheck, principles_of
-    from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
     from ..models import decode
     from ..models.loading import load_model
-    from .defaults import Watch
-    from .trainer import Trainer
 
-    stream = cfg.format
-    out = Path(cfg.output_dir)
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, for_training=True)
     if cfg.sampler == "lean" and not decode.supports(lm.model):
         raise InputError(f"--sampler lean runs Llama-architecture models only, and {cfg.model} is "
                          f"{type(lm.model).__name__}; use --sampler auto or hf.")
-    # the context check on the loaded model (it could not run before loading for a GGUF file or a hub id)
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}",
                          deferred={cfg.model})
-    examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
+    return lm, [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
+
+
+def write_run_info(out: Path, cfg: TrainConfig, lm) -> None:
+    """`RUN_INFO`: the backend, the launch (world size, ranks per node, launcher), the model, the versions."""
+    import importlib.metadata as md
+
+    from ..report import atomic_path
+
+    def version(name: str) -> str | None:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    info = {"backend": cfg.backend, **dist_utils.launch_info(), "device": str(lm.device),
+            "dtype": str(lm.dtype).removeprefix("torch."), "model": lm.name,
+            "versions": {name: version(name) for name in ("enigma-cli", "torch", "transformers", "trl", "accelerate",
+                                                          "peft")}}
+    with atomic_path(out / RUN_INFO) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
+    from .. import options as cfgmod
+    from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
+    from .checkpoint import rotate_checkpoints
+    from .defaults import Watch
+    from .tracking import Trackers
+    from .trainer import Trainer
+
+    stream = cfg.format
+    out = Path(cfg.output_dir)
+    lm, examples = load(cfg, pset, examples)
+    if cfg.backend == "trl":
+        from ..trl.backend import train_trl
+
+        return train_trl(cfg, pset, examples, lm, start, progress=progress)
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)
@@ -173,8 +217,10 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     cfg = trainer.cfg  # with the learning rate and LoRA rank resolved for this model
     main = dist_utils.is_main()
     log = None
+    trackers = None
     if main:
         write_config(out / CONFIG)
+        write_run_info(out, cfg, lm)
         log = MetricsLog(out / METRICS, resume_step=trainer.step_no)
         truncate_dump(out / COMPLETIONS, trainer.step_no)
         (out / PLOT).unlink(missing_ok=True)  # drawn again at the end, from this run's rows
@@ -185,33 +231,47 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     saved = trainer.step_no if resume else None  # the step whose checkpoint is on disk
     from rich.progress import Progress
 
+    def save() -> Path | None:
+        path = trainer.save()
+        if main:
+            rotate_checkpoints(out, cfg.save_total_limit)
+        return path
+
     stopped = None  # the signal that asked the loop to stop at a safe point
     try:
+        if main:
+            trackers = Trackers(cfg.trackers, out, cfgmod.to_dict(cfg))
         with Progress(console=console, disable=not progress or not main, transient=True) as bar, \
                 SafeStop() as stop, _quiet_skipped_step_warning():
             task = bar.add_task("training", total=cfg.steps, completed=trainer.step_no)
             while trainer.step_no < cfg.steps:
                 row = trainer.step()
+                records = dist_utils.gather_to_main(completion_records(row["step"], trainer._last_episodes,
+                                                                       trainer.rank))
                 if main:
                     log.append(row)
+                    trackers.log(row)
                     watch.see(row)
-                    dump_completions(out / COMPLETIONS, row["step"], trainer._last_episodes)
+                    dump_completions(out / COMPLETIONS, [r for rank in records for r in rank])
                     if stream:
                         fields = _stream(row, stream, fields)
                     if not progress and (row["step"] % 10 == 0 or row["step"] in (1, cfg.steps)):
                         console.print(_summary(row), highlight=False)
                 bar.update(task, advance=1, description=_summary(row))
                 if cfg.save_every and trainer.step_no % cfg.save_every == 0 and trainer.step_no < cfg.steps:
-                    trainer.save()
+                    save()
                     saved = trainer.step_no
                 if not dist_utils.all_ranks_true(not stop.requested) and trainer.step_no < cfg.steps:
                     if saved != trainer.step_no:
-                        trainer.save()
+                        save()
                     stopped = stop.signum or signal.SIGTERM  # a rank the launcher signalled, not this one
                     break
-            final = trainer.save() if stopped is None else None  # a signal now waits for this save
+            final = save() if stopped is None else None  # a signal now waits for this save
     except KeyboardInterrupt as err:  # a second signal (or the first, before the loop): stop at once
         raise Interrupted(signum_of(err), _hard_stop(signum_of(err), trainer.step_no, out)) from None
+    finally:
+        if trackers is not None:
+            trackers.close()
     if stopped is not None:
         raise Interrupted(stopped, f"interrupted by {signal_name(stopped)} at step {trainer.step_no}; "
                                    f"checkpoint-{trainer.step_no} written; continue with --resume latest.")
