@@ -29,11 +29,11 @@ G = K * M
 
 
 def _config(tmp_path, **kw) -> EnigmaGRPOConfig:
-    base = dict(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=P * G, num_generations=M,
-                principles_per_prompt=K, max_completion_length=10, learning_rate=1e-3, use_cpu=True, bf16=False,
-                report_to="none", logging_steps=1, save_strategy="no", gradient_checkpointing=False,
-                disable_dropout=True, temperature=1.0, top_k=0, top_p=1.0, seed=0, importance_sampling_level="token",
-                loss_type="grpo")
+    base = {"output_dir": str(tmp_path / "out"), "max_steps": 1, "per_device_train_batch_size": P * G,
+            "num_generations": M, "principles_per_prompt": K, "max_completion_length": 10, "learning_rate": 1e-3,
+            "use_cpu": True, "bf16": False, "report_to": "none", "logging_steps": 1, "save_strategy": "no",
+            "gradient_checkpointing": False, "disable_dropout": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+            "seed": 0, "importance_sampling_level": "token", "loss_type": "grpo"}
     return EnigmaGRPOConfig(**{**base, **kw})
 
 

@@ -75,7 +75,7 @@ def gather_to_main(obj):
 def launch_info() -> dict:
     """How this run was launched: world size, ranks per node, nodes, and the launcher (from its environment)."""
     env = os.environ
-    rank, local_rank, size = world()
+    _, _, size = world()
     per_node = int(env.get("LOCAL_WORLD_SIZE", str(size)))
     if any(key.startswith("ACCELERATE_") for key in env):
         launcher = "accelerate"

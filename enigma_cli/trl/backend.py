@@ -23,6 +23,8 @@ import os
 import signal
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from ..console import console
 from ..errors import EnigmaError
 
@@ -103,9 +105,6 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
         png = grid_plot(frame, "step", CURVES, out / PLOT, title=title, smooth=max(2, min(10, len(frame) // 5)))
         console.print(f"done: {out / METRICS}, {out / f'checkpoint-{step}'}" + (f", {png}" if png else ""))
     return out
-
-
-from transformers import TrainerCallback  # noqa: E402 - after the function, so its imports stay lazy above
 
 
 class RunFiles(TrainerCallback):

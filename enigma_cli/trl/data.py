@@ -42,7 +42,7 @@ def principle_rows(dataset, n_principles: int):
     from ..datasets import _quiet_progress
 
     if isinstance(dataset, IterableDataset):
-        raise ValueError("EnigmaGRPOTrainer needs a map-style train_dataset (with a length), not a stream.")
+        raise TypeError("EnigmaGRPOTrainer needs a map-style train_dataset (with a length), not a stream.")
     if isinstance(dataset, list):
         dataset = Dataset.from_list(dataset)
     if not isinstance(dataset, Dataset):
