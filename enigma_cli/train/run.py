@@ -19,9 +19,7 @@ The run folder's life (our choices):
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +28,18 @@ from ..console import console
 from ..errors import InputError
 from . import distributed as dist_utils
 from .config import TrainConfig
+from .folder import (
+    COMPLETIONS,
+    CONFIG,
+    METRICS,
+    PLOT,
+    RUN_FILES,
+    hard_stop_message,
+    stream_row,
+    summary,
+    write_run_info,
+)
 from .records import CURVES, MetricsLog, completion_records, dump_completions, truncate_dump
-
-METRICS = "metrics.csv"
-COMPLETIONS = "completions.jsonl"
-CONFIG = "config.yaml"
-PLOT = "training_curves.png"
-RUN_INFO = "run.json"
-RUN_FILES = (METRICS, COMPLETIONS, CONFIG, PLOT, RUN_INFO)
 
 
 @dataclass(frozen=True)
@@ -173,26 +175,6 @@ def load(cfg: TrainConfig, pset, examples):
     return lm, [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
 
 
-def write_run_info(out: Path, cfg: TrainConfig, lm) -> None:
-    """`RUN_INFO`: the backend, the launch (world size, ranks per node, launcher), the model, the versions."""
-    import importlib.metadata as md
-
-    from ..report import atomic_path
-
-    def version(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    info = {"backend": cfg.backend, **dist_utils.launch_info(), "device": str(lm.device),
-            "dtype": str(lm.dtype).removeprefix("torch."), "model": lm.name,
-            "versions": {name: version(name) for name in ("enigma-cli", "torch", "transformers", "trl", "accelerate",
-                                                          "peft")}}
-    with atomic_path(out / RUN_INFO) as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-
-
 def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
     from .. import options as cfgmod
     from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
@@ -254,10 +236,10 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
                     watch.see(row)
                     dump_completions(out / COMPLETIONS, [r for rank in records for r in rank])
                     if stream:
-                        fields = _stream(row, stream, fields)
+                        fields = stream_row(row, stream, fields)
                     if not progress and (row["step"] % 10 == 0 or row["step"] in (1, cfg.steps)):
-                        console.print(_summary(row), highlight=False)
-                bar.update(task, advance=1, description=_summary(row))
+                        console.print(summary(row), highlight=False)
+                bar.update(task, advance=1, description=summary(row))
                 if cfg.save_every and trainer.step_no % cfg.save_every == 0 and trainer.step_no < cfg.steps:
                     save()
                     saved = trainer.step_no
@@ -268,7 +250,7 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
                     break
             final = save() if stopped is None else None  # a signal now waits for this save
     except KeyboardInterrupt as err:  # a second signal (or the first, before the loop): stop at once
-        raise Interrupted(signum_of(err), _hard_stop(signum_of(err), trainer.step_no, out)) from None
+        raise Interrupted(signum_of(err), hard_stop_message(signum_of(err), trainer.step_no, out)) from None
     finally:
         if trackers is not None:
             trackers.close()
@@ -287,17 +269,6 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     return out
 
 
-def _hard_stop(signum: int, step: int, out: Path) -> str:
-    """The line for a run stopped at once (a second signal, or one during loading)."""
-    from ..interrupt import signal_name
-    from .checkpoint import latest_checkpoint
-
-    latest = latest_checkpoint(out)
-    where = (f"{latest.name} is the newest checkpoint" if latest is not None else
-             "no checkpoint was written yet, so it starts again from step 0")
-    return f"interrupted by {signal_name(signum)} during step {step + 1}; {where}; continue with --resume latest."
-
-
 class _quiet_skipped_step_warning(warnings.catch_warnings):
     """A skipped (non-finite) step steps the scheduler without the optimizer, on purpose (the learning rate stays
     a function of the step); torch warns about exactly that, once. Ignore that one message, nothing else."""
@@ -307,27 +278,3 @@ class _quiet_skipped_step_warning(warnings.catch_warnings):
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
                                                   r"`optimizer\.step\(\)`", category=UserWarning)
         return self
-
-
-def _summary(row: dict) -> str:
-    parts = [f"step {row['step']}", f"reward {row['reward_mean']:.3f}", f"format {row['format_rate']:.2f}"]
-    for key, label in (("mi_sym", "MI"), ("ot_divergence", "OT"), ("kl_ref", "KL")):
-        if key in row:
-            parts.append(f"{label} {row[key]:.4f}")
-    return "  ".join(parts)
-
-
-def _stream(row: dict, fmt: str, fields: list[str] | None) -> list[str] | None:
-    """Write one row to stdout; returns the CSV columns, which the first row fixes (a header cannot change)."""
-    if fmt == "jsonl":
-        sys.stdout.write(json.dumps(row) + "\n")
-    else:
-        import csv
-
-        writer = csv.DictWriter(sys.stdout, fieldnames=fields or list(row), extrasaction="ignore", restval="")
-        if fields is None:
-            writer.writeheader()
-            fields = list(row)
-        writer.writerow(row)
-    sys.stdout.flush()
-    return fields

@@ -13,8 +13,16 @@ Everything TRL offers stays: accelerate (DDP, FSDP, DeepSpeed, mixed precision),
 the Hub. See `enigma_cli.trl.trainer` for how the grouping maps onto TRL's and where the loss differs.
 """
 
-from .config import EnigmaGRPOConfig
-from .rewards import EnigmaReward, enigma_reward_funcs
-from .trainer import EnigmaGRPOTrainer
+from importlib import import_module
 
 __all__ = ["EnigmaGRPOConfig", "EnigmaGRPOTrainer", "EnigmaReward", "enigma_reward_funcs"]
+_HOME = {"EnigmaGRPOConfig": ".config", "EnigmaGRPOTrainer": ".trainer", "EnigmaReward": ".rewards",
+         "enigma_reward_funcs": ".rewards"}
+
+
+def __getattr__(name: str):
+    """The public names, imported on first use: `enigma train` reads `enigma_cli.trl.options` (its checks) without
+    paying for TRL's import unless it trains with it."""
+    if name in _HOME:
+        return getattr(import_module(_HOME[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

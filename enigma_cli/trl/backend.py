@@ -53,8 +53,8 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     from ..plots import grid_plot
     from ..train import distributed as dist_utils
     from ..train.defaults import parameter_count, resolve_for_model
+    from ..train.folder import COMPLETIONS, CONFIG, METRICS, PLOT, hard_stop_message, write_run_info
     from ..train.records import CURVES, MetricsLog, truncate_dump
-    from ..train.run import COMPLETIONS, CONFIG, METRICS, PLOT, _hard_stop, write_run_info
     from ..train.tracking import TENSORBOARD_DIR
     from .mapping import grpo_args, lora_config
     from .rewards import enigma_reward_funcs
@@ -94,7 +94,7 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
             trainer.add_callback(files)
             trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
     except KeyboardInterrupt as err:  # a second signal: stop at once
-        raise Interrupted(signum_of(err), _hard_stop(signum_of(err), trainer.state.global_step, out)) from None
+        raise Interrupted(signum_of(err), hard_stop_message(signum_of(err), trainer.state.global_step, out)) from None
     step = trainer.state.global_step
     if files.stopped is not None:
         raise Interrupted(files.stopped, f"interrupted by {signal_name(files.stopped)} at step {step}; "
@@ -119,7 +119,7 @@ class RunFiles(TrainerCallback):
         self.watch, self.fields, self.nonfinite, self.stopped = Watch(cfg), None, 0, None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        from ..train.run import _stream, _summary
+        from ..train.folder import stream_row, summary
 
         if not logs or "train_runtime" in logs:
             return
@@ -130,9 +130,9 @@ class RunFiles(TrainerCallback):
             self.log.append(row)
             self.watch.see(row)
             if self.cfg.format:
-                self.fields = _stream(row, self.cfg.format, self.fields)
+                self.fields = stream_row(row, self.cfg.format, self.fields)
             if not self.bar.live.is_started and (row["step"] % 10 == 0 or row["step"] in (1, self.cfg.steps)):
-                console.print(_summary({"reward_mean": float("nan"), "format_rate": float("nan"), **row}),
+                console.print(summary({"reward_mean": float("nan"), "format_rate": float("nan"), **row}),
                               highlight=False)
         self.bar.update(self.task, completed=state.global_step)
         if self.nonfinite >= self.cfg.max_nonfinite:
