@@ -20,7 +20,7 @@ Where the loss differs from TRL's, and where it matches `enigma train`
   from TRL's training forward (hooked, see `batch.capture_hidden`), the off-diagonal entries from
   `train.objective.forward`, the reference's pooled hidden states from one reference pass per generation. Both
   terms are divided by the gradient-accumulation steps like TRL's loss. TRL left-pads prompts where `enigma train`
-  right-pads; the values agree to float rounding (tests/test_trl_backend.py).
+  right-pads; the values agree to float rounding (tests/test_trl_trainer.py).
 - **Reference.** The frozen starting model: TRL's ``ref_model`` when β > 0, the base model with the adapter switched
   off under PEFT, else a frozen copy of the model passed in (``ref_dtype``).
 - **Metrics** go through TRL's logging (``self._metrics``, so ``report_to`` sees them) under `enigma train`'s
