@@ -15,7 +15,14 @@ import torch
 from enigma_cli.cli import main
 from enigma_cli.report import WriteError, atomic_path, write_table
 from enigma_cli.train import checkpoint as ckpt
-from enigma_cli.train.records import MetricsLog, append_text, dump_completions, truncate_dump, whole_lines
+from enigma_cli.train.records import (
+    MetricsLog,
+    append_text,
+    completion_records,
+    dump_completions,
+    truncate_dump,
+    whole_lines,
+)
 
 
 def _episodes(n: int, step: int):
@@ -50,7 +57,7 @@ def test_a_start_from_step_0_discards_the_old_logs(tmp_path):
 def test_the_completions_dump_drops_a_torn_line_on_resume(tmp_path):
     path = tmp_path / "completions.jsonl"
     for step in (1, 2, 3):
-        dump_completions(path, step, _episodes(2, step))
+        dump_completions(path, completion_records(step, _episodes(2, step)))
     text = path.read_text()
     path.write_text(text[: len(text) - 25])  # killed in the middle of step 3's last line
     truncate_dump(path, 3)

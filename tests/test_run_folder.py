@@ -50,7 +50,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_with_resume_lates
     assert "starts from step 0 (the steps it logged are discarded)" in " ".join(stderr.split())
     assert pd.read_csv(out / "metrics.csv")["step"].tolist() == [1, 2]
     assert sorted(p.name for p in out.iterdir()) == [".enigma.lock", "checkpoint-2", "completions.jsonl",
-                                                     "config.yaml", "metrics.csv"]
+                                                     "config.yaml", "metrics.csv", "run.json"]
 
 
 def test_resume_latest_on_an_empty_folder_starts_the_run(model_dir, tmp_path):

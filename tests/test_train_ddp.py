@@ -4,7 +4,8 @@ Each rank runs a small worker that calls the real CLI with the same test hooks a
 rewards so advantages are non-zero, no plot, one thread) and records, per rank, a hash of its weights at every
 save, its completions, and its metrics before they are averaged over ranks. Checked: the ranks end with identical
 weights, they drew different prompts, rank 0 alone wrote files, the logged metrics are the mean over ranks, and a
-non-finite loss on one rank only makes every rank skip the step instead of hanging in the gradient all-reduce.
+non-finite loss on one rank only makes every rank skip the step instead of hanging in the gradient all-reduce; the
+completions of both ranks reach completions.jsonl and run.json records the launch.
 """
 
 from __future__ import annotations
@@ -97,11 +98,15 @@ def torchrun(tmp_path: Path, model_dir: Path, *args, env: dict | None = None) ->
 
 def _check_rank0_alone_wrote(out: Path, ranks: list[dict]) -> pd.DataFrame:
     assert sorted(p.name for p in out.iterdir()) == [".enigma.lock", "checkpoint-2", "completions.jsonl",
-                                                     "config.yaml", "metrics.csv"]  # rank 0's lock
+                                                     "config.yaml", "metrics.csv", "run.json"]  # rank 0's lock
     df = pd.read_csv(out / "metrics.csv")
     assert df["step"].tolist() == [1, 2]
-    dumped = [json.loads(line)["completion"] for line in (out / "completions.jsonl").read_text().splitlines()]
-    assert dumped == [t for step in ranks[0]["texts"] for t in step]  # rank 0's completions, once
+    records = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    # every rank's completions, gathered to rank 0: per step, rank 0's then rank 1's
+    expected = [(step + 1, rank, text) for step in range(2) for rank in (0, 1) for text in ranks[rank]["texts"][step]]
+    assert [(r["step"], r["rank"], r["completion"]) for r in records] == expected
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2 and info["ranks_per_node"] == 2 and info["launcher"] == "torchrun"
     # the two ranks drew different prompts, and the logged metrics are their mean
     assert ranks[0]["texts"] != ranks[1]["texts"]
     for i, step_rows in enumerate(zip(ranks[0]["local"], ranks[1]["local"])):

@@ -19,7 +19,8 @@ def run(cfg: TrainConfig, dry_run: bool) -> None:
         if start.note or start.checkpoint:
             console.print(start.note or f"continues from {start.checkpoint} (step {start.step}).", highlight=False)
         g, k = cfg.group_size, cfg.principles_per_prompt
-        console.print(f"{cfg.ablation}: {cfg.steps} steps × {cfg.prompts_per_step} prompts × G={g} "
+        backend = " (--backend trl: TRL's GRPOTrainer)" if cfg.backend == "trl" else ""
+        console.print(f"{cfg.ablation}{backend}: {cfg.steps} steps × {cfg.prompts_per_step} prompts × G={g} "
                       f"({k} principles × {g // k}) = {cfg.steps * cfg.prompts_per_step * g} completions of ≤"
                       f"{cfg.max_new_tokens} tokens; set {pset.name} (K={pset.k}); {len(examples)} prompts "
                       f"available; model {cfg.model}; output {cfg.output_dir}. Nothing loaded (--dry-run).",

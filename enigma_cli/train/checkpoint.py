@@ -5,10 +5,17 @@ A checkpoint folder `checkpoint-<step>` holds the model (safetensors; the adapte
 (seed, step)), and the resolved `config.yaml`. It is written to a hidden temporary folder and renamed into place,
 so an interrupted save never leaves a half-written checkpoint (`clean_partial_saves` removes what a killed save
 left behind, at the next start of the run, under the run folder's lock).
+
+Three kinds of checkpoint share the name (`checkpoint_kind`): ``native`` (the above), ``model-only``
+(``--save-model-only``: weights, tokenizer and config, plus `MODEL_ONLY_FILE` instead of the trainer state; it
+cannot be resumed exactly, since the optimizer's moments are gone, so ``--resume`` refuses it), and ``trl`` (written
+by ``--backend trl``: TRL's ``trainer_state.json``, ``optimizer.pt``, ...; without ``optimizer.pt`` it is
+model-only too). `rotate_checkpoints` keeps the newest N (``--save-total-limit``) and never the one a resume needs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -22,6 +29,9 @@ import torch
 from ..errors import InputError, first_line
 
 STATE_FILE = "trainer_state.pt"
+MODEL_ONLY_FILE = "model_only.json"  # a --save-model-only checkpoint: its step, no optimizer state
+TRL_STATE_FILE = "trainer_state.json"  # a --backend trl checkpoint (TRL / transformers' Trainer)
+TRL_OPTIMIZER_FILE = "optimizer.pt"
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 PARTIAL_PREFIX = ".checkpoint-"  # save_checkpoint's temporary folders: .checkpoint-<step>.<random>
 
@@ -45,8 +55,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(output_dir: Path, step: int, model, tokenizer, optimizer, scheduler, extra: dict,
-                    config_writer=None) -> Path:
-    """Write `output_dir/checkpoint-<step>` atomically and return its path.
+                    config_writer=None, model_only: bool = False) -> Path:
+    """Write `output_dir/checkpoint-<step>` atomically and return its path (``model_only``: no trainer state).
 
     An existing checkpoint of that step (from a run that went past it before being resumed from an earlier one)
     is first renamed aside, never deleted in place: a kill at any moment leaves either the old or the new folder
@@ -70,8 +80,11 @@ def save_checkpoint(output_dir: Path, step: int, model, tokenizer, optimizer, sc
             warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), **extra}, tmp / STATE_FILE)
+        if model_only:
+            (tmp / MODEL_ONLY_FILE).write_text(json.dumps({"step": step}) + "\n")
+        else:
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(), **extra}, tmp / STATE_FILE)
         if config_writer is not None:
             config_writer(tmp / "config.yaml")
         old = None
@@ -122,26 +135,78 @@ def clean_partial_saves(output_dir: Path, files: tuple[str, ...] = ()) -> list[P
     return removed
 
 
+def checkpoint_kind(path: Path) -> str | None:
+    """"native", "model-only", "trl", "trl-model-only", or None when `path` is not a checkpoint of ours."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return "native"
+    if (path / MODEL_ONLY_FILE).is_file():
+        return "model-only"
+    if (path / TRL_STATE_FILE).is_file():
+        return "trl" if (path / TRL_OPTIMIZER_FILE).is_file() else "trl-model-only"
+    return None
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The run's checkpoint folders of every kind, oldest first."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if _step_of(p) >= 0 and checkpoint_kind(p)]
+    return sorted(found, key=_step_of)
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The checkpoint folder with the highest step that holds a trainer state, or None."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if _step_of(p) >= 0 and (p / STATE_FILE).is_file()]
-    return max(found, key=_step_of) if found else None
+    """The checkpoint folder with the highest step (of any kind, so that no run is ever overwritten), or None."""
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
 
 
-def verify_checkpoint(path: Path) -> int | None:
-    """Check a checkpoint's files without loading them (weights: safetensors headers; state: the zip directory);
-    returns its step from the folder name (None when the name has none). One sentence naming the file if not."""
+def resumable(path: Path) -> bool:
+    return checkpoint_kind(path) in ("native", "trl")
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None) -> list[Path]:
+    """Delete the oldest checkpoints beyond the newest `limit`, never the newest one nor the newest resumable one
+    (what ``--resume latest`` needs when the newer ones are model-only). Returns what was deleted."""
+    if not limit:
+        return []
+    found = checkpoints(output_dir)
+    keep = set(found[-limit:])
+    whole = [p for p in found if resumable(p)]
+    if whole:
+        keep.add(whole[-1])
+    removed = [p for p in found if p not in keep]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def verify_checkpoint(path: Path, backend: str = "native") -> int | None:
+    """Check that `path` is a checkpoint ``--resume`` can continue under `backend`, without loading it (weights:
+    safetensors headers; state: the zip directory or the JSON); returns its step from the folder name (None when
+    the name has none). One sentence naming the file if not."""
     import zipfile
 
     from ..modelfiles import check_safetensors
 
     path = Path(path)
-    try:
-        with zipfile.ZipFile(path / STATE_FILE):  # torch's format; a truncated file has lost its directory
-            pass
-    except (OSError, zipfile.BadZipFile) as err:
-        raise InputError(f"checkpoint {path} is unreadable ({STATE_FILE} is damaged or truncated: "
-                         f"{first_line(err)}).") from None
+    kind = checkpoint_kind(path)
+    if kind in ("model-only", "trl-model-only"):
+        raise InputError(f"checkpoint {path} was saved without its optimizer state (--save-model-only), so it cannot "
+                         f"be resumed exactly; start a new run from its weights with --model {path}.")
+    want = "trl" if backend == "trl" else "native"
+    if kind is not None and kind != want:
+        raise InputError(f"checkpoint {path} was written by --backend {kind}; resume it with --backend {kind}.")
+    if want == "trl":
+        try:
+            json.loads((path / TRL_STATE_FILE).read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"checkpoint {path} is unreadable ({TRL_STATE_FILE}: {first_line(err)}).") from None
+    else:
+        try:
+            with zipfile.ZipFile(path / STATE_FILE):  # torch's format; a truncated file has lost its directory
+                pass
+        except (OSError, zipfile.BadZipFile) as err:
+            raise InputError(f"checkpoint {path} is unreadable ({STATE_FILE} is damaged or truncated: "
+                             f"{first_line(err)}).") from None
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise InputError(f"checkpoint {path} is unreadable (it has no {' or '.join(WEIGHT_FILES[:2])}).")
     check_safetensors(path, f"checkpoint {path} is unreadable")
@@ -154,10 +219,10 @@ def find_checkpoint(spec: str | Path, output_dir: Path) -> Path:
     if str(spec) == "latest":
         found = latest_checkpoint(output_dir)
         if found is None:
-            raise InputError(f"--resume latest: no checkpoint with {STATE_FILE} in {output_dir}.")
+            raise InputError(f"--resume latest: no checkpoint in {output_dir}.")
         return found
     path = Path(spec)
-    if not (path / STATE_FILE).is_file():
+    if checkpoint_kind(path) is None:
         raise InputError(f"--resume {path}: not a checkpoint folder (no {STATE_FILE} inside).")
     return path
 

@@ -14,6 +14,9 @@ IMPORTANCE_LEVELS = ("token", "sequence")
 SCALES = ("group", "batch", "none")
 SAMPLERS = ("auto", "shared", "hf", "lean")  # models.sampler.ENGINES, plus the old name "lean" (= shared)
 STREAM_FORMATS = ("csv", "jsonl")
+BACKENDS = ("native", "trl")
+REPORTERS = ("none", "tensorboard", "trackio", "wandb")
+VLLM_MODES = ("colocate", "server")
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,29 @@ class TrainConfig(Options):
     keep_dropout: bool = opt(False, "Keep the model's dropout in the update's forward (off by default, so that "
                                     "on-policy ratios are exactly 1).")
     # the run
+    backend: str = opt("native", "Training loop: native (enigma's own; DDP under torchrun) or trl (EnigmaGRPOTrainer: "
+                                 "accelerate, FSDP, DeepSpeed, vLLM, the Hub).", choices=BACKENDS)
+    report_to: tuple[str, ...] = opt((), "Experiment trackers: none, tensorboard, trackio, wandb (repeatable or a "
+                                         "comma list; tensorboard writes to OUTPUT_DIR/tensorboard).",
+                                     choices=REPORTERS, split=True, metavar="none|tensorboard|trackio|wandb")
     output_dir: str = opt("runs/enigma", "Where metrics, completions and checkpoints go.", metavar="DIR",
                       output="dir")
     save_every: int = opt(0, "Checkpoint every N steps (0: only at the end).", ge=0)
+    save_total_limit: int | None = opt(None, "Keep only the newest N checkpoints (never deleting the one --resume "
+                                             "latest needs).", ge=1)
+    save_model_only: bool = opt(False, "Checkpoints without optimizer state (a third of the size; such a checkpoint "
+                                       "cannot be resumed exactly, only trained from with --model).")
     resume: str | None = opt(None, "'latest' or a checkpoint folder to continue from.")
+    # TRL's own options (--backend trl)
+    use_vllm: bool = opt(False, "Generate with vLLM (--backend trl; needs a GPU and `pip install vllm`).")
+    vllm_mode: str = opt("colocate", "vLLM in the training processes (colocate) or a `trl vllm-serve` server.",
+                         choices=VLLM_MODES)
+    vllm_server_url: str | None = opt(None, "URL of the `trl vllm-serve` server (--vllm-mode server; default: "
+                                            "TRL's, http://localhost:8000).")
+    vllm_gpu_memory_utilization: float = opt(0.3, "Share of GPU memory vLLM may take (--vllm-mode colocate).",
+                                             gt=0, le=1)
+    push_to_hub: bool = opt(False, "Push checkpoints to the Hugging Face Hub (--backend trl).")
+    hub_model_id: str | None = opt(None, "Hub repository for --push-to-hub (default: the output folder's name).")
     max_nonfinite: int = opt(3, "Abort after this many steps in a row with a non-finite loss or gradient.", ge=1)
     format: str | None = opt(None, "Also stream the metrics rows to stdout.", choices=STREAM_FORMATS)
     seed: int = opt(0, "Seed for prompts, principles and sampling.")
@@ -124,9 +146,26 @@ class TrainConfig(Options):
         need(len(self.format_weights) == 3, "--format-weights must be three numbers: strict, soft, tags.")
         need(self.surrogate != "cispo" or self.epsilon_high is not None,
              "--surrogate cispo needs --epsilon-high, the cap on its importance ratio (e.g. 5.0).")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise InputError("--report-to none cannot be combined with a tracker; give none alone or the trackers.")
+        for flag, given in (("--use-vllm", self.use_vllm), ("--push-to-hub", self.push_to_hub),
+                            ("--hub-model-id", self.hub_model_id is not None),
+                            ("--vllm-server-url", self.vllm_server_url is not None)):
+            need(not given or self.backend == "trl", f"{flag} needs --backend trl (TRL's GRPOTrainer provides it).")
+        need(self.hub_model_id is None or self.push_to_hub, "--hub-model-id needs --push-to-hub.")
+        need(self.vllm_server_url is None or self.vllm_mode == "server", "--vllm-server-url needs --vllm-mode server.")
+        if self.backend == "trl":
+            from ..trl.options import check_trl_options
+
+            check_trl_options(self)
         from .rewards import parse_reward_spec
 
         parse_reward_spec(self.reward)  # raises InputError on an unknown reward
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """The experiment trackers asked for ("none" dropped)."""
+        return tuple(dict.fromkeys(r for r in self.report_to if r != "none"))
 
     @property
     def use_sami(self) -> bool:

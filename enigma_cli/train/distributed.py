@@ -2,7 +2,8 @@
 
 We build no orchestration of our own: if the launcher set WORLD_SIZE > 1 we join its process group (gloo on CPU,
 nccl on CUDA), wrap the policy in DistributedDataParallel, give each rank its own prompts, and let rank 0 alone
-write files. Metrics are averaged over ranks before rank 0 logs them.
+write files. Metrics are averaged over ranks before rank 0 logs them; completions are gathered to rank 0, so that
+`completions.jsonl` holds every rank's; `launch_info` records the world size and launcher in the run folder.
 """
 
 from __future__ import annotations
@@ -59,3 +60,34 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_to_main(obj):
+    """Every rank's `obj` as a list on rank 0 (``torch.distributed.gather_object``), None on the other ranks;
+    ``[obj]`` when not distributed. Every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def launch_info() -> dict:
+    """How this run was launched: world size, ranks per node, nodes, and the launcher (from its environment)."""
+    env = os.environ
+    _, _, size = world()
+    per_node = int(env.get("LOCAL_WORLD_SIZE", str(size)))
+    if any(key.startswith("ACCELERATE_") for key in env):
+        launcher = "accelerate"
+    elif "TORCHELASTIC_RUN_ID" in env:
+        launcher = "torchrun"
+    elif size > 1:
+        launcher = "other"
+    else:
+        launcher = "none"
+    info = {"world_size": size, "ranks_per_node": per_node, "nodes": max(1, size // max(per_node, 1)),
+            "launcher": launcher}
+    extras = {"mixed_precision": "ACCELERATE_MIXED_PRECISION", "use_fsdp": "ACCELERATE_USE_FSDP",
+              "use_deepspeed": "ACCELERATE_USE_DEEPSPEED", "config_file": "ACCELERATE_CONFIG_FILE"}
+    info.update({name: env[key] for name, key in extras.items() if key in env})
+    return info

@@ -93,17 +93,22 @@ class MetricsLog:
         return pd.DataFrame(self.rows)
 
 
-def dump_completions(path: Path, step: int, ep) -> None:
-    """Append this step's completions (one JSON object per line) to the dump, in one write."""
-    lines = []
+def completion_records(step: int, ep, rank: int = 0) -> list[dict]:
+    """This step's completions on this rank, one JSON-ready record each (``prompt`` counts within the rank)."""
+    records = []
     for i, text in enumerate(ep.texts):
         p = i // ep.group_size
-        lines.append(json.dumps({
-            "step": step, "prompt": p, "question": ep.questions[p], "principle": ep.principle_ids[i],
+        records.append({
+            "step": step, "rank": rank, "prompt": p, "question": ep.questions[p], "principle": ep.principle_ids[i],
             "completion": text, "answer": ep.rewards.answers[i], "label": ep.labels[i],
             "reward": round(float(ep.rewards.total[i]), 6), "advantage": round(float(ep.advantages[i]), 6),
-        }) + "\n")
-    append_text(path, "".join(lines))
+        })
+    return records
+
+
+def dump_completions(path: Path, records: list[dict]) -> None:
+    """Append records (one JSON object per line) to the dump, in one write."""
+    append_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def truncate_dump(path: Path, step: int) -> None:

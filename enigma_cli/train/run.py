@@ -12,13 +12,14 @@ The run folder's life (our choices):
 - SIGINT / SIGTERM stop after the current step with a checkpoint and one line saying how to continue; a second
   signal stops at once (the newest checkpoint stays whole). Exit code 128 + the signal (130, 143).
 - A failure before anything was written removes the folder again if this run created it.
+- `RUN_INFO` (run.json) records how the run was launched: backend, world size, ranks per node, launcher.
+- Under DDP every rank's completions reach `completions.jsonl` (gathered to rank 0, with their rank).
+- ``--backend trl`` shares all of the above (lock, start point, logs, plot) and trains in `enigma_cli.trl.backend`.
 """
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,18 @@ from ..console import console
 from ..errors import InputError
 from . import distributed as dist_utils
 from .config import TrainConfig
-from .records import CURVES, MetricsLog, dump_completions, truncate_dump
-
-METRICS = "metrics.csv"
-COMPLETIONS = "completions.jsonl"
-CONFIG = "config.yaml"
-PLOT = "training_curves.png"
-RUN_FILES = (METRICS, COMPLETIONS, CONFIG, PLOT)
+from .folder import (
+    COMPLETIONS,
+    CONFIG,
+    METRICS,
+    PLOT,
+    RUN_FILES,
+    hard_stop_message,
+    stream_row,
+    summary,
+    write_run_info,
+)
+from .records import CURVES, MetricsLog, completion_records, dump_completions, truncate_dump
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,15 @@ def plan(cfg: TrainConfig):
         raise InputError(f"dataset {cfg.dataset or 'synthetic'} has no prompts.")
     from ..models.loading import resolve_device, resolve_dtype
 
-    resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # --device cuda without CUDA: now, not after the lock
+    device = resolve_device(cfg.device)
+    resolve_dtype(cfg.dtype, device)  # --device cuda without CUDA: now, not after the lock
+    from .tracking import check_trackers
+
+    check_trackers(cfg.trackers)  # a tracker's library missing: now, with its pip command
+    if cfg.backend == "trl":
+        from ..trl.options import check_trl_environment
+
+        check_trl_environment(cfg, device)
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
     examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
     start_point(cfg)
@@ -94,7 +108,7 @@ def start_point(cfg: TrainConfig, *, locked: bool = False) -> Start:
         note = f"--resume latest: no checkpoint in {out} yet, so the run starts from step 0"
         return Start(None, 0, note + (" (the steps it logged are discarded)." if logged else "."))
     checkpoint = latest if cfg.resume == "latest" else find_checkpoint(cfg.resume, out)
-    step = verify_checkpoint(checkpoint)
+    step = verify_checkpoint(checkpoint, cfg.backend)
     if step is not None and step > cfg.steps:
         raise InputError(f"--steps {cfg.steps} is below the step of {checkpoint} ({step}); give --steps above "
                          f"{step} to train further, or resume an earlier checkpoint.")
@@ -145,17 +159,13 @@ def _remove_empty(out: Path, created: Path) -> None:
         pass
 
 
-def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
-    from .. import options as cfgmod
+def load(cfg: TrainConfig, pset, examples):
+    """The model, and the examples whose prompts fit its context (checked on the loaded model: it could not run
+    before loading for a GGUF file or a hub id)."""
     from ..context import ContextCheck, principles_of
-    from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
     from ..models import prefix
     from ..models.loading import load_model
-    from .defaults import Watch
-    from .trainer import Trainer
 
-    stream = cfg.format
-    out = Path(cfg.output_dir)
     # An adapter comes merged: it is the starting policy (and the reference); a LoRA run adds a fresh adapter on
     # top, whose checkpoints name this adapter as their base (load_model then merges it first again).
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
@@ -166,10 +176,26 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     if cfg.sampler in ("shared", "lean") and not prefix.supports(lm.model):
         raise InputError(f"--sampler {cfg.sampler} needs a decoder-only model with a key/value cache, and "
                          f"{cfg.model} is {type(lm.model).__name__}; use --sampler auto or hf.")
-    # the context check on the loaded model (it could not run before loading for a GGUF file or a hub id)
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}",
                          deferred={cfg.model})
-    examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
+    return lm, [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
+
+
+def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
+    from .. import options as cfgmod
+    from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
+    from .checkpoint import rotate_checkpoints
+    from .defaults import Watch
+    from .tracking import Trackers
+    from .trainer import Trainer
+
+    stream = cfg.format
+    out = Path(cfg.output_dir)
+    lm, examples = load(cfg, pset, examples)
+    if cfg.backend == "trl":
+        from ..trl.backend import train_trl
+
+        return train_trl(cfg, pset, examples, lm, start, progress=progress)
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)
@@ -179,8 +205,10 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     cfg = trainer.cfg  # with the learning rate and LoRA rank resolved for this model
     main = dist_utils.is_main()
     log = None
+    trackers = None
     if main:
         write_config(out / CONFIG)
+        write_run_info(out, cfg, lm)
         log = MetricsLog(out / METRICS, resume_step=trainer.step_no)
         truncate_dump(out / COMPLETIONS, trainer.step_no)
         (out / PLOT).unlink(missing_ok=True)  # drawn again at the end, from this run's rows
@@ -191,33 +219,47 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     saved = trainer.step_no if resume else None  # the step whose checkpoint is on disk
     from rich.progress import Progress
 
+    def save() -> Path | None:
+        path = trainer.save()
+        if main:
+            rotate_checkpoints(out, cfg.save_total_limit)
+        return path
+
     stopped = None  # the signal that asked the loop to stop at a safe point
     try:
+        if main:
+            trackers = Trackers(cfg.trackers, out, cfgmod.to_dict(cfg))
         with Progress(console=console, disable=not progress or not main, transient=True) as bar, \
                 SafeStop() as stop, _quiet_skipped_step_warning():
             task = bar.add_task("training", total=cfg.steps, completed=trainer.step_no)
             while trainer.step_no < cfg.steps:
                 row = trainer.step()
+                records = dist_utils.gather_to_main(completion_records(row["step"], trainer._last_episodes,
+                                                                       trainer.rank))
                 if main:
                     log.append(row)
+                    trackers.log(row)
                     watch.see(row)
-                    dump_completions(out / COMPLETIONS, row["step"], trainer._last_episodes)
+                    dump_completions(out / COMPLETIONS, [r for rank in records for r in rank])
                     if stream:
-                        fields = _stream(row, stream, fields)
+                        fields = stream_row(row, stream, fields)
                     if not progress and (row["step"] % 10 == 0 or row["step"] in (1, cfg.steps)):
-                        console.print(_summary(row), highlight=False)
-                bar.update(task, advance=1, description=_summary(row))
+                        console.print(summary(row), highlight=False)
+                bar.update(task, advance=1, description=summary(row))
                 if cfg.save_every and trainer.step_no % cfg.save_every == 0 and trainer.step_no < cfg.steps:
-                    trainer.save()
+                    save()
                     saved = trainer.step_no
                 if not dist_utils.all_ranks_true(not stop.requested) and trainer.step_no < cfg.steps:
                     if saved != trainer.step_no:
-                        trainer.save()
+                        save()
                     stopped = stop.signum or signal.SIGTERM  # a rank the launcher signalled, not this one
                     break
-            final = trainer.save() if stopped is None else None  # a signal now waits for this save
+            final = save() if stopped is None else None  # a signal now waits for this save
     except KeyboardInterrupt as err:  # a second signal (or the first, before the loop): stop at once
-        raise Interrupted(signum_of(err), _hard_stop(signum_of(err), trainer.step_no, out)) from None
+        raise Interrupted(signum_of(err), hard_stop_message(signum_of(err), trainer.step_no, out)) from None
+    finally:
+        if trackers is not None:
+            trackers.close()
     if stopped is not None:
         raise Interrupted(stopped, f"interrupted by {signal_name(stopped)} at step {trainer.step_no}; "
                                    f"checkpoint-{trainer.step_no} written; continue with --resume latest.")
@@ -233,17 +275,6 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     return out
 
 
-def _hard_stop(signum: int, step: int, out: Path) -> str:
-    """The line for a run stopped at once (a second signal, or one during loading)."""
-    from ..interrupt import signal_name
-    from .checkpoint import latest_checkpoint
-
-    latest = latest_checkpoint(out)
-    where = (f"{latest.name} is the newest checkpoint" if latest is not None else
-             "no checkpoint was written yet, so it starts again from step 0")
-    return f"interrupted by {signal_name(signum)} during step {step + 1}; {where}; continue with --resume latest."
-
-
 class _quiet_skipped_step_warning(warnings.catch_warnings):
     """A skipped (non-finite) step steps the scheduler without the optimizer, on purpose (the learning rate stays
     a function of the step); torch warns about exactly that, once. Ignore that one message, nothing else."""
@@ -253,27 +284,3 @@ class _quiet_skipped_step_warning(warnings.catch_warnings):
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
                                                   r"`optimizer\.step\(\)`", category=UserWarning)
         return self
-
-
-def _summary(row: dict) -> str:
-    parts = [f"step {row['step']}", f"reward {row['reward_mean']:.3f}", f"format {row['format_rate']:.2f}"]
-    for key, label in (("mi_sym", "MI"), ("ot_divergence", "OT"), ("kl_ref", "KL")):
-        if key in row:
-            parts.append(f"{label} {row[key]:.4f}")
-    return "  ".join(parts)
-
-
-def _stream(row: dict, fmt: str, fields: list[str] | None) -> list[str] | None:
-    """Write one row to stdout; returns the CSV columns, which the first row fixes (a header cannot change)."""
-    if fmt == "jsonl":
-        sys.stdout.write(json.dumps(row) + "\n")
-    else:
-        import csv
-
-        writer = csv.DictWriter(sys.stdout, fieldnames=fields or list(row), extrasaction="ignore", restval="")
-        if fields is None:
-            writer.writeheader()
-            fields = list(row)
-        writer.writerow(row)
-    sys.stdout.flush()
-    return fields

@@ -94,7 +94,7 @@ class Trainer:
             return None
         return save_checkpoint(Path(self.cfg.output_dir), self.step_no, self.model, self.tokenizer, self.optimizer,
                                self.scheduler, {"nonfinite_total": self.nonfinite_total},
-                               config_writer=self.write_config)
+                               config_writer=self.write_config, model_only=self.cfg.save_model_only)
 
     def _resume(self, path: Path) -> None:
         state = load_state(path)

@@ -1,0 +1,34 @@
+"""enigma's rewards as TRL reward functions: one per term of a reward spec, the spec's weights as TRL's
+``reward_weights`` (TRL then sums them, as `train.rewards.compute_rewards` does).
+
+Each function scores the batch it is handed with `train.rewards.compute_rewards` (the same code as `enigma train`),
+so the group-level answer rewards (coherence, diversity, ...) see a question's G completions together: the
+`EnigmaGRPOTrainer` hands every reward function whole questions.
+"""
+
+from __future__ import annotations
+
+from ..train.rewards import compute_rewards, parse_reward_spec
+
+
+class EnigmaReward:
+    """A TRL reward function for one term of enigma's reward (named after it, e.g. ``format``)."""
+
+    def __init__(self, term: str, group_size: int, *, format_weights=(1.0, 0.5, 0.5), gamma: float = 2.0,
+                 gibbs_beta: float = 1.0, numeric: bool = True):
+        self.term, self.group_size = term, group_size
+        self.options = {"format_weights": tuple(format_weights), "gamma": gamma, "gibbs_beta": gibbs_beta,
+                        "numeric": numeric}
+        self.__name__ = term  # TRL names the logged reward after it: rewards/<term>/mean
+
+    def __call__(self, prompts, completions, answer=None, **kwargs) -> list[float]:
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        labels = list(answer) if answer is not None else [None] * len(texts)
+        result = compute_rewards(texts, labels, self.group_size, f"{self.term}=1", **self.options)
+        return result.terms[self.term].float().tolist()
+
+
+def enigma_reward_funcs(spec: str, group_size: int, **options) -> tuple[list[EnigmaReward], list[float]]:
+    """(reward functions, weights) for a reward spec such as ``"format"`` or ``"format=1,coherence=0.5"``."""
+    weights = parse_reward_spec(spec)
+    return [EnigmaReward(name, group_size, **options) for name in weights], list(weights.values())
