@@ -96,8 +96,8 @@ def backends(tiny_lm, tmp_path):
 def _native(native, start, ep, cfg, pad_id):
     native.zero_grad(set_to_none=True)
     layers = default_layers(native.config.num_hidden_layers)
-    ref = reference_pass(start, ep, pad_id, layers, cfg.temperature)
-    loss, metrics = micro_loss(native, ep, range(ep.n_prompts), cfg, pad_id=pad_id, layers=layers, ref=ref,
+    ref = reference_pass(start, ep, layers, cfg.temperature)
+    loss, metrics = micro_loss(native, ep, range(ep.n_prompts), cfg, layers=layers, ref=ref,
                                old=None, num_items=sum(map(len, ep.completion_ids)))
     loss.backward()
     return float(loss.detach()), metrics, _grads(native)

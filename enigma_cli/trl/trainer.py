@@ -267,12 +267,11 @@ class EnigmaGRPOTrainer(GRPOTrainer):
             off = ep.off_diagonal(prompts, m_sami)
             rows = [ep.completion_index(p, j, s) for p, s, i, j in off]
             cols = [p * k + i for p, s, i, j in off]
-            pad = self._tokenizer.pad_token_id
             if args.use_sami:
-                off_logp = forward(model, ep, rows, cols, pad, None, self.temperature).seq_logp
+                off_logp = forward(model, ep, rows, cols, None, self.temperature).seq_logp
             else:  # only logged: no graph, and the bare module (a DDP wrapper would sync buffers mid-step)
                 with torch.no_grad():
-                    off_logp = forward(self.accelerator.unwrap_model(model), ep, rows, cols, pad, None,
+                    off_logp = forward(self.accelerator.unwrap_model(model), ep, rows, cols, None,
                                        self.temperature).seq_logp
             S = terms.critic_matrix(ep, prompts, m_sami, seq if args.use_sami else seq.detach(), off, off_logp)
             if args.use_sami:
@@ -357,13 +356,10 @@ def _frozen_copy(model, ref_dtype: str):
 
 
 def _layers(ot_layers, model) -> list[int]:
-    from ..train.trainer import _num_layers, default_layers
+    from ..models.hidden import num_layers, resolve_layers
+    from ..train.trainer import default_layers
 
     if is_peft_model(model):
         model = model.get_base_model()
-    n = _num_layers(model)
-    layers = [x if x >= 0 else n + 1 + x for x in (ot_layers or [])] or default_layers(n)
-    bad = [x for x in layers if not 0 <= x <= n]
-    if bad:
-        raise ValueError(f"ot_layers: layer {bad[0]} does not exist; the model has {n} layers (0..{n}).")
-    return layers
+    n = num_layers(model)
+    return list(resolve_layers(n, ot_layers or (), what="ot_layers").values()) or default_layers(n)
