@@ -8,6 +8,36 @@ from pathlib import Path
 import pandas as pd
 
 
+def panels(n: int, *, width: float = 4.2, height: float = 3.0):
+    """A figure of ``n`` panels, at most three a row (Agg backend): ``(fig, axes)``, the unused panels hidden."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:n]
+
+
+def save(fig, path: Path, title: str = "") -> Path:
+    """Write ``fig`` as a PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    from .report import atomic_path
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def smoothed(values: pd.Series, window: int) -> pd.Series:
     """Trailing moving average over `window` points (fewer at the start), NaNs skipped: what a curve trends to."""
     return pd.to_numeric(values, errors="coerce").rolling(window, min_periods=1).mean()
@@ -24,19 +54,10 @@ def grid_plot(df: pd.DataFrame, x: str, columns: list[str], path: Path, *, hue: 
     columns = [c for c in columns if c in df.columns and pd.to_numeric(df[c], errors="coerce").notna().any()]
     if not columns:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import atomic_path
-
-    ncols = min(3, len(columns))
-    nrows = math.ceil(len(columns) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    fig, axes = panels(len(columns))
     groups = list(df.groupby(hue, sort=False)) if hue else [(None, df)]
     smooth = smooth if smooth > 1 and len(df) > smooth else 0
-    for ax, col in zip(axes.flat, columns):
+    for ax, col in zip(axes, columns):
         for i, (name, part) in enumerate(groups):
             color = f"C{i % 10}"
             label = str(name) if name is not None else col
@@ -56,12 +77,4 @@ def grid_plot(df: pd.DataFrame, x: str, columns: list[str], path: Path, *, hue: 
         ax.legend(fontsize=6, loc="best")
         if pd.api.types.is_integer_dtype(df[x]):
             ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in list(axes.flat)[len(columns):]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, title)

@@ -112,21 +112,14 @@ def plot_si_vs_outcomes(sets: pd.DataFrame, table: pd.DataFrame, path: Path) -> 
     outcomes = [o for o in table["outcome"] if o in sets and sets[o].notna().any()]
     if not outcomes:
         return None
-    import matplotlib
+    from ..plots import panels, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..report import atomic_path
-
-    ncols = min(3, len(outcomes))
-    nrows = math.ceil(len(outcomes) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    fig, axes = panels(len(outcomes), width=4.4, height=3.4)
     xerr = None
     if {"pre_si_low", "pre_si_high"} <= set(sets):
         xerr = [(sets["si"] - sets["pre_si_low"]).clip(lower=0), (sets["pre_si_high"] - sets["si"]).clip(lower=0)]
     stats = table.set_index("outcome")
-    for ax, outcome in zip(axes.flat, outcomes):
+    for ax, outcome in zip(axes, outcomes):
         yerr = sets.get(f"{outcome}_sd")
         ax.errorbar(sets["si"], sets[outcome], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label="set (mean ± SD)")
         for _, r in sets.iterrows():
@@ -138,14 +131,7 @@ def plot_si_vs_outcomes(sets: pd.DataFrame, table: pd.DataFrame, path: Path) -> 
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(outcomes):]:
-        ax.axis("off")
-    fig.suptitle("pre-training SI against what training did")
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path, "pre-training SI against what training did")
 
 
 def plot_curves(curves: pd.DataFrame, path: Path) -> Path | None:

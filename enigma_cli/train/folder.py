@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import distributed as dist_utils
+from .records import CURVES
 
 METRICS = "metrics.csv"
 COMPLETIONS = "completions.jsonl"
@@ -49,6 +50,24 @@ def hard_stop_message(signum: int, step: int, out: Path) -> str:
     where = (f"{latest.name} is the newest checkpoint" if latest is not None else
              "no checkpoint was written yet, so it starts again from step 0")
     return f"interrupted by {signal_name(signum)} during step {step + 1}; {where}; continue with --resume latest."
+
+
+def safe_stop_message(signum: int, step: int) -> str:
+    """The line for a run stopped at a safe point (the first signal): a checkpoint of that step was written."""
+    from ..interrupt import signal_name
+
+    return (f"interrupted by {signal_name(signum)} at step {step}; checkpoint-{step} written; continue with "
+            "--resume latest.")
+
+
+def finish(out: Path, cfg, pset, frame, checkpoint: Path, backend: str = "") -> None:
+    """The end of a run, on either backend: the training curves, and the line that names what was written."""
+    from ..console import console
+    from ..plots import grid_plot
+
+    title = f"{out.name}: {cfg.ablation} on {cfg.model}{backend}, set {pset.name}, seed {cfg.seed}"
+    png = grid_plot(frame, "step", CURVES, out / PLOT, title=title, smooth=max(2, min(10, len(frame) // 5)))
+    console.print(f"done: {out / METRICS}, {checkpoint}" + (f", {png}" if png else ""), highlight=False)
 
 
 def summary(row: dict) -> str:

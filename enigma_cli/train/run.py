@@ -34,12 +34,14 @@ from .folder import (
     METRICS,
     PLOT,
     RUN_FILES,
+    finish,
     hard_stop_message,
+    safe_stop_message,
     stream_row,
     summary,
     write_run_info,
 )
-from .records import CURVES, MetricsLog, completion_records, dump_completions, truncate_dump
+from .records import MetricsLog, completion_records, dump_completions, truncate_dump
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def load(cfg: TrainConfig, pset, examples):
 
 def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
     from .. import options as cfgmod
-    from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
+    from ..interrupt import Interrupted, SafeStop, signum_of
     from .checkpoint import rotate_checkpoints
     from .defaults import Watch
     from .tracking import Trackers
@@ -261,15 +263,9 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
         if trackers is not None:
             trackers.close()
     if stopped is not None:
-        raise Interrupted(stopped, f"interrupted by {signal_name(stopped)} at step {trainer.step_no}; "
-                                   f"checkpoint-{trainer.step_no} written; continue with --resume latest.")
+        raise Interrupted(stopped, safe_stop_message(stopped, trainer.step_no))
     if main:
-        from ..plots import grid_plot
-
-        frame = log.frame()
-        title = f"{out.name}: {cfg.ablation} on {cfg.model}, set {pset.name}, seed {cfg.seed}"
-        png = grid_plot(frame, "step", CURVES, out / PLOT, title=title, smooth=max(2, min(10, len(frame) // 5)))
-        console.print(f"done: {out / METRICS}, {final}" + (f", {png}" if png else ""))
+        finish(out, cfg, pset, log.frame(), final)
     dist_utils.barrier()
     dist_utils.shutdown()
     return out

@@ -49,12 +49,20 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     from transformers import PrinterCallback, ProgressCallback
 
     from .. import options as cfgmod
-    from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
-    from ..plots import grid_plot
+    from ..interrupt import Interrupted, SafeStop, signum_of
     from ..train import distributed as dist_utils
     from ..train.defaults import parameter_count, resolve_for_model
-    from ..train.folder import COMPLETIONS, CONFIG, METRICS, PLOT, hard_stop_message, write_run_info
-    from ..train.records import CURVES, MetricsLog, truncate_dump
+    from ..train.folder import (
+        COMPLETIONS,
+        CONFIG,
+        METRICS,
+        PLOT,
+        finish,
+        hard_stop_message,
+        safe_stop_message,
+        write_run_info,
+    )
+    from ..train.records import MetricsLog, truncate_dump
     from ..train.tracking import TENSORBOARD_DIR
     from .mapping import grpo_args, lora_config
     from .rewards import enigma_reward_funcs
@@ -97,13 +105,9 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
         raise Interrupted(signum_of(err), hard_stop_message(signum_of(err), trainer.state.global_step, out)) from None
     step = trainer.state.global_step
     if files.stopped is not None:
-        raise Interrupted(files.stopped, f"interrupted by {signal_name(files.stopped)} at step {step}; "
-                                         f"checkpoint-{step} written; continue with --resume latest.")
+        raise Interrupted(files.stopped, safe_stop_message(files.stopped, step))
     if main:
-        frame = log.frame()
-        title = f"{out.name}: {cfg.ablation} on {cfg.model} (TRL), set {pset.name}, seed {cfg.seed}"
-        png = grid_plot(frame, "step", CURVES, out / PLOT, title=title, smooth=max(2, min(10, len(frame) // 5)))
-        console.print(f"done: {out / METRICS}, {out / f'checkpoint-{step}'}" + (f", {png}" if png else ""))
+        finish(out, cfg, pset, log.frame(), out / f"checkpoint-{step}", backend=" (TRL)")
     return out
 
 
