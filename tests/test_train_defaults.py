@@ -35,6 +35,13 @@ def test_watch_warns_once_about_no_signal_and_a_kl_jump():
     assert watch.see({"step": 4, "advantage_std": 0.5, "kl_ref": 0.5}) == []
 
 
+def test_a_saturated_reward_is_not_blamed_on_the_model():
+    """Every completion perfect is no signal too, but the fix is not a warm-up."""
+    said = Watch(TrainConfig(model="m", lr=3e-4, lora_r=0)).see({"step": 18, "advantage_std": 0.0,
+                                                                   "format_rate": 1.0})
+    assert len(said) == 1 and "saturated" in said[0] and "enigma sft" not in said[0]
+
+
 def test_a_model_that_never_writes_the_layout_is_told_to_warm_up(model_dir, tmp_path):
     """A random tiny model writes no tags: with the strict reward alone every group is all zeros."""
     out, err = io.StringIO(), io.StringIO()

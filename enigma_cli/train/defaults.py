@@ -49,10 +49,16 @@ class Watch:
         said = []
         if "signal" not in self.warned and row.get("advantage_std", 1.0) == 0.0:
             self.warned.add("signal")
-            said.append(f"step {row['step']}: every group's completions got the same reward (format rate "
-                        f"{row.get('format_rate', float('nan')):.2f}), so GRPO has no signal and only the auxiliary "
-                        f"terms move the model; warm it up with `enigma sft --model {self.cfg.model}` or use a "
-                        "model that writes the <reasoning>/<answer> layout.")
+            rate = row.get("format_rate", float("nan"))
+            if not rate >= 0.5:  # the model (almost) never writes the layout: nothing to reward yet
+                said.append(f"step {row['step']}: every group's completions got the same reward (format rate "
+                            f"{rate:.2f}), so GRPO has no signal and only the auxiliary terms move the model; warm "
+                            f"it up with `enigma sft --model {self.cfg.model}` or use a model that writes the "
+                            "<reasoning>/<answer> layout.")
+            else:  # the layout is learnt: a format-only reward has nothing left to separate
+                said.append(f"step {row['step']}: every group's completions got the same reward (format rate "
+                            f"{rate:.2f}): the reward has saturated, so GRPO has no more signal and the steps "
+                            "that follow move the model through the auxiliary terms only.")
         kl = row.get("kl_ref")
         if "kl" not in self.warned and kl is not None and kl > self.cfg.kl_warn:
             self.warned.add("kl")
