@@ -76,11 +76,13 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
         lines += ["", (f"Seed noise is as large as the differences between sets for: {', '.join(noisy)}. With "
                   f"{len(sets)} sets, a correlation on these outcomes mostly measures which seeds were drawn.")]
     k_note, subset = equal_k
-    if k_note is not None and subset is not None:
-        lines += ["", f"The sets have different K ({', '.join(map(str, sorted(sets['k'].unique())))}). SI = "
-                  "Î_sym / log K puts them on one scale, and every run trains with 2 principles per prompt, so the "
-                  f"budgets are equal; the {len(subset)} sets with K = {k_note} alone give the same table in "
-                  "`correlations.csv` (rows `k = " + str(k_note) + "`)."]
+    if sets["k"].nunique() > 1:
+        same_k = (f"the {len(subset)} sets with K = {k_note} alone give the same table in `correlations.csv` (rows "
+                  f"`k = {k_note}`)." if k_note is not None and subset is not None else
+                  "no K is shared by 3 sets or more, so there is no table at equal K.")
+        lines += ["", (f"The sets have different K ({', '.join(map(str, sorted(sets['k'].unique())))}). SI = "
+                       "Î_sym / log K puts them on one scale, and every run trains with 2 principles per prompt, so "
+                       f"the budgets are equal; {same_k}")]
     untrusted = sets[sets.get("pre_reason", pd.Series("", index=sets.index)).fillna("").astype(str) != ""] \
         if "pre_reason" in sets else sets.iloc[0:0]
     if len(untrusted):
