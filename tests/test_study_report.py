@@ -64,3 +64,33 @@ def test_the_equal_k_note_names_the_equal_k_rows(tmp_path, monkeypatch):
     assert set(pd.read_csv(folder / "correlations.csv")["k"].astype(str)) == {"all", "2"}
     assert "the 3 sets with K = 2 alone give the same table in `correlations.csv` (rows `k = 2`)" in \
         (folder / "REPORT.md").read_text()
+
+
+def test_a_caveat_is_not_reported_as_untrusted(tmp_path, monkeypatch):
+    """Saturation is a caveat (`score.trust`: it does not block); only blocking findings make SI untrusted."""
+    sets = ["stepwise-vs-oneline", "placebo", "near-duplicate", "verify-vs-verbal"]
+    Fake(monkeypatch, sets, extra={
+        "stepwise-vs-oneline": {"pre_trusted": True, "pre_reason": "mi_sym 0.68 is near log K = 0.69: saturated"},
+        "placebo": {"pre_trusted": False, "pre_reason": "the 95% interval of SI reaches 0"},
+    })
+    folder = tmp_path / "s"
+    rc, _out, err = run(*sets, *COMMON, "--output-dir", folder)
+    assert rc == 0, err
+    lines = (folder / "REPORT.md").read_text().splitlines()
+    untrusted = [line for line in lines if line.startswith("SI could not be trusted for:")]
+    caveats = [line for line in lines if line.startswith("SI is trusted, with a caveat, for:")]
+    assert untrusted == ["SI could not be trusted for: placebo (the 95% interval of SI reaches 0)."]
+    assert len(caveats) == 1 and "stepwise-vs-oneline (mi_sym 0.68" in caveats[0]
+
+
+def test_the_score_unit_keeps_whether_si_is_trusted(monkeypatch):
+    import enigma_cli.score as score
+    from enigma_cli.study.config import StudyConfig
+
+    class Scored:
+        row = {"si": 0.4, "si_low": 0.3, "si_high": 0.5, "mi_sym": 0.68, "acc_row": 0.9, "format_rate": 1.0,
+               "trusted": True, "reason": "saturated", "critic": "sum"}
+
+    monkeypatch.setattr(score, "score_set", lambda *args: Scored())
+    kept = stages.measure_si(None, None, [], StudyConfig(), "enigma-tiny")
+    assert kept["trusted"] is True and kept["reason"] == "saturated" and "critic" not in kept

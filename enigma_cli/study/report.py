@@ -83,11 +83,7 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
         lines += ["", (f"The sets have different K ({', '.join(map(str, sorted(sets['k'].unique())))}). SI = "
                        "Î_sym / log K puts them on one scale, and every run trains with 2 principles per prompt, so "
                        f"the budgets are equal; {same_k}")]
-    untrusted = sets[sets.get("pre_reason", pd.Series("", index=sets.index)).fillna("").astype(str) != ""] \
-        if "pre_reason" in sets else sets.iloc[0:0]
-    if len(untrusted):
-        lines += ["", "SI could not be trusted for: " + "; ".join(f"{r['set']} ({r['pre_reason']})"
-                                                              for _, r in untrusted.iterrows()) + "."]
+    lines += _trust_notes(sets)
     lines += ["", "## ENIGMA against GRPO-only, whatever the SI", ""]
     if len(paired):
         lines += ["Paired by set and seed (mean difference ENIGMA − GRPO-only, wins/losses, Wilcoxon signed-rank).", "",
@@ -108,6 +104,22 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
               "`paired.csv`, `si_vs_outcomes.png`, `training_curves.png`; each run's own folder is under `runs/`."), ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _trust_notes(sets: pd.DataFrame) -> list[str]:
+    """The sets whose pre-training SI is not trusted, and the caveats of trusted ones (`score.trust`: saturation
+    does not block). Results written before `pre_trusted` was kept count every reason as untrusted."""
+    if "pre_reason" not in sets:
+        return []
+    reason = sets["pre_reason"].fillna("").astype(str)
+    trusted = sets["pre_trusted"] if "pre_trusted" in sets else pd.Series(False, index=sets.index)
+    trusted = trusted.fillna(False).astype(bool)
+    lines = []
+    for label, rows in (("SI could not be trusted for: ", sets[(reason != "") & ~trusted]),
+                        ("SI is trusted, with a caveat, for: ", sets[(reason != "") & trusted])):
+        if len(rows):
+            lines += ["", label + "; ".join(f"{r['set']} ({r['pre_reason']})" for _, r in rows.iterrows()) + "."]
+    return lines
 
 
 def plot_si_vs_outcomes(sets: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path | None:

@@ -48,7 +48,7 @@ def measure_si(lm, pset, examples, cfg: StudyConfig, model: str) -> dict:
     from ..score import score_set
 
     row = score_set(lm, pset, examples, score_config(cfg, model)).row
-    keep = ("si", "si_low", "si_high", "mi_sym", "acc_row", "format_rate", "reason")
+    keep = ("si", "si_low", "si_high", "mi_sym", "acc_row", "format_rate", "trusted", "reason")
     return {k: row[k] for k in keep if k in row}
 
 
