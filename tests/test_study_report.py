@@ -84,13 +84,13 @@ def test_a_caveat_is_not_reported_as_untrusted(tmp_path, monkeypatch):
 
 
 def test_the_score_unit_keeps_whether_si_is_trusted(monkeypatch):
-    import enigma_cli.score as score
+    from types import SimpleNamespace
+
+    from enigma_cli import score
     from enigma_cli.study.config import StudyConfig
 
-    class Scored:
-        row = {"si": 0.4, "si_low": 0.3, "si_high": 0.5, "mi_sym": 0.68, "acc_row": 0.9, "format_rate": 1.0,
-               "trusted": True, "reason": "saturated", "critic": "sum"}
-
-    monkeypatch.setattr(score, "score_set", lambda *args: Scored())
+    row = {"si": 0.4, "si_low": 0.3, "si_high": 0.5, "mi_sym": 0.68, "acc_row": 0.9, "format_rate": 1.0,
+           "trusted": True, "reason": "saturated", "critic": "sum"}
+    monkeypatch.setattr(score, "score_set", lambda *args: SimpleNamespace(row=row))
     kept = stages.measure_si(None, None, [], StudyConfig(), "enigma-tiny")
     assert kept["trusted"] is True and kept["reason"] == "saturated" and "critic" not in kept
