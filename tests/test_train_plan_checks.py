@@ -23,3 +23,14 @@ def test_depth_of_reads_the_text_config_first():
     assert depth_of({"n_layer": 12}) == 12
     assert depth_of({"text_config": {"num_hidden_layers": 26}, "num_hidden_layers": 2}) == 26
     assert depth_of({"hidden_size": 64}) is None and depth_of(None) is None
+
+
+def test_a_run_folder_is_named_once_whatever_checks_resolve_it(model_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "earlier-run"
+    shutil.copytree(model_dir, run / "checkpoint-3")
+    rc = main(["train", "--model", str(run), "--ot-layers", "2", "--output-dir", str(tmp_path / "out"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert err.count("using its newest checkpoint, checkpoint-3") == 1
