@@ -94,3 +94,27 @@ def test_the_score_unit_keeps_whether_si_is_trusted(monkeypatch):
     monkeypatch.setattr(score, "score_set", lambda *args: SimpleNamespace(row=row))
     kept = stages.measure_si(None, None, [], StudyConfig(), "enigma-tiny")
     assert kept["trusted"] is True and kept["reason"] == "saturated" and "critic" not in kept
+
+
+def test_a_run_trains_without_the_last_units_model_kept(tmp_path, monkeypatch):
+    """The model a score (or the previous run's evaluation) loaded is dropped before the run loads its own."""
+    import pytest
+
+    from enigma_cli.study.config import StudyConfig
+    from enigma_cli.study.plan import Unit
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def train(unit, cfg, root):
+        seen["kept"] = models.lm
+        raise Stop
+
+    monkeypatch.setattr(stages, "train", train)
+    models = stages.Models(StudyConfig())
+    models.lm, models.spec = object(), "enigma-tiny"
+    with pytest.raises(Stop):
+        stages.do_run(Unit("run", "placebo", "enigma", 0), StudyConfig(), tmp_path, None, [], [], models)
+    assert seen["kept"] is None and models.spec is None
