@@ -4,8 +4,9 @@
 
 - ``None`` or ``"synthetic"``: built-in problems from :mod:`enigma_cli.tasks.synthetic`, never seen in
   enigma-tiny's pre-training, with the seed stream ``seed + 10_000_000`` (:data:`SYNTHETIC_SEED_OFFSET`): with
-  ``split="train"`` (what `enigma train` and `enigma sft` ask for) from the held-out pool ``"rl"``, otherwise from the
-  pool ``"test"``, so an evaluation never sees a question GRPO trained on, whatever the seeds; works offline;
+  ``purpose="train"`` (what `enigma train` asks for) from the held-out pool ``"rl"``, otherwise from the pool
+  ``"test"``, so an evaluation never sees a question GRPO trained on, whatever the seeds; works offline (`enigma
+  sft` renders its synthetic rows from the pre-training pool itself, `enigma_cli.sft.data`);
 - a local ``.jsonl``/``.json``/``.csv``/``.parquet`` file (or a ``save_to_disk`` folder), read through
   ``datasets``; a local file has a single split, so ``split`` is ignored for it;
 - otherwise a hub id (e.g. ``gsm8k`` or ``kaist-ai/CoT-Collection``), only when online: with ``HF_HUB_OFFLINE``

@@ -49,6 +49,20 @@ def positions_of(config: dict | None) -> int | None:
     return None
 
 
+def depth_of(config: dict | None) -> int | None:
+    """The model's number of decoder layers from its config (the text part first, as `models.hidden.num_layers`
+    reads a loaded model), or None."""
+    if not isinstance(config, dict):
+        return None
+    for part in (config.get("text_config"), config):
+        if isinstance(part, dict):
+            for key in ("num_hidden_layers", "n_layer", "num_layers"):
+                value = part.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+    return None
+
+
 def check_safetensors(folder: Path, what: str) -> None:
     """Every ``*.safetensors`` file in `folder` must have a readable header covering the whole file."""
     from safetensors import safe_open

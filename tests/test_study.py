@@ -20,6 +20,7 @@ from enigma_cli.study.config import StudyConfig
 from enigma_cli.study.plan import my_share, units
 
 SETS = ["stepwise-vs-oneline", "placebo", "near-duplicate", "answer-order", "verify-vs-verbal"]
+ALL_SETS = [*SETS, "half-placebo", "reasoning-styles"]  # every shipped set: enough for a significant correlation
 
 
 def run(*argv) -> tuple[int, str, str]:
@@ -49,13 +50,13 @@ class FakeStages:
 
     def score(self, unit, cfg, pset, *args):
         self._tick(unit.name)
-        si = 0.05 * SETS.index(unit.set)
+        si = 0.05 * ALL_SETS.index(unit.set)
         return {"set": unit.set, "k": pset.k, "pre_si": si, "pre_si_low": si - 0.01, "pre_si_high": si + 0.01,
                 "pre_format_rate": 0.9, "base_accuracy_at_1": 0.4}
 
     def run(self, unit, cfg, root, pset, *args):
         self._tick(unit.name)
-        si = 0.05 * SETS.index(unit.set)
+        si = 0.05 * ALL_SETS.index(unit.set)
         bonus = 2 * si if unit.variant == "enigma" else 0.0
         return {"set": unit.set, "variant": unit.variant, "seed": unit.seed, "k": pset.k,
                 "reward_std_late": 0.3 - si + 0.01 * _noise(unit.name), "reward_change": 0.1 - si / 2,
@@ -119,16 +120,28 @@ def test_merge_refuses_an_unfinished_study(tmp_path, monkeypatch):
 def test_the_report_reads_the_known_correlation(tmp_path, monkeypatch):
     FakeStages(monkeypatch)
     folder = tmp_path / "s"
-    assert run(*SETS, *COMMON, "--output-dir", folder)[0] == 0
-    corr = pd.read_csv(folder / "correlations.csv").set_index("outcome")
+    assert run(*ALL_SETS, *COMMON, "--output-dir", folder)[0] == 0
+    corr = pd.read_csv(folder / "correlations.csv", dtype={"k": str})
+    corr = corr[corr["k"] == "all"].set_index("outcome")
     assert corr.loc["accuracy_gain", "rho"] == pytest.approx(1.0)
     assert corr.loc["reward_change", "rho"] == pytest.approx(-1.0)
+    assert corr.loc["accuracy_gain", "p_holm"] > corr.loc["accuracy_gain", "p_perm"]  # several outcomes at once
     paired = pd.read_csv(folder / "paired.csv").set_index("outcome")
-    wins = sum(2 * 0.05 * SETS.index(s) + 0.02 * _noise(f"run/{s}/enigma/seed{seed}", 2)
-               > 0.02 * _noise(f"run/{s}/grpo/seed{seed}", 2) for s in SETS for seed in (0, 1))
-    assert paired.loc["accuracy", "wins"] == wins and paired.loc["accuracy", "pairs"] == 10
+    wins = sum(2 * 0.05 * ALL_SETS.index(s) + 0.02 * _noise(f"run/{s}/enigma/seed{seed}", 2)
+               > 0.02 * _noise(f"run/{s}/grpo/seed{seed}", 2) for s in ALL_SETS for seed in (0, 1))
+    assert paired.loc["accuracy", "wins"] == wins and paired.loc["accuracy", "pairs"] == 14
     report = (folder / "REPORT.md").read_text()
-    assert "The claim holds here" in report
+    assert "The claim holds here" in report and "no correlation can reach" not in report
+
+
+def test_five_sets_cannot_support_the_claim_and_the_report_says_so(tmp_path, monkeypatch):
+    """A perfect ρ over 5 sets has p ≥ 2/120; after Holm over the claim's outcomes it cannot pass 0.05."""
+    FakeStages(monkeypatch)
+    folder = tmp_path / "s"
+    assert run(*SETS, *COMMON, "--output-dir", folder)[0] == 0
+    report = " ".join((folder / "REPORT.md").read_text().split())
+    assert "The claim holds" not in report
+    assert "With 5 sets no correlation can reach p < 0.05" in report and "6 sets or more can" in report
 
 
 def test_a_study_folder_holds_one_study(tmp_path, monkeypatch):

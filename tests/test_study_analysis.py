@@ -78,3 +78,22 @@ def test_correlations_table_has_one_row_per_outcome_present():
     table = correlations(sets, ["accuracy", "kl", "absent"], n_boot=50, n_perm=50)
     assert table["outcome"].tolist() == ["accuracy", "kl"]
     assert table["rho"].tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_holm_adjusts_like_statsmodels_would():
+    """Holm–Bonferroni by hand: sorted p (0.01, 0.02, 0.04) × (3, 2, 1) → 0.03, 0.04, 0.04 (monotone)."""
+    from enigma_cli.study.analysis import holm
+
+    assert holm([0.04, 0.01, float("nan"), 0.02]) == pytest.approx([0.04, 0.03, math.nan, 0.04], nan_ok=True)
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_noise_ratio_with_unequal_seeds_uses_the_mean_of_one_over_n():
+    """Set means of 1 and 4 seeds have variances σ²/1 and σ²/4: noise alone gives σ² · mean(1/n)."""
+    rows = [{"set": "a", "x": v} for v in (1.0,)] + [{"set": "b", "x": v} for v in (1.0, -1.0, 1.0, -1.0)]
+    rows += [{"set": "c", "x": v} for v in (2.5, 1.5)]
+    table = noise_table(pd.DataFrame(rows), ["x"]).set_index("outcome")
+    within = (4 * 1.0 + 2 * 0.25) / (0 + 3 + 1)
+    means = np.array([1.0, 0.0, 2.0])
+    assert table.loc["x", "seed_noise_sd"] == pytest.approx(math.sqrt(within))
+    assert table.loc["x", "variance_ratio"] == pytest.approx(means.var(ddof=1) / (within * np.mean([1, 1 / 4, 1 / 2])))

@@ -11,9 +11,11 @@ from ..evaluate.config import EvaluateConfig
 def run(cfg: EvaluateConfig, dry_run: bool) -> None:
     from ..context import ContextCheck, Principle
     from ..datasets import load_examples
+    from ..models.devices import resolve_device, resolve_dtype
     from ..report import check_format
 
     check_format(cfg.format, cfg.out)
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # before --dry-run says the plan is fine
     if cfg.math_verify:
         from ..core.answers import math_verify_available
 

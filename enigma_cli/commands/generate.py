@@ -36,9 +36,11 @@ class GenerateConfig(Options):
 
 def run(cfg: GenerateConfig, dry_run: bool) -> None:
     from ..context import ContextCheck, Principle
+    from ..models.devices import resolve_device, resolve_dtype
     from ..report import check_format
 
     check_format(cfg.format, cfg.out)
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # before --dry-run says the plan is fine
     text = principle_text(cfg.principle)
     check = ContextCheck([Principle("--principle", text)] if text else [], cfg.max_new_tokens)
     check.before_load(cfg.model, cfg.question)  # a question too long for the model is refused, not truncated

@@ -15,10 +15,12 @@ from ..score import ScoreConfig
 def run(cfg: ScoreConfig, dry_run: bool) -> None:
     from ..context import ContextCheck, principles_of
     from ..datasets import load_examples
+    from ..models.devices import resolve_device, resolve_dtype
     from ..principles import resolve_sets
     from ..report import check_format, check_output_file
 
     check_format(cfg.format, cfg.out)
+    resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # before --dry-run says the plan is fine
     if cfg.out is not None:
         check_output_file(f"{cfg.out}.config.yaml", "--out")  # the resolved config goes beside the report
     sets = resolve_sets(list(cfg.principles) or None)

@@ -77,6 +77,9 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+_ANNOUNCED: set[tuple[str, str]] = set()  # (spec, checkpoint) pairs already named on stderr by this process
+
+
 def model_path_for(spec: str) -> tuple[str, str | None]:
     """Map a model spec to ``(path_or_hub_id, gguf_file_name_or_None)`` without loading anything.
 
@@ -110,9 +113,11 @@ def model_path_for(spec: str) -> tuple[str, str | None]:
             return str(path.resolve()), None
         newest = newest_checkpoint(path)
         if newest is not None:  # an `enigma train` output folder: its newest checkpoint
-            from ..console import console
+            if (spec, newest.name) not in _ANNOUNCED:  # once: the checks before loading resolve the spec too
+                from ..console import console
 
-            console.print(f"{spec}: using its newest checkpoint, {newest.name}", highlight=False)
+                console.print(f"{spec}: using its newest checkpoint, {newest.name}", highlight=False)
+                _ANNOUNCED.add((spec, newest.name))
             return str(newest.resolve()), None
         raise InputError(
             f"Model folder '{spec}' has no config.json (nor adapter_config.json, nor checkpoint-N folders); "

@@ -91,10 +91,14 @@ def _peek(spec: str):
     path, gguf_file = loading.model_path_for(spec)
     folder, is_adapter = Path(path), False
     tokenizer_dir = None
-    if gguf_file is None and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+    for _ in range(loading.MAX_ADAPTER_DEPTH + 1):  # an adapter's base may be an adapter (load_model merges both)
+        if not loading._is_adapter_folder(path, gguf_file):
+            break
         is_adapter = True
-        tokenizer_dir = path if loading._has_tokenizer(folder) else None
+        if tokenizer_dir is None and loading._has_tokenizer(folder):
+            tokenizer_dir = path
         path, gguf_file = loading.model_path_for(loading._adapter_base(spec, folder))
+        folder = Path(path)
     if gguf_file is not None:
         cache = loading._gguf_cache_dir(Path(path) / gguf_file)
         if cache is not None and (cache / loading._CACHE_DONE).is_file():

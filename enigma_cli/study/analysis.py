@@ -9,7 +9,8 @@ on synthetic data with a known answer.
 - `noise_table`: for each outcome, the seed-to-seed noise (pooled within-set standard deviation) beside the spread
   between sets (standard deviation of the set means), the variance ratio between them, and a one-way ANOVA
   p-value. With n seeds per set, seed noise alone makes the set means vary with variance s_within² / n; a ratio
-  near 1 says that the differences between sets are what noise would give.
+  near 1 says that the differences between sets are what noise would give (σ² · mean(1/n) with unequal n).
+- `holm`: Holm–Bonferroni adjusted p-values for the outcomes the claim is about, tested together.
 - `paired_test`: full ENIGMA against the GRPO-only ablation, paired by (set, seed): the mean difference, how often
   ENIGMA wins, and the Wilcoxon signed-rank p-value.
 
@@ -85,7 +86,7 @@ def noise_table(runs: pd.DataFrame, outcomes: list[str], *, by: str = "set") -> 
             if dof > 0:
                 within = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)
                 row["seed_noise_sd"] = math.sqrt(within)
-                expected = within / float(np.mean(sizes))
+                expected = within * float(np.mean(1.0 / sizes))  # Var of a set mean: σ²/n, averaged over sets
                 row["variance_ratio"] = float(means.var(ddof=1) / expected) if expected > 0 else math.inf
                 if all(len(g) >= 2 for g in groups) and within > 0:
                     row["anova_p"] = float(f_oneway(*groups).pvalue)
@@ -109,6 +110,19 @@ def paired_test(runs: pd.DataFrame, outcome: str, *, treatment: str = "enigma", 
     if (diff != 0).sum() >= 1:
         out["p_wilcoxon"] = float(wilcoxon(diff, zero_method="wilcox").pvalue) if (diff != 0).sum() >= 2 else 1.0
     return out
+
+
+def holm(p_values) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (same order; NaN stays NaN): the family-wise error of testing several
+    outcomes at once stays at α when each adjusted p is compared with α."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), math.nan)
+    idx = [i for i in np.argsort(p, kind="stable") if math.isfinite(p[i])]
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
 
 
 def correlations(sets: pd.DataFrame, outcomes: list[str], *, si: str = "si", seed: int = 0, n_boot: int = 2000,

@@ -40,8 +40,8 @@ def analyze(cfg, inputs, *, seconds: float | None = None) -> pd.DataFrame:
         same_k = correlation_table(subset, runs[runs["set"].isin(subset["set"])], seed=cfg.seed,
                                    main=cfg.variants[0]).assign(k=str(k))
         all_rows = pd.concat([table, same_k], ignore_index=True)
-    else:
-        all_rows = table
+    else:  # fewer than 3 sets share a K: no equal-K rows, and REPORT.md must not point at them
+        all_rows, k = table, None
     paired = paired_table(runs)
     root = inputs.root
     write_table(runs, root / "runs.csv")

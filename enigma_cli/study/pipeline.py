@@ -20,7 +20,7 @@ class Inputs:
 
     def __init__(self, cfg: StudyConfig):
         from ..datasets import load_examples
-        from ..models.loading import model_path_for
+        from ..models.loading import model_path_for, resolve_device, resolve_dtype
         from ..principles import resolve_sets
         from ..report import check_output_dir
         from .stages import train_config
@@ -35,6 +35,7 @@ class Inputs:
             raise InputError(f"a study needs at least {MIN_SETS} principle sets to correlate SI with outcomes, and "
                              f"{len(self.sets)} were found.")
         model_path_for(cfg.model)
+        resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # a misspelt --device: now, not at the first load
         self.units = units(cfg, names)
         for unit in self.units:
             if unit.kind == "run":

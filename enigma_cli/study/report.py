@@ -14,11 +14,17 @@ NOISE_RATIO = 2.0  # set means must vary at least this much more than seed noise
 
 
 def verdict(row: pd.Series) -> str:
-    """supports / contradicts / inconclusive / no prediction, for one row of the correlation table."""
+    """supports / contradicts / inconclusive / no prediction, for one row of the correlation table.
+
+    The claim's outcomes are judged on their Holm-adjusted p-value (several outcomes are tested at once), the others
+    on their own p; either way the bootstrap interval must exclude 0 too.
+    """
     rho, low, high, p = (row.get(k, math.nan) for k in ("rho", "rho_low", "rho_high", "p_perm"))
     expected = EXPECTED.get(row["outcome"])
     if any(isinstance(v, float) and math.isnan(v) for v in (rho, p)):
         return "not measurable"
+    if expected is not None and isinstance(row.get("p_holm"), float) and math.isfinite(row["p_holm"]):
+        p = row["p_holm"]
     significant = p < ALPHA and (low > 0 or high < 0)
     if expected is None:
         return "no prediction" + (" (significant)" if significant else "")
@@ -48,6 +54,21 @@ def overall(table: pd.DataFrame) -> str:
             "what chance and seed noise allow.")
 
 
+def power_note(n_sets: int, n_claim: int) -> str | None:
+    """A sentence when too few sets make a supporting verdict impossible: Spearman's exact two-sided p cannot fall
+    below 2 / n! (only the perfect order and its reverse are as extreme), and Holm multiplies the smallest p by the
+    number of claim outcomes tested together."""
+    if n_sets < 2 or n_claim < 1:
+        return None
+    floor = min(1.0, n_claim * 2 / math.factorial(n_sets))
+    if floor < ALPHA:
+        return None
+    need = next(n for n in range(n_sets, 20) if n_claim * 2 / math.factorial(n) < ALPHA)
+    return (f"With {n_sets} sets no correlation can reach p < {ALPHA} once the {n_claim} outcomes of the claim are "
+            f"corrected for being tested together (the smallest possible adjusted p is {floor:.2f}), so no verdict "
+            f"can support or contradict the claim; {need} sets or more can.")
+
+
 def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame,
                  equal_k: tuple[int | None, pd.DataFrame | None], seconds: float | None) -> None:
     from ..report import atomic_path
@@ -59,15 +80,19 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
              f"on {cfg.eval_prompts} held-out questions × {cfg.eval_samples} samples; SI from {cfg.score_prompts} "
              f"prompts × {cfg.score_samples} samples." + (f" Wall time {seconds / 60:.0f} min." if seconds else ""),
              "", "## Verdict", "", overall(table), ""]
+    note = power_note(len(sets), int(sum(EXPECTED.get(o) is not None for o in table["outcome"])))
+    lines += [note, ""] if note else []
     lines += [("Each row: Spearman ρ of pre-training SI against the set-level outcome (the main variant, mean over "
-              "seeds), a bootstrap 95% interval over sets, a permutation p-value, and the outcome's seed noise "
-              "beside its spread between sets (variance ratio ≈ 1: the sets differ no more than reruns do)."), "",
-              "| outcome | ρ | 95% CI | p | claim expects | verdict | seed noise SD | between-set SD | ratio |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "seeds), a bootstrap 95% interval over sets, a permutation p-value (and, for the outcomes the claim is "
+              "about, tested together, its Holm-adjusted value, on which the verdict rests), and the outcome's seed "
+              "noise beside its spread between sets (variance ratio ≈ 1: the sets differ no more than reruns do)."), "",
+              "| outcome | ρ | 95% CI | p | p (Holm) | claim expects | verdict | seed noise SD | between-set SD | ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         sign = {1: "ρ > 0", -1: "ρ < 0", None: "–"}[EXPECTED.get(r["outcome"])]
         lines.append(f"| {LABELS.get(r['outcome'], r['outcome'])} | {_fmt(r['rho'])} | {_fmt(r['rho_low'])}.."
-                     f"{_fmt(r['rho_high'])} | {_fmt(r['p_perm'], '.3f')} | {sign} | {verdict(r)} | "
+                     f"{_fmt(r['rho_high'])} | {_fmt(r['p_perm'], '.3f')} | {_fmt(r.get('p_holm'), '.3f')} | {sign} | "
+                     f"{verdict(r)} | "
                      f"{_fmt(r.get('seed_noise_sd'), '.3g')} | {_fmt(r.get('between_set_sd'), '.3g')} | "
                      f"{_fmt(r.get('variance_ratio'), '.1f')} |")
     noisy = [LABELS.get(r["outcome"], r["outcome"]) for _, r in table.iterrows()
@@ -76,16 +101,14 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
         lines += ["", (f"Seed noise is as large as the differences between sets for: {', '.join(noisy)}. With "
                   f"{len(sets)} sets, a correlation on these outcomes mostly measures which seeds were drawn.")]
     k_note, subset = equal_k
-    if k_note is not None and subset is not None:
-        lines += ["", f"The sets have different K ({', '.join(map(str, sorted(sets['k'].unique())))}). SI = "
-                  "Î_sym / log K puts them on one scale, and every run trains with 2 principles per prompt, so the "
-                  f"budgets are equal; the {len(subset)} sets with K = {k_note} alone give the same table in "
-                  "`correlations.csv` (rows `k = " + str(k_note) + "`)."]
-    untrusted = sets[sets.get("pre_reason", pd.Series("", index=sets.index)).fillna("").astype(str) != ""] \
-        if "pre_reason" in sets else sets.iloc[0:0]
-    if len(untrusted):
-        lines += ["", "SI could not be trusted for: " + "; ".join(f"{r['set']} ({r['pre_reason']})"
-                                                              for _, r in untrusted.iterrows()) + "."]
+    if sets["k"].nunique() > 1:
+        same_k = (f"the {len(subset)} sets with K = {k_note} alone give the same table in `correlations.csv` (rows "
+                  f"`k = {k_note}`)." if k_note is not None and subset is not None else
+                  "no K is shared by 3 sets or more, so there is no table at equal K.")
+        lines += ["", (f"The sets have different K ({', '.join(map(str, sorted(sets['k'].unique())))}). SI = "
+                       "Î_sym / log K puts them on one scale, and every run trains with 2 principles per prompt, so "
+                       f"the budgets are equal; {same_k}")]
+    lines += _trust_notes(sets)
     lines += ["", "## ENIGMA against GRPO-only, whatever the SI", ""]
     if len(paired):
         lines += ["Paired by set and seed (mean difference ENIGMA − GRPO-only, wins/losses, Wilcoxon signed-rank).", "",
@@ -106,6 +129,22 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
               "`paired.csv`, `si_vs_outcomes.png`, `training_curves.png`; each run's own folder is under `runs/`."), ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _trust_notes(sets: pd.DataFrame) -> list[str]:
+    """The sets whose pre-training SI is not trusted, and the caveats of trusted ones (`score.trust`: saturation
+    does not block). Results written before `pre_trusted` was kept count every reason as untrusted."""
+    if "pre_reason" not in sets:
+        return []
+    reason = sets["pre_reason"].fillna("").astype(str)
+    trusted = sets["pre_trusted"] if "pre_trusted" in sets else pd.Series(False, index=sets.index)
+    trusted = trusted.fillna(False).astype(bool)
+    lines = []
+    for label, rows in (("SI could not be trusted for: ", sets[(reason != "") & ~trusted]),
+                        ("SI is trusted, with a caveat, for: ", sets[(reason != "") & trusted])):
+        if len(rows):
+            lines += ["", label + "; ".join(f"{r['set']} ({r['pre_reason']})" for _, r in rows.iterrows()) + "."]
+    return lines
 
 
 def plot_si_vs_outcomes(sets: pd.DataFrame, table: pd.DataFrame, path: Path) -> Path | None:

@@ -28,13 +28,21 @@ class Models:
 
     def get(self, spec: str):
         if spec != self.spec:
-            self.lm = None
-            gc.collect()
+            self.release()
             from ..models.loading import load_model
 
             self.lm = load_model(spec, device=self.cfg.device, dtype=self.cfg.dtype)
             self.spec = spec
         return self.lm
+
+    def release(self) -> None:
+        """Drop the kept model (training loads its own: two models on the device otherwise)."""
+        self.lm, self.spec = None, None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def score_config(cfg: StudyConfig, model: str):
@@ -48,7 +56,7 @@ def measure_si(lm, pset, examples, cfg: StudyConfig, model: str) -> dict:
     from ..score import score_set
 
     row = score_set(lm, pset, examples, score_config(cfg, model)).row
-    keep = ("si", "si_low", "si_high", "mi_sym", "acc_row", "format_rate", "reason")
+    keep = ("si", "si_low", "si_high", "mi_sym", "acc_row", "format_rate", "trusted", "reason")
     return {k: row[k] for k in keep if k in row}
 
 
@@ -110,6 +118,7 @@ def train(unit: Unit, cfg: StudyConfig, root: Path) -> Path:
 
 def do_run(unit: Unit, cfg: StudyConfig, root: Path, pset, score_examples, eval_examples, models: Models) -> dict:
     start = time.perf_counter()
+    models.release()  # the last unit's model would stay on the device while this run trains its own
     final = train(unit, cfg, root)
     metrics = pd.read_csv(unit.folder(root) / "metrics.csv")
     lm = models.get(str(final))

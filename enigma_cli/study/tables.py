@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from .analysis import correlations, noise_table, paired_test
+from .analysis import correlations, holm, noise_table, paired_test
 from .outcomes import EXPECTED
 
 #: which evaluation column is "accuracy" in the analysis: the flexible answer where measured (lm-eval-harness'
@@ -54,6 +54,10 @@ def correlation_table(sets: pd.DataFrame, runs: pd.DataFrame, *, seed: int, main
     outcomes = [k for k in EXPECTED if k in sets]
     table = correlations(sets, outcomes, seed=seed)
     table["expected_sign"] = table["outcome"].map(EXPECTED)
+    claim = table["expected_sign"].notna()  # the claim's outcomes are one family of tests
+    table["p_holm"] = math.nan
+    if claim.any():
+        table.loc[claim, "p_holm"] = holm(table.loc[claim, "p_perm"])
     noise_runs = runs[runs["variant"] == main].copy()
     if {"enigma", "grpo"} <= set(runs["variant"]):
         for name in ("accuracy", "majority_accuracy"):

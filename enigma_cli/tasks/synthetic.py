@@ -34,8 +34,9 @@ Splits: a problem belongs to the held-out split when a BLAKE2 hash of its questi
 (:func:`is_heldout`). ``generate_problems(..., split="train")`` (the default, used by :func:`training_examples`,
 i.e. enigma-tiny's pre-training) never yields a held-out question and ``split="heldout"`` yields only those. The
 held-out questions are cut in two by another bit of the same hash (:func:`heldout_pool`): ``"rl"`` for the
-questions `enigma train` and `enigma sft` learn from, ``"test"`` for evaluation. So evaluation questions are never
-seen in pre-training or in GRPO, whatever the seeds.
+questions `enigma train` learns from, ``"test"`` for evaluation (`enigma sft`'s synthetic rows come from
+``"train"``, its held-out prompts from ``"test"``). So evaluation questions are never seen in pre-training, in
+the format warm-up or in GRPO, whatever the seeds.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ def collect(model, tokenizer, examples: list[Example], pset: PrincipleSet, cfg, 
     """Generate the step's completions and score them (no gradient)."""
     k, m = cfg.principles_per_prompt, cfg.group_size // cfg.principles_per_prompt
     picks, principles = draw(examples, pset, cfg.prompts_per_step, k, cfg.seed, step, rank)
-    prompt_texts = [render_prompt(tokenizer, c.text, ex.question) for ex, cs in zip(picks, principles) for c in cs]
+    # prompt_text: the question with its options (multiple-choice rows), as every other command renders it
+    prompt_texts = [render_prompt(tokenizer, c.text, ex.prompt_text) for ex, cs in zip(picks, principles) for c in cs]
     gen = generate(model, tokenizer, prompt_texts, num_samples=m, max_new_tokens=cfg.max_new_tokens,
                    temperature=cfg.temperature, engine=cfg.sampler,
                    seed=(cfg.seed * 1_000_003 + step * 7_919 + rank) % 2**31)

@@ -82,6 +82,14 @@ def plan(cfg: TrainConfig):
         check_trl_environment(cfg, device)
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
     examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
+    if cfg.ot_layers:  # against the depth on disk where it can be read; the trainer checks the loaded model again
+        from ..modelfiles import depth_of, inspect
+        from ..models.hidden import resolve_layers
+
+        files = inspect(cfg.model)
+        depth = depth_of(files.config) if files is not None else None
+        if depth is not None:
+            resolve_layers(depth, cfg.ot_layers, what="--ot-layers")
     start_point(cfg)
     return pset, examples
 

@@ -77,7 +77,8 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     args.reward_weights = weights
     if "tensorboard" in cfg.trackers:  # where transformers' TensorBoardCallback writes, as the native loop does
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / TENSORBOARD_DIR)
-    questions = Dataset.from_list([{"question": ex.question, "answer": ex.answer} for ex in examples])
+    # prompt_text: a multiple-choice row's question with its options, as the native loop renders it
+    questions = Dataset.from_list([{"question": ex.prompt_text, "answer": ex.answer} for ex in examples])
     trainer = EnigmaGRPOTrainer(model=lm.model, reward_funcs=funcs, args=args, train_dataset=questions,
                                 processing_class=lm.tokenizer, peft_config=lora_config(cfg, lm.model),
                                 principle_set=pset)
