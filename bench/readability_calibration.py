@@ -33,8 +33,8 @@ def main() -> None:
         ref = trust.chars_per_token(tok, trust.shipped_principle_texts())
         tiny = trust.is_enigma_tiny(lm.source)
         vocab = trust.tiny_vocabulary() if tiny else None
-        print(f"\n{spec}: shipped principles pool at {ref:.2f} characters per token; context "
-              f"{trust.context_limit(lm.model)} positions; corpus vocabulary known: {tiny}")
+        print(f"\n{spec}: shipped principles pool at {ref:.2f} characters per token; "
+              f"corpus vocabulary known: {tiny}")
         texts = [("shipped", t) for t in trust.shipped_principle_texts()]
         for name in ("organisational.yaml", "long-principle.yaml"):
             texts += [(p.id, p.text) for p in load_principle_set(FIXTURES / name).principles]

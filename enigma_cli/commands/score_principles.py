@@ -40,22 +40,20 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
         return
 
     from ..models.loading import load_model
-    from ..score import not_scored, score_set
+    from ..score import score_set
     from ..score.report import rank, report_frame
+    from ..score.trust import check_principles
 
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
     n = len(examples)
-    checks = _check_principles(lm, sets, examples, cfg)
+    questions = [ex.prompt_text for ex in examples]
     results = []
     with console.status("scoring", spinner="dots") if show_progress() else nullcontext() as status:
         for s in sets:
-            if not checks[s.name][1]:
-                results.append(not_scored(s, checks[s.name][0], cfg, n))
-                continue
             if status is not None:
                 status.update(f"scoring {s.name} (K={s.k})")
-            results.append(score_set(lm, s, examples, cfg, checks=checks[s.name][0]))
+            results.append(score_set(lm, s, examples, cfg, checks=check_principles(lm, s, questions)))
     ranked = rank(results)
     _print_table(ranked)
     _warn(ranked)
@@ -64,25 +62,6 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
     write_table(report_frame(results, cfg), cfg.out, cfg.format)
     if cfg.out is not None:
         write_resolved(cfg, f"{cfg.out}.config.yaml")
-
-
-def _check_principles(lm, sets, examples, cfg) -> dict:
-    """Per set: (principle checks, whether every prompt fits the context). Refuses (exit 3) when no set fits."""
-    from ..score import trust
-
-    questions = [ex.prompt_text for ex in examples]
-    checks = {}
-    for s in sets:
-        found = trust.check_principles(lm, s, questions, cfg.max_new_tokens)
-        checks[s.name] = (found, trust.set_fits([c.prompt_tokens for c in found], trust.context_limit(lm.model)))
-    if not any(fits for _, fits in checks.values()):
-        s = sets[0]
-        worst = max(checks[s.name][0], key=lambda c: c.prompt_tokens)
-        where = str(s.path) if s.path is not None else f"principle set {s.name}"
-        raise InputError(f"{where}: the prompt of principle {worst.id} takes {worst.prompt_tokens} tokens, more than "
-                         f"the {trust.context_limit(lm.model)} positions of model {cfg.model}, and no set fits, so "
-                         "nothing was scored.")
-    return checks
 
 
 def _warn(ranked) -> None:

@@ -46,7 +46,7 @@ from .config import CRITICS, SATURATION, ScoreConfig
 CRITIC_VARIANTS = ("mean", "sum", "pmi_mean", "pmi_sum")
 SI_COLUMNS = {"mean": "si_mean", "sum": "si_sum", "pmi_mean": "pmi_si_mean", "pmi_sum": "pmi_si_sum"}
 __all__ = ["CRITICS", "CRITIC_VARIANTS", "SATURATION", "CriticScores", "SetScore", "critic_matrices",
-           "not_scored", "score_set"]
+           "score_set"]
 
 
 @dataclass
@@ -142,7 +142,7 @@ def score_set(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreConfig,
               checks: list[trust.PrincipleCheck] | None = None) -> SetScore:
     """One row of the report for `pset` (and one per principle), with its trust findings.
 
-    `checks` are the pre-generation findings of `trust.check_principles` (context, readability), if any.
+    `checks` are the pre-generation findings of `trust.check_principles` (readability), if any.
     """
     n, k, m = len(examples), pset.k, cfg.samples
     with torch.no_grad():
@@ -186,22 +186,3 @@ def score_set(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreConfig,
     row["trusted"], row["reason"] = trust.join(findings + principle_findings)
     return SetScore(pset.name, k, row, per_principle, saturated=saturation is not None, trusted=row["trusted"],
                     variants=variants)
-
-
-def not_scored(pset: PrincipleSet, checks: list[trust.PrincipleCheck], cfg: ScoreConfig, n: int) -> SetScore:
-    """The report row of a set that was not scored because a prompt does not fit the model's context."""
-    nan = float("nan")
-    findings = [f for c in checks for f in c.findings]
-    _, reason = trust.join(findings)
-    row = {"set": pset.name, "k": pset.k, "log_k": math.log(pset.k), "critic": cfg.critic,
-           **{key: nan for key in ("mi_row", "mi_col", "mi_sym", "si", "si_low", "si_high", "acc_row", "acc_col",
-                                   "pmi_mi_row", "pmi_mi_sym", "pmi_si", *SI_COLUMNS.values(), "format_rate")},
-           "prompts": n, "samples": cfg.samples, "trusted": False, "reason": reason}
-    per_principle = []
-    for p, c in zip(pset.principles, checks):
-        ok, why = trust.join(c.findings)
-        per_principle.append({"set": pset.name, "principle": p.id, "k": pset.k, "log_k": math.log(pset.k),
-                              "critic": cfg.critic, "si": nan, **{c_: nan for c_ in SI_COLUMNS.values()},
-                              "format_rate": nan, "prompts": n, "samples": cfg.samples, "trusted": ok,
-                              "reason": why})
-    return SetScore(pset.name, pset.k, row, per_principle, trusted=False)

@@ -14,8 +14,6 @@ Checks (thresholds are `ScoreConfig` options or the calibrated constants below):
   chance. The controls (placebo, near-duplicate) are meant to land here.
 - **saturation** (a caveat, does not block): Î_sym is near log K. The bound cannot grow any further, so sets that
   reach it cannot be ordered among themselves; it is still a sound lower bound, so such a set keeps its rank.
-- **context** (blocks): a prompt (principle + question) plus ``max_new_tokens`` does not fit the model's context.
-  A set whose prompt alone does not fit is not scored at all (see `set_fits`).
 - **readability** (blocks): the model cannot read the principle text, measured two ways:
 
   * *over-segmentation*, for any model: characters per token of the principle against the same tokenizer's rate
@@ -29,9 +27,10 @@ Calibration (bench/readability_calibration.py prints the numbers): on the enigma
 principles pool at 4.4 characters per token and each lies within 0.79-1.25x that rate, none with an unseen word;
 "Be impartial and present several viewpoints" needs 3.5x, "Take a clear side" 3.8x and a 5,000-character policy
 principle 3.1x, all with unseen words. On SmolLM2's tokenizer the same three need 0.8x, 1.5x and 0.9x: SmolLM2 can
-read them, and only the context check and the other scores decide there.
+read them, and only the other scores decide there.
 
-`context_limit` is the one place that reads a model's context length; a general context check can replace it.
+A prompt that cannot fit the model's context is not a trust finding: `enigma_cli.context.ContextCheck` refuses such a
+principle (and skips such dataset rows) before any weights load, so every scored prompt fits.
 """
 
 from __future__ import annotations
@@ -93,46 +92,6 @@ def saturation_finding(mi_sym: float, log_k: float, fraction: float) -> Finding 
         return None
     return Finding(f"mi_sym {mi_sym:.3f} is near log K = {log_k:.3f}: the bound is saturated and cannot order "
                    "sets that score this high", blocks=False)
-
-
-# ------------------------------------------------------------------------------------------------ context
-
-
-def context_limit(model) -> int | None:
-    """The most positions the model attends to, from its config (None when the config does not say)."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def prompt_tokens(tokenizer, principle: str, questions: list[str]) -> int:
-    """Tokens of the longest prompt (principle + question, as the model sees it) over `questions`."""
-    prompts = [render_prompt(tokenizer, principle, q) for q in questions]
-    return max(len(ids) for ids in encode_prompts(tokenizer, prompts))
-
-
-def context_finding(principle: str, tokens: int, max_new_tokens: int, limit: int | None) -> Finding | None:
-    """The prompt, or the prompt plus the completion, does not fit the model's `limit` positions."""
-    if limit is None or tokens + max_new_tokens <= limit:
-        return None
-    if tokens >= limit:
-        return Finding(f"principle {principle}: its prompt takes {tokens} tokens, more than the model's {limit} "
-                       "positions, so the set was not scored")
-    return Finding(f"principle {principle}: its prompt takes up to {tokens} tokens and with up to "
-                   f"{max_new_tokens} new tokens overruns the model's {limit} positions, so completions may be cut "
-                   "or degrade")
-
-
-def set_fits(tokens: list[int], limit: int | None) -> bool:
-    """Whether every principle's prompt fits the context at all (else the set is not scored)."""
-    return limit is None or max(tokens) < limit
 
 
 # -------------------------------------------------------------------------------------------- readability
@@ -226,6 +185,12 @@ def readability_finding(principle: str, r: Readability, tiny: bool) -> Finding |
 # -------------------------------------------------------------------------------------------- per principle
 
 
+def prompt_tokens(tokenizer, principle: str, questions: list[str]) -> int:
+    """Tokens of the longest prompt (principle + question, as the model sees it) over `questions`."""
+    prompts = [render_prompt(tokenizer, principle, q) for q in questions]
+    return max(len(ids) for ids in encode_prompts(tokenizer, prompts))
+
+
 @dataclass(frozen=True)
 class PrincipleCheck:
     """What is known about one principle before generation: prompt length and readability."""
@@ -236,13 +201,12 @@ class PrincipleCheck:
     findings: tuple[Finding, ...]
 
 
-def check_principles(lm, pset, questions: list[str], max_new_tokens: int) -> list[PrincipleCheck]:
-    """Context and readability findings for every principle of `pset`, before any generation.
+def check_principles(lm, pset, questions: list[str]) -> list[PrincipleCheck]:
+    """Readability findings for every principle of `pset`, before any generation.
 
     `lm` needs ``model``, ``tokenizer`` and ``source`` (the folder it was read from, for the enigma-tiny test).
     """
     tok = lm.tokenizer
-    limit = context_limit(lm.model)
     reference = chars_per_token(tok, shipped_principle_texts())
     tiny = is_enigma_tiny(getattr(lm, "source", None))
     vocabulary = tiny_vocabulary() if tiny else None
@@ -250,8 +214,7 @@ def check_principles(lm, pset, questions: list[str], max_new_tokens: int) -> lis
     for p in pset.principles:
         n = prompt_tokens(tok, p.text, questions)
         r = readability(tok, p.text, reference, vocabulary)
-        found = [f for f in (context_finding(p.id, n, max_new_tokens, limit), readability_finding(p.id, r, tiny))
-                 if f is not None]
-        out.append(PrincipleCheck(p.id, n, r, tuple(found)))
+        found = readability_finding(p.id, r, tiny)
+        out.append(PrincipleCheck(p.id, n, r, (found,) if found is not None else ()))
     return out
 
