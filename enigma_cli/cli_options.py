@@ -178,7 +178,8 @@ CONFIG_HELP = "YAML/TOML file of options (flat, or one section per command); fla
 DRY_RUN_HELP = "Validate everything and print the planned work; load no weights, write nothing."
 
 
-def command(cls: type, name: str, run: Callable[[Any, bool], None], help: str) -> Callable:
+def command(cls: type, name: str, run: Callable[[Any, bool], None], help: str,
+            dry_run_help: str = DRY_RUN_HELP) -> Callable:
     """A typer command whose options are `cls`'s fields plus --config and --dry-run; it calls run(cfg, dry_run)."""
     REGISTRY[name] = cls
     hints = type_hints(cls)
@@ -190,7 +191,7 @@ def command(cls: type, name: str, run: Callable[[Any, bool], None], help: str) -
                                     annotation=Annotated[Path | None, typer.Option(help=CONFIG_HELP,
                                                                                    show_default=False)]))
     params.append(inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, default=False,
-                                    annotation=Annotated[bool, typer.Option("--dry-run", help=DRY_RUN_HELP,
+                                    annotation=Annotated[bool, typer.Option("--dry-run", help=dry_run_help,
                                                                             metavar="")]))
 
     def callback(ctx: typer.Context, **kwargs: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import zlib
 
 import pandas as pd
@@ -170,6 +171,22 @@ def test_bad_input_stops_before_any_work(tmp_path, argv, needle):
     assert not folder.exists()
 
 
+def _planned_completions(*argv) -> int:
+    rc, _out, err = run(*argv, "--dry-run", "--no-probe")
+    assert rc == 0, err
+    return int(re.search(r"about ([\d,]+) completions", err).group(1).replace(",", ""))  # the plan goes to stderr
+
+
+def test_the_plan_counts_each_sets_own_k(tmp_path):
+    """Scoring a set of K principles samples K completions per prompt and sample: a K = 4 set costs twice a K = 2
+    set's scoring (pre-training SI, then SI again after each of its runs), and nothing else differs."""
+    common = ["--seeds", "0", "--variants", "enigma", "--score-prompts", "4", "--score-samples", "3",
+              "--output-dir", tmp_path / "s"]
+    k2 = _planned_completions(*SETS[:4], *common)
+    k4 = _planned_completions(*SETS[:3], "reasoning-styles", *common)  # answer-order (K = 2) → K = 4
+    assert k4 - k2 == (1 + 1) * (4 - 2) * 4 * 3
+
+
 def test_unwritable_folder_is_refused(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -179,12 +196,14 @@ def test_unwritable_folder_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_study_end_to_end_on_a_random_model(tmp_path, model_dir):
-    """The real stages, tiny: 4 sets × 2 variants × 2 seeds × 1 step on a random model."""
+    """The real stages, tiny: 4 sets × 2 variants × 2 seeds × 2 steps on a random model."""
     folder = tmp_path / "s"
-    rc, _out, err = run(*SETS[:4], "--model", model_dir, "--steps", "1", "--prompts-per-step", "1", "-G", "2",
+    rc, _out, err = run(*SETS[:4], "--model", model_dir, "--steps", "2", "--prompts-per-step", "1", "-G", "2",
                        "--max-new-tokens", "8", "--eval-prompts", "4", "--eval-samples", "1", "--score-prompts", "2",
                        "--score-samples", "1", "--output-dir", folder, "--device", "cpu")
     assert rc == 0, err
     runs = pd.read_csv(folder / "runs.csv")
     assert len(runs) == 16 and runs["accuracy"].notna().all()
     assert (folder / "si_vs_outcomes.png").is_file() and (folder / "training_curves.png").is_file()
+    kept = [p.relative_to(folder / "runs") for p in (folder / "runs").glob("*/*/checkpoint-*")]
+    assert {p.name for p in kept} == {"checkpoint-2"} and len(kept) == 16  # only each run's final one

@@ -18,4 +18,7 @@ def run(cfg: StudyConfig, dry_run: bool) -> None:
 study = command(StudyConfig, "study", run,
                 help="Test the paper's claim on your model: score every principle set, train each set × variant × "
                      "seed, evaluate, and report whether pre-training SI predicts the outcomes (resumable, "
-                     "shardable).")
+                     "shardable).",
+                dry_run_help="Validate everything and print the planned work, writing nothing in the study folder; "
+                             "unless --no-probe, it loads the model and times 2 training steps in a temporary folder "
+                             "to estimate the wall time.")

@@ -96,8 +96,8 @@ def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
     ks = sorted({s.k for s in inputs.sets})
     completions = (len(runs) * cfg.steps * cfg.prompts_per_step * cfg.group_size
                    + (len(runs) + len(inputs.sets)) * 2 * cfg.eval_prompts * cfg.eval_samples
-                   + sum(len(cfg.seeds) * len(cfg.variants) + 1 for _ in inputs.sets) * cfg.score_prompts
-                   * cfg.score_samples * 3)
+                   + sum((len(cfg.seeds) * len(cfg.variants) + 1) * s.k for s in inputs.sets) * cfg.score_prompts
+                   * cfg.score_samples)
     console.print(f"{len(inputs.sets)} sets (K {', '.join(map(str, ks))}) × {len(cfg.variants)} variants × "
                   f"{len(cfg.seeds)} seeds = {len(runs)} runs of {cfg.steps} steps on {cfg.model}; about "
                   f"{completions:,} completions in all; folder {inputs.root}.", highlight=False)

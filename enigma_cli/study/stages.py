@@ -94,7 +94,7 @@ def train_config(unit: Unit, cfg: StudyConfig, folder: Path):
     return TrainConfig(model=cfg.model, principles=unit.set, steps=cfg.steps, prompts_per_step=cfg.prompts_per_step,
                        group_size=cfg.group_size, principles_per_prompt=2, max_new_tokens=cfg.max_new_tokens,
                        lr=cfg.lr, lora_r=cfg.lora_r, sami=sami, ot=ot, output_dir=str(folder),
-                       save_every=max(1, cfg.steps // 5), seed=unit.seed, device=cfg.device, dtype=cfg.dtype)
+                       save_every=max(1, cfg.steps // 5), save_total_limit=1, seed=unit.seed, device=cfg.device, dtype=cfg.dtype)
 
 
 def train(unit: Unit, cfg: StudyConfig, root: Path) -> Path:
