@@ -16,6 +16,10 @@ file can drive a pipeline::
       prompts: 16
 
 Keys of the file's own section must be options of the command; shared keys must be an option of some command.
+A shared key means the same thing to every command that has it, so keep a key whose meaning differs between
+commands in each command's own section: ``output_dir`` (sft's adapter folder, train's run folder, study's study
+folder), ``merge`` (sft folds the adapter in; study merges shards) and ``layers`` (the layers analyze-manifold reads;
+the depth build-default-model builds).
 """
 
 from __future__ import annotations
