@@ -106,8 +106,8 @@ def test_shards_merge_to_the_single_run_result(tmp_path, monkeypatch):
     for name in ("study.csv", "correlations.csv", "paired.csv", "runs.csv"):
         a = pd.read_csv(single / name)
         b = pd.read_csv(sharded / name)
-        pd.testing.assert_frame_equal(a.drop(columns=["seconds"], errors="ignore"),
-                                      b.drop(columns=["seconds"], errors="ignore"))
+        timing = ["seconds", "unit_seconds"]  # the only columns that may differ
+        pd.testing.assert_frame_equal(a.drop(columns=timing, errors="ignore"), b.drop(columns=timing, errors="ignore"))
 
 
 def test_merge_refuses_an_unfinished_study(tmp_path, monkeypatch):
@@ -207,3 +207,13 @@ def test_study_end_to_end_on_a_random_model(tmp_path, model_dir):
     assert (folder / "si_vs_outcomes.png").is_file() and (folder / "training_curves.png").is_file()
     kept = [p.relative_to(folder / "runs") for p in (folder / "runs").glob("*/*/checkpoint-*")]
     assert {p.name for p in kept} == {"checkpoint-2"} and len(kept) == 16  # only each run's final one
+
+
+def test_a_resumed_study_reports_the_units_time_not_only_the_last_invocation():
+    from enigma_cli.study.report import _timing_text
+
+    text = _timing_text(35 * 60, 15 * 60)
+    assert "The units took 35 min in all" in text and "this invocation took 15 min" in text
+    assert _timing_text(600, 610) == (" The units took 10 min in all (each unit's own time, summed over shards and "
+                                      "resumptions; a unit's time before an interruption is not counted).")
+    assert _timing_text(0.0, 120) == " This invocation took 2 min."

@@ -51,7 +51,9 @@ def analyze(cfg, inputs, *, seconds: float | None = None) -> pd.DataFrame:
         write_table(paired, root / "paired.csv")
     plot_si_vs_outcomes(sets, table, root / "si_vs_outcomes.png")
     plot_curves(_curves(inputs, run_units), root / "training_curves.png")
-    write_report(root / "REPORT.md", cfg, sets, table, paired, (k, subset if k is not None else None), seconds)
+    units_time = sum(r.get("unit_seconds", r.get("seconds", 0.0)) for r in results.values())
+    write_report(root / "REPORT.md", cfg, sets, table, paired, (k, subset if k is not None else None),
+                 (units_time, seconds))
     console.print(overall(table).replace("**", ""), highlight=False)
     console.print(f"wrote {root / 'REPORT.md'}, study.csv, runs.csv, correlations.csv and the plots.", highlight=False)
     return sets

@@ -86,8 +86,9 @@ def do_units(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
             result = do_score(unit, cfg, pset, inputs.score_examples, inputs.eval_examples, models)
         else:
             result = do_run(unit, cfg, inputs.root, pset, inputs.score_examples, inputs.eval_examples, models)
+        result["unit_seconds"] = time.perf_counter() - t0  # summed over shards and resumptions in REPORT.md
         write_result(unit, inputs.root, result)
-        say(i, len(todo), unit, result, time.perf_counter() - t0)
+        say(i, len(todo), unit, result, result["unit_seconds"])
 
 
 def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:

@@ -70,7 +70,9 @@ def power_note(n_sets: int, n_claim: int) -> str | None:
 
 
 def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame,
-                 equal_k: tuple[int | None, pd.DataFrame | None], seconds: float | None) -> None:
+                 equal_k: tuple[int | None, pd.DataFrame | None], timing: tuple[float, float | None]) -> None:
+    """`timing`: the units' own seconds summed (over every shard and resumption), and this invocation's seconds
+    (None for --merge)."""
     from ..report import atomic_path
 
     n_runs = len(sets) * len(cfg.variants) * len(cfg.seeds)
@@ -78,7 +80,7 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
              f"Model `{cfg.model}`; {len(sets)} principle sets × {len(cfg.variants)} variants "
              f"({', '.join(cfg.variants)}) × {len(cfg.seeds)} seeds = {n_runs} runs of {cfg.steps} steps; evaluation "
              f"on {cfg.eval_prompts} held-out questions × {cfg.eval_samples} samples; SI from {cfg.score_prompts} "
-             f"prompts × {cfg.score_samples} samples." + (f" Wall time {seconds / 60:.0f} min." if seconds else ""),
+             f"prompts × {cfg.score_samples} samples." + _timing_text(*timing),
              "", "## Verdict", "", overall(table), ""]
     note = power_note(len(sets), int(sum(EXPECTED.get(o) is not None for o in table["outcome"])))
     lines += [note, ""] if note else []
@@ -129,6 +131,17 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
               "`paired.csv`, `si_vs_outcomes.png`, `training_curves.png`; each run's own folder is under `runs/`."), ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _timing_text(units: float, invocation: float | None) -> str:
+    parts = []
+    if units:
+        parts.append(f"the units took {units / 60:.0f} min in all (each unit's own time, summed over shards and "
+                     "resumptions; a unit's time before an interruption is not counted)")
+    if invocation is not None and (not units or abs(invocation - units) > 60):
+        parts.append(f"this invocation took {invocation / 60:.0f} min")
+    text = "; ".join(parts)
+    return f" {text[0].upper()}{text[1:]}." if text else ""
 
 
 def _trust_notes(sets: pd.DataFrame) -> list[str]:
