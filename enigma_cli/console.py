@@ -12,3 +12,8 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 132, soft_
 def show_progress() -> bool:
     """Progress bars only when a person is watching stderr."""
     return sys.stderr.isatty()
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 seed', '2 seeds': a count with its noun in the right number (regular plurals only)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

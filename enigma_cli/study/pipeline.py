@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..console import console
+from ..console import console, counted
 from ..errors import InputError
 from .config import MIN_SETS, StudyConfig
 from .plan import Unit, check_or_write_study_file, my_share, read_result, units, write_result
@@ -99,8 +99,9 @@ def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
                    + (len(runs) + len(inputs.sets)) * 2 * cfg.eval_prompts * cfg.eval_samples
                    + sum((len(cfg.seeds) * len(cfg.variants) + 1) * s.k for s in inputs.sets) * cfg.score_prompts
                    * cfg.score_samples)
-    console.print(f"{len(inputs.sets)} sets (K {', '.join(map(str, ks))}) × {len(cfg.variants)} variants × "
-                  f"{len(cfg.seeds)} seeds = {len(runs)} runs of {cfg.steps} steps on {cfg.model}; about "
+    console.print(f"{counted(len(inputs.sets), 'set')} (K {', '.join(map(str, ks))}) × "
+                  f"{counted(len(cfg.variants), 'variant')} × {counted(len(cfg.seeds), 'seed')} = "
+                  f"{counted(len(runs), 'run')} of {counted(cfg.steps, 'step')} on {cfg.model}; about "
                   f"{completions:,} completions in all; folder {inputs.root}.", highlight=False)
     scope = f"shard {cfg.shard}: " if cfg.shard else ""
     console.print(f"{scope}{len(mine)} unit(s), {done} already done.", highlight=False)

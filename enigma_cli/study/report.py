@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..console import counted
 from .outcomes import EXPECTED, LABELS
 
 ALPHA = 0.05
@@ -77,8 +78,9 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
 
     n_runs = len(sets) * len(cfg.variants) * len(cfg.seeds)
     lines = ["# Does pre-training SI predict training? (`enigma study`)", "",
-             f"Model `{cfg.model}`; {len(sets)} principle sets × {len(cfg.variants)} variants "
-             f"({', '.join(cfg.variants)}) × {len(cfg.seeds)} seeds = {n_runs} runs of {cfg.steps} steps; evaluation "
+             f"Model `{cfg.model}`; {len(sets)} principle sets × {counted(len(cfg.variants), 'variant')} "
+             f"({', '.join(cfg.variants)}) × {counted(len(cfg.seeds), 'seed')} = {counted(n_runs, 'run')} of "
+             f"{counted(cfg.steps, 'step')}; evaluation "
              f"on {cfg.eval_prompts} held-out questions × {cfg.eval_samples} samples; SI from {cfg.score_prompts} "
              f"prompts × {cfg.score_samples} samples." + _timing_text(*timing),
              "", "## Verdict", "", overall(table), ""]
