@@ -217,3 +217,22 @@ def test_a_resumed_study_reports_the_units_time_not_only_the_last_invocation():
     assert _timing_text(600, 610) == (" The units took 10 min in all (each unit's own time, summed over shards and "
                                       "resumptions; a unit's time before an interruption is not counted).")
     assert _timing_text(0.0, 120) == " This invocation took 2 min."
+
+
+def test_the_report_compares_every_variant_with_the_base_model():
+    """Trained runs that lose accuracy against the base model are called that, whatever they gain over each other."""
+    from enigma_cli.study.report import _base_lines
+    from enigma_cli.study.tables import versus_base
+
+    sets = pd.DataFrame({"set": ["a", "b"], "base_format_rate": [0.8, 0.8], "base_accuracy_at_1": [0.1, 0.1],
+                         "base_accuracy_at_1_flexible": [0.56, 0.56], "base_majority_accuracy": [0.6, 0.7]})
+    runs = pd.DataFrame({"variant": ["enigma", "enigma", "grpo", "grpo"], "format_rate": [1.0, 0.9, 1.0, 1.0],
+                         "accuracy": [0.4, 0.38, 0.25, 0.27], "majority_accuracy": [0.5, 0.4, 0.3, 0.3]})
+    table = versus_base(sets, runs).set_index("model")
+    assert table.loc["base", "accuracy"] == pytest.approx(0.56)  # the flexible answer, as the runs are read
+    assert table.loc["base", "majority_accuracy"] == pytest.approx(0.65)
+    assert table.loc["enigma", "accuracy"] == pytest.approx(0.39) and table.loc["grpo", "runs"] == 2
+    text = " ".join(_base_lines(versus_base(sets, runs)))
+    assert "Every variant ends below the base model's accuracy (0.56; enigma 0.39, grpo 0.26)" in text
+    better = runs.assign(accuracy=runs["accuracy"] + [0.3, 0.3, 0.0, 0.0])
+    assert "Every variant ends below" not in " ".join(_base_lines(versus_base(sets, better)))

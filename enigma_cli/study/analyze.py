@@ -8,7 +8,7 @@ from ..console import console
 from ..errors import InputError
 from .plan import read_result
 from .report import overall, plot_curves, plot_si_vs_outcomes, write_report
-from .tables import correlation_table, equal_k_subset, paired_table, runs_table, sets_table
+from .tables import correlation_table, equal_k_subset, paired_table, runs_table, sets_table, versus_base
 
 
 def _curves(inputs, run_units) -> pd.DataFrame:
@@ -53,7 +53,7 @@ def analyze(cfg, inputs, *, seconds: float | None = None) -> pd.DataFrame:
     plot_curves(_curves(inputs, run_units), root / "training_curves.png")
     units_time = sum(r.get("unit_seconds", r.get("seconds", 0.0)) for r in results.values())
     write_report(root / "REPORT.md", cfg, sets, table, paired, (k, subset if k is not None else None),
-                 (units_time, seconds))
+                 (units_time, seconds), versus_base(sets, runs))
     console.print(overall(table).replace("**", ""), highlight=False)
     console.print(f"wrote {root / 'REPORT.md'}, study.csv, runs.csv, correlations.csv and the plots.", highlight=False)
     return sets

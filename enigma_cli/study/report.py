@@ -71,9 +71,10 @@ def power_note(n_sets: int, n_claim: int) -> str | None:
 
 
 def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paired: pd.DataFrame,
-                 equal_k: tuple[int | None, pd.DataFrame | None], timing: tuple[float, float | None]) -> None:
+                 equal_k: tuple[int | None, pd.DataFrame | None], timing: tuple[float, float | None],
+                 base: pd.DataFrame) -> None:
     """`timing`: the units' own seconds summed (over every shard and resumption), and this invocation's seconds
-    (None for --merge)."""
+    (None for --merge); `base`: `tables.versus_base`."""
     from ..report import atomic_path
 
     n_runs = len(sets) * len(cfg.variants) * len(cfg.seeds)
@@ -113,6 +114,7 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
                        "Î_sym / log K puts them on one scale, and every run trains with 2 principles per prompt, so "
                        f"the budgets are equal; {same_k}")]
     lines += _trust_notes(sets)
+    lines += _base_lines(base)
     lines += ["", "## ENIGMA against GRPO-only, whatever the SI", ""]
     if len(paired):
         lines += ["Paired by set and seed (mean difference ENIGMA − GRPO-only, wins/losses, Wilcoxon signed-rank).", "",
@@ -133,6 +135,24 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
               "`paired.csv`, `si_vs_outcomes.png`, `training_curves.png`; each run's own folder is under `runs/`."), ""]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
+
+
+def _base_lines(base: pd.DataFrame) -> list[str]:
+    """The base model beside each variant, and a plain sentence when training lowered the answers' accuracy."""
+    lines = ["", "## Against the base model", "", ("Held-out questions without a principle in the prompt; the base row is "
+             "the model before training, each variant's row the mean over its runs."), "",
+             "| model | runs | format rate | accuracy@1 | majority-vote accuracy |", "|---|---|---|---|---|"]
+    for _, r in base.iterrows():
+        lines.append(f"| {r['model']} | {r['runs'] or '–'} | {_fmt(r['format_rate'])} | {_fmt(r['accuracy'])} | "
+                     f"{_fmt(r['majority_accuracy'])} |")
+    before, after = base.iloc[0], base.iloc[1:]
+    worse = after[after["accuracy"] < before["accuracy"]]
+    if len(after) and len(worse) == len(after):
+        lines += ["", (f"Every variant ends below the base model's accuracy ({_fmt(before['accuracy'])}; "
+                       f"{', '.join(f'{m} {_fmt(a)}' for m, a in zip(after['model'], after['accuracy']))}): the "
+                       "format reward was reached at the answers' expense. A gain over GRPO-only here means losing "
+                       "less, not improving.")]
+    return lines
 
 
 def _timing_text(units: float, invocation: float | None) -> str:

@@ -80,3 +80,17 @@ def equal_k_subset(sets: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
         return None, sets
     k = int(sets["k"].mode().iloc[0])
     return k, sets[sets["k"] == k]
+
+
+def versus_base(sets: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Held-out format rate and accuracy of the base model (no principle in the prompt, as the runs are read) beside
+    each variant's mean over its runs: whether training helped the answers at all, not only one variant over
+    another."""
+    base = {"model": "base", "runs": 0,
+            "format_rate": float(pd.to_numeric(sets.get("base_format_rate"), errors="coerce").mean()),
+            "accuracy": float(_first(sets, tuple(f"base_{c}" for c in ACCURACY)).mean()),
+            "majority_accuracy": float(_first(sets, tuple(f"base_{c}" for c in MAJORITY)).mean())}
+    rows = [base] + [{"model": variant, "runs": len(g), "format_rate": float(g["format_rate"].mean()),
+                      "accuracy": float(g["accuracy"].mean()), "majority_accuracy": float(g["majority_accuracy"].mean())}
+                     for variant, g in runs.groupby("variant", sort=False)]
+    return pd.DataFrame(rows)
