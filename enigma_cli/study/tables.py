@@ -85,12 +85,14 @@ def equal_k_subset(sets: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
 def versus_base(sets: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Held-out format rate and accuracy of the base model (no principle in the prompt, as the runs are read) beside
     each variant's mean over its runs: whether training helped the answers at all, not only one variant over
-    another."""
-    base = {"model": "base", "runs": 0,
-            "format_rate": float(pd.to_numeric(sets.get("base_format_rate"), errors="coerce").mean()),
-            "accuracy": float(_first(sets, tuple(f"base_{c}" for c in ACCURACY)).mean()),
-            "majority_accuracy": float(_first(sets, tuple(f"base_{c}" for c in MAJORITY)).mean())}
-    rows = [base] + [{"model": variant, "runs": len(g), "format_rate": float(g["format_rate"].mean()),
-                      "accuracy": float(g["accuracy"].mean()), "majority_accuracy": float(g["majority_accuracy"].mean())}
-                     for variant, g in runs.groupby("variant", sort=False)]
+    another. A column a result lacks (older results, other stages) comes out NaN."""
+    def mean(df: pd.DataFrame, names: tuple[str, ...]) -> float:
+        return float(_first(df, names).mean())
+
+    rows = [{"model": "base", "runs": 0, "format_rate": mean(sets, ("base_format_rate",)),
+             "accuracy": mean(sets, tuple(f"base_{c}" for c in ACCURACY)),
+             "majority_accuracy": mean(sets, tuple(f"base_{c}" for c in MAJORITY))}]
+    rows += [{"model": variant, "runs": len(g), "format_rate": mean(g, ("format_rate",)),
+              "accuracy": mean(g, ("accuracy",)), "majority_accuracy": mean(g, ("majority_accuracy",))}
+             for variant, g in runs.groupby("variant", sort=False)]
     return pd.DataFrame(rows)
