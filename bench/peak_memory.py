@@ -83,10 +83,12 @@ def child(case: str, args) -> dict:
             from enigma_cli.train.run import plan
             from enigma_cli.train.trainer import Trainer
 
+            # full fine-tuning unless the case says otherwise: TRL's side is full, and train's own default for a
+            # model of SmolLM2's size is LoRA (which made these rows LoRA rows once that default came in)
             cfg = TrainConfig(model=args.model, principles=args.principles, principles_per_prompt=args.k,
                               steps=args.steps, prompts_per_step=args.prompts, group_size=args.group_size,
                               max_new_tokens=args.max_new_tokens, device="cpu", dtype="float32", output_dir=tmp,
-                              seed=args.seed, **CASES[case])
+                              seed=args.seed, **{"lora_r": 0, **CASES[case]})
             pset, examples = plan(cfg)
             lm = load_model(cfg.model, device="cpu", dtype="float32", for_training=True)
             after_load = _rss_gib()
