@@ -11,6 +11,8 @@ import contextlib
 import io
 import re
 import zlib
+from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -163,6 +165,8 @@ def test_a_study_folder_holds_one_study(tmp_path, monkeypatch):
     ([*SETS, "--variants", "enigma,ppo"], "--variants must be one of"),
     ([*SETS, "--seeds", "0,0"], "--seeds repeats a seed"),
     ([*SETS, "-G", "3"], "--group-size (3) must be divisible"),
+    ([*SETS, "--max-new-tokens", "600"], "--max-new-tokens 600 leaves no room for a prompt"),
+    ([*SETS[:3], str(Path(__file__).parent / "fixtures" / "long-principle.yaml")], "it cannot fit in the 512 positions"),
 ])
 def test_bad_input_stops_before_any_work(tmp_path, argv, needle):
     folder = tmp_path / "s"
@@ -217,22 +221,73 @@ def test_a_resumed_study_reports_the_units_time_not_only_the_last_invocation():
     assert _timing_text(600, 610) == (" The units took 10 min in all (each unit's own time, summed over shards and "
                                       "resumptions; a unit's time before an interruption is not counted).")
     assert _timing_text(0.0, 120) == " This invocation took 2 min."
+    assert "; 7 units written without a time not counted)" in _timing_text(1980, None, 7)
+
+
+def test_the_report_sums_the_time_of_units_written_by_earlier_invocations(tmp_path, monkeypatch):
+    """A study resumed over three shards reports every unit's own time, not only the last invocation's."""
+    import json
+
+    FakeStages(monkeypatch)
+    folder = tmp_path / "s"
+    for i in (1, 2, 3):
+        assert run(*SETS, *COMMON, "--output-dir", folder, "--shard", f"{i}/3")[0] == 0
+    files = sorted(folder.rglob("*.json"))
+    for f in files:  # pretend each unit took a minute; one older result has no time at all
+        data = json.loads(f.read_text())
+        data["unit_seconds"] = 60.0
+        f.write_text(json.dumps(data))
+    data = json.loads(files[0].read_text())
+    del data["unit_seconds"]
+    data.pop("seconds", None)
+    files[0].write_text(json.dumps(data))
+    assert run(*SETS, *COMMON, "--output-dir", folder, "--merge")[0] == 0
+    report = " ".join((folder / "REPORT.md").read_text().split())
+    assert f"The units took {len(files) - 1} min in all" in report and "1 unit written without a time" in report
 
 
 def test_the_report_compares_every_variant_with_the_base_model():
-    """Trained runs that lose accuracy against the base model are called that, whatever they gain over each other."""
+    """Trained runs that all lose accuracy against the base model are called that, whatever they gain over each
+    other; the base is read in the runs' own column (flexible here, strict when the runs have only strict)."""
     from enigma_cli.study.report import _base_lines
     from enigma_cli.study.tables import versus_base
 
     sets = pd.DataFrame({"set": ["a", "b"], "base_format_rate": [0.8, 0.8], "base_accuracy_at_1": [0.1, 0.1],
-                         "base_accuracy_at_1_flexible": [0.56, 0.56], "base_majority_accuracy": [0.6, 0.7]})
+                         "base_accuracy_at_1_flexible": [0.56, 0.56], "base_majority_accuracy": [0.6, 0.7],
+                         "base_majority_accuracy_flexible": [0.6, 0.7]})
     runs = pd.DataFrame({"variant": ["enigma", "enigma", "grpo", "grpo"], "format_rate": [1.0, 0.9, 1.0, 1.0],
-                         "accuracy": [0.4, 0.38, 0.25, 0.27], "majority_accuracy": [0.5, 0.4, 0.3, 0.3]})
+                         "accuracy_at_1_flexible": [0.4, 0.38, 0.25, 0.27],
+                         "majority_accuracy_flexible": [0.5, 0.4, 0.3, 0.3]})
     table = versus_base(sets, runs).set_index("model")
-    assert table.loc["base", "accuracy"] == pytest.approx(0.56)  # the flexible answer, as the runs are read
+    assert table.loc["base", "accuracy"] == pytest.approx(0.56)
     assert table.loc["base", "majority_accuracy"] == pytest.approx(0.65)
     assert table.loc["enigma", "accuracy"] == pytest.approx(0.39) and table.loc["grpo", "runs"] == 2
     text = " ".join(_base_lines(versus_base(sets, runs)))
-    assert "Every variant ends below the base model's accuracy (0.56; enigma 0.39, grpo 0.26)" in text
-    better = runs.assign(accuracy=runs["accuracy"] + [0.3, 0.3, 0.0, 0.0])
-    assert "Every variant ends below" not in " ".join(_base_lines(versus_base(sets, better)))
+    assert "Every run of every variant ends below the base model's accuracy (0.56; best runs: enigma 0.40, grpo " \
+           "0.27)" in text
+    one_above = runs.assign(accuracy_at_1_flexible=[0.6, 0.2, 0.25, 0.27])  # mean below the base, one run above
+    assert "ends below" not in " ".join(_base_lines(versus_base(sets, one_above)))
+    strict = runs.rename(columns={"accuracy_at_1_flexible": "accuracy_at_1"})
+    assert versus_base(sets, strict).set_index("model").loc["base", "accuracy"] == pytest.approx(0.1)
+
+
+def test_rows_a_loaded_model_cannot_fit_are_dropped_from_scoring_and_evaluation():
+    """When the window could only be read after loading, the deferred check filters both question lists."""
+    from enigma_cli.study.pipeline import Inputs
+
+    class Deferred:
+        def __init__(self):
+            self.deferred = {"m"}
+
+        def loaded(self, lm, questions):
+            self.deferred = set()
+            return [i for i, q in enumerate(questions) if len(q) < 10]
+
+    inputs = Inputs.__new__(Inputs)
+    short, long = SimpleNamespace(prompt_text="2+2?"), SimpleNamespace(prompt_text="x" * 50)
+    inputs.score_examples, inputs.eval_examples = [short, long], [long, short, short]
+    inputs._checks = {"score_examples": Deferred(), "eval_examples": Deferred()}
+    assert inputs.context_deferred
+    inputs.fit_loaded(lm=None)
+    assert inputs.score_examples == [short] and inputs.eval_examples == [short, short]
+    assert not inputs.context_deferred

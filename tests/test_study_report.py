@@ -91,9 +91,15 @@ def test_the_score_unit_keeps_whether_si_is_trusted(monkeypatch):
 
     row = {"si": 0.4, "si_low": 0.3, "si_high": 0.5, "mi_sym": 0.68, "acc_row": 0.9, "format_rate": 1.0,
            "trusted": True, "reason": "saturated", "critic": "sum"}
-    monkeypatch.setattr(score, "score_set", lambda *args: SimpleNamespace(row=row))
+    from enigma_cli.score import trust
+
+    seen = {}
+    monkeypatch.setattr(trust, "check_principles", lambda lm, pset, questions: ["readability findings"])
+    monkeypatch.setattr(score, "score_set", lambda *args, checks=None: seen.update(checks=checks)
+                        or SimpleNamespace(row=row))
     kept = stages.measure_si(None, None, [], StudyConfig(), "enigma-tiny")
     assert kept["trusted"] is True and kept["reason"] == "saturated" and "critic" not in kept
+    assert seen["checks"] == ["readability findings"]  # the study's SI hears the readability check too
 
 
 def test_a_run_trains_without_the_last_units_model_kept(tmp_path, monkeypatch):

@@ -51,9 +51,10 @@ def analyze(cfg, inputs, *, seconds: float | None = None) -> pd.DataFrame:
         write_table(paired, root / "paired.csv")
     plot_si_vs_outcomes(sets, table, root / "si_vs_outcomes.png")
     plot_curves(_curves(inputs, run_units), root / "training_curves.png")
-    units_time = sum(r.get("unit_seconds", r.get("seconds", 0.0)) for r in results.values())
+    timed = [r.get("unit_seconds", r.get("seconds")) for r in results.values()]
+    units_time = sum(t for t in timed if t is not None)
     write_report(root / "REPORT.md", cfg, sets, table, paired, (k, subset if k is not None else None),
-                 (units_time, seconds), versus_base(sets, runs))
+                 (units_time, seconds, sum(t is None for t in timed)), versus_base(sets, runs))
     console.print(overall(table).replace("**", ""), highlight=False)
     console.print(f"wrote {root / 'REPORT.md'}, study.csv, runs.csv, correlations.csv and the plots.", highlight=False)
     return sets

@@ -47,7 +47,31 @@ class Inputs:
         if not any(ex.answer is not None for ex in self.eval_examples):
             raise InputError(f"dataset {cfg.dataset} has no answers, so a study cannot measure accuracy; give "
                              "--answer-column or a labelled dataset.")
+        self._fit_context(cfg)
         self.by_name = {s.name: s for s in self.sets}
+
+    def _fit_context(self, cfg: StudyConfig) -> None:
+        """Every principle's prompt, with --max-new-tokens after it, fits the model (else exit 3 now, before any
+        unit); dataset rows that do not fit are skipped, as score-principles and evaluate skip them."""
+        from ..context import ContextCheck, principles_of
+
+        self._checks = {}
+        for name in ("score_examples", "eval_examples"):
+            check = ContextCheck(principles_of(*self.sets), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
+            rows = getattr(self, name)
+            setattr(self, name, [rows[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in rows])])
+            self._checks[name] = check
+
+    def fit_loaded(self, lm) -> None:
+        """The context check that needed the loaded model (its window could not be read from disk); a no-op
+        otherwise."""
+        for name, check in self._checks.items():
+            rows = getattr(self, name)
+            setattr(self, name, [rows[i] for i in check.loaded(lm, [ex.prompt_text for ex in rows])])
+
+    @property
+    def context_deferred(self) -> bool:
+        return any(check.deferred for check in self._checks.values())
 
 
 def run_study(cfg: StudyConfig, dry_run: bool) -> pd.DataFrame | None:
@@ -79,6 +103,8 @@ def do_units(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
         console.print(f"{len(mine) - len(todo)} of {len(mine)} unit(s) already done; continuing with the rest.",
                       highlight=False)
     models = Models(cfg)
+    if todo and inputs.context_deferred:
+        inputs.fit_loaded(models.get(cfg.model))
     for i, unit in enumerate(todo, 1):
         t0 = time.perf_counter()
         pset = inputs.by_name[unit.set]

@@ -54,8 +54,10 @@ def score_config(cfg: StudyConfig, model: str):
 
 def measure_si(lm, pset, examples, cfg: StudyConfig, model: str) -> dict:
     from ..score import score_set
+    from ..score.trust import check_principles
 
-    row = score_set(lm, pset, examples, score_config(cfg, model)).row
+    checks = check_principles(lm, pset, [ex.prompt_text for ex in examples])  # readability reaches `trusted`
+    row = score_set(lm, pset, examples, score_config(cfg, model), checks=checks).row
     keep = ("si", "si_low", "si_high", "mi_sym", "acc_row", "format_rate", "trusted", "reason")
     return {k: row[k] for k in keep if k in row}
 

@@ -84,15 +84,23 @@ def equal_k_subset(sets: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
 
 def versus_base(sets: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """Held-out format rate and accuracy of the base model (no principle in the prompt, as the runs are read) beside
-    each variant's mean over its runs: whether training helped the answers at all, not only one variant over
-    another. A column a result lacks (older results, other stages) comes out NaN."""
-    def mean(df: pd.DataFrame, names: tuple[str, ...]) -> float:
-        return float(_first(df, names).mean())
+    each variant's mean over its runs, and its best run: whether training helped the answers at all, not only one
+    variant over another. The base is read in the column the runs were read in (flexible where both have it); a
+    column a result lacks (older results, other stages) comes out NaN."""
+    def pick(names: tuple[str, ...]) -> tuple[str, str]:
+        for name in names:
+            if name in runs and runs[name].notna().any() and f"base_{name}" in sets:
+                return f"base_{name}", name
+        return f"base_{names[-1]}", names[-1]
 
-    rows = [{"model": "base", "runs": 0, "format_rate": mean(sets, ("base_format_rate",)),
-             "accuracy": mean(sets, tuple(f"base_{c}" for c in ACCURACY)),
-             "majority_accuracy": mean(sets, tuple(f"base_{c}" for c in MAJORITY))}]
-    rows += [{"model": variant, "runs": len(g), "format_rate": mean(g, ("format_rate",)),
-              "accuracy": mean(g, ("accuracy",)), "majority_accuracy": mean(g, ("majority_accuracy",))}
+    def mean(df: pd.DataFrame, name: str) -> float:
+        return float(pd.to_numeric(df[name], errors="coerce").mean()) if name in df else math.nan
+
+    (base_acc, acc), (base_maj, maj) = pick(ACCURACY), pick(MAJORITY)
+    rows = [{"model": "base", "runs": 0, "format_rate": mean(sets, "base_format_rate"),
+             "accuracy": mean(sets, base_acc), "majority_accuracy": mean(sets, base_maj), "best_accuracy": math.nan}]
+    rows += [{"model": variant, "runs": len(g), "format_rate": mean(g, "format_rate"), "accuracy": mean(g, acc),
+              "majority_accuracy": mean(g, maj),
+              "best_accuracy": float(pd.to_numeric(g[acc], errors="coerce").max()) if acc in g else math.nan}
              for variant, g in runs.groupby("variant", sort=False)]
     return pd.DataFrame(rows)
