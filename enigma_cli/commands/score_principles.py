@@ -84,7 +84,7 @@ def _print_table(ranked) -> None:
     for col in ("", "set", "K", "SI", "95% CI", "mi_sym", "log K", "acc_col", "format"):
         table.add_column(col, justify="left" if col in ("", "set") else "right", no_wrap=True)
     def num(x, digits=3):
-        return f"{x:.{digits}f}" if math.isfinite(x) else "-"  # a set that was not scored
+        return f"{x:.{digits}f}" if math.isfinite(x) else "-"  # a missing (NaN) value
 
     for r in ranked:
         row = r.row

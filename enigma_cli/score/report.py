@@ -1,7 +1,7 @@
 """The tidy report of `enigma score-principles`: one row per set (and per principle), trusted sets first.
 
 Ranking rule: every trusted set comes before every untrusted one (`enigma_cli.score.trust`); within each group
-sets go by SI, best first, and a set that was not scored (SI missing) comes last. A set's per-principle rows follow
+sets go by SI, best first, and a set whose SI is missing (NaN) comes last. A set's per-principle rows follow
 it in the set's own order.
 """
 
