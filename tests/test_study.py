@@ -247,8 +247,8 @@ def test_the_report_sums_the_time_of_units_written_by_earlier_invocations(tmp_pa
 
 
 def test_the_report_compares_every_variant_with_the_base_model():
-    """Trained runs that all lose accuracy against the base model are called that, whatever they gain over each
-    other; the base is read in the runs' own column (flexible here, strict when the runs have only strict)."""
+    """A drop below the base model is called a cost of training only beyond twice its standard error (binomial over
+    the questions for the base, the runs' spread for a variant); the base is read in the runs' own column."""
     from enigma_cli.study.report import _base_lines
     from enigma_cli.study.tables import versus_base
 
@@ -258,17 +258,21 @@ def test_the_report_compares_every_variant_with_the_base_model():
     runs = pd.DataFrame({"variant": ["enigma", "enigma", "grpo", "grpo"], "format_rate": [1.0, 0.9, 1.0, 1.0],
                          "accuracy_at_1_flexible": [0.4, 0.38, 0.25, 0.27],
                          "majority_accuracy_flexible": [0.5, 0.4, 0.3, 0.3]})
-    table = versus_base(sets, runs).set_index("model")
+    table = versus_base(sets, runs, questions=128).set_index("model")
     assert table.loc["base", "accuracy"] == pytest.approx(0.56)
+    assert table.loc["base", "se"] == pytest.approx((0.56 * 0.44 / 128) ** 0.5)
+    assert table.loc["enigma", "se"] == pytest.approx(0.01)  # sd 0.01414 / √2
     assert table.loc["base", "majority_accuracy"] == pytest.approx(0.65)
     assert table.loc["enigma", "accuracy"] == pytest.approx(0.39) and table.loc["grpo", "runs"] == 2
-    text = " ".join(_base_lines(versus_base(sets, runs)))
-    assert "Every run of every variant ends below the base model's accuracy (0.56; best runs: enigma 0.40, grpo " \
-           "0.27)" in text
-    one_above = runs.assign(accuracy_at_1_flexible=[0.6, 0.2, 0.25, 0.27])  # mean below the base, one run above
-    assert "ends below" not in " ".join(_base_lines(versus_base(sets, one_above)))
+    text = " ".join(_base_lines(versus_base(sets, runs, questions=128)))
+    assert "Every variant ends below the base model's accuracy (0.56) by more than twice" in text
+    assert "enigma −0.17 ± 0.04" in text and "grpo −0.30 ± 0.04" in text  # √(0.0439² + 0.01²)
+    few = " ".join(_base_lines(versus_base(sets, runs, questions=4)))  # the same drop, from 4 questions: noise
+    assert "Every variant ends below" not in few and "too small to say whether training cost accuracy" in few
+    one_above = runs.assign(accuracy_at_1_flexible=[0.6, 0.58, 0.25, 0.27])
+    assert "below the base" not in " ".join(_base_lines(versus_base(sets, one_above, questions=128)))
     strict = runs.rename(columns={"accuracy_at_1_flexible": "accuracy_at_1"})
-    assert versus_base(sets, strict).set_index("model").loc["base", "accuracy"] == pytest.approx(0.1)
+    assert versus_base(sets, strict, questions=128).set_index("model").loc["base", "accuracy"] == pytest.approx(0.1)
 
 
 def test_rows_a_loaded_model_cannot_fit_are_dropped_from_scoring_and_evaluation():

@@ -54,7 +54,7 @@ def analyze(cfg, inputs, *, seconds: float | None = None) -> pd.DataFrame:
     timed = [r.get("unit_seconds", r.get("seconds")) for r in results.values()]
     units_time = sum(t for t in timed if t is not None)
     write_report(root / "REPORT.md", cfg, sets, table, paired, (k, subset if k is not None else None),
-                 (units_time, seconds, sum(t is None for t in timed)), versus_base(sets, runs))
+                 (units_time, seconds, sum(t is None for t in timed)), versus_base(sets, runs, len(inputs.eval_examples)))
     console.print(overall(table).replace("**", ""), highlight=False)
     console.print(f"wrote {root / 'REPORT.md'}, study.csv, runs.csv, correlations.csv and the plots.", highlight=False)
     return sets

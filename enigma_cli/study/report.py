@@ -146,11 +146,19 @@ def _base_lines(base: pd.DataFrame) -> list[str]:
         lines.append(f"| {r['model']} | {r['runs'] or '–'} | {_fmt(r['format_rate'])} | {_fmt(r['accuracy'])} | "
                      f"{_fmt(r['majority_accuracy'])} |")
     before, after = base.iloc[0], base.iloc[1:]
-    if len(after) and (after["best_accuracy"] < before["accuracy"]).all():  # every run, not only the means
-        lines += ["", (f"Every run of every variant ends below the base model's accuracy ({_fmt(before['accuracy'])}; "
-                       f"best runs: {', '.join(f'{m} {_fmt(a)}' for m, a in zip(after['model'], after['best_accuracy']))}"
-                       "): here training bought the format reward with correct answers, and a gain over GRPO-only "
-                       "means losing less, not improving.")]
+    se = (before["se"] ** 2 + after["se"].fillna(before["se"]) ** 2) ** 0.5  # one run: its error is the base's
+    drop = before["accuracy"] - after["accuracy"]
+    if len(after) and (drop > 2 * se).all():
+        lines += ["", (f"Every variant ends below the base model's accuracy ({_fmt(before['accuracy'])}) by more than "
+                       "twice the standard error of the difference ("
+                       f"{', '.join(f'{m} −{_fmt(d)} ± {_fmt(e)}' for m, d, e in zip(after['model'], drop, se))}): here "
+                       "training bought the format reward with correct answers, and a gain over GRPO-only means "
+                       "losing less, not improving.")]
+    elif len(after) and (drop > 0).all():
+        lines += ["", ("Every variant's accuracy is below the base model's, but not by more than twice the standard "
+                       f"error of the difference (up to ±{_fmt(float(se.max()))}, from the number of held-out "
+                       "questions and the spread of the runs): the study is too small to say whether training cost "
+                       "accuracy.")]
     return lines
 
 

@@ -82,11 +82,13 @@ def equal_k_subset(sets: pd.DataFrame) -> tuple[int | None, pd.DataFrame]:
     return k, sets[sets["k"] == k]
 
 
-def versus_base(sets: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+def versus_base(sets: pd.DataFrame, runs: pd.DataFrame, questions: int) -> pd.DataFrame:
     """Held-out format rate and accuracy of the base model (no principle in the prompt, as the runs are read) beside
-    each variant's mean over its runs, and its best run: whether training helped the answers at all, not only one
-    variant over another. The base is read in the column the runs were read in (flexible where both have it); a
-    column a result lacks (older results, other stages) comes out NaN."""
+    each variant's mean over its runs: whether training helped the answers at all, not only one variant over
+    another. ``se`` is the standard error of each row's accuracy: binomial over the `questions` for the base (the
+    samples of one question are not independent, so they are not counted), the runs' spread / √runs for a variant.
+    The base is read in the column the runs were read in (flexible where both have it); a column a result lacks
+    (older results, other stages) comes out NaN."""
     def pick(names: tuple[str, ...]) -> tuple[str, str]:
         for name in names:
             if name in runs and runs[name].notna().any() and f"base_{name}" in sets:
@@ -97,10 +99,14 @@ def versus_base(sets: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         return float(pd.to_numeric(df[name], errors="coerce").mean()) if name in df else math.nan
 
     (base_acc, acc), (base_maj, maj) = pick(ACCURACY), pick(MAJORITY)
-    rows = [{"model": "base", "runs": 0, "format_rate": mean(sets, "base_format_rate"),
-             "accuracy": mean(sets, base_acc), "majority_accuracy": mean(sets, base_maj), "best_accuracy": math.nan}]
+    def spread(g: pd.DataFrame) -> float:
+        values = pd.to_numeric(g[acc], errors="coerce").dropna() if acc in g else pd.Series(dtype=float)
+        return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) >= 2 else math.nan
+
+    p = mean(sets, base_acc)
+    rows = [{"model": "base", "runs": 0, "format_rate": mean(sets, "base_format_rate"), "accuracy": p,
+             "majority_accuracy": mean(sets, base_maj), "se": math.sqrt(p * (1 - p) / max(questions, 1))}]
     rows += [{"model": variant, "runs": len(g), "format_rate": mean(g, "format_rate"), "accuracy": mean(g, acc),
-              "majority_accuracy": mean(g, maj),
-              "best_accuracy": float(pd.to_numeric(g[acc], errors="coerce").max()) if acc in g else math.nan}
+              "majority_accuracy": mean(g, maj), "se": spread(g)}
              for variant, g in runs.groupby("variant", sort=False)]
     return pd.DataFrame(rows)
