@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..models.loading import DEVICE_NAMES, DTYPE_NAMES
 from ..models.size import is_small
 from ..options import Options, opt
 
@@ -62,10 +61,6 @@ class SftConfig(Options):
 
         need(self.lora_alpha is None or self.lora_r > 0, "--lora-alpha needs --lora-r > 0.")
         need(not self.merge or self.lora_r > 0, "--merge needs --lora-r > 0 (full fine-tuning has nothing to merge).")
-        need(self.device.strip().lower() in DEVICE_NAMES or self.device.strip().lower().startswith("cuda:"),
-             f"--device must be one of {', '.join(DEVICE_NAMES)}, not {self.device!r}.")
-        need(self.dtype.strip().lower() in (*DTYPE_NAMES, "fp32", "bf16", "fp16"),
-             f"--dtype must be one of {', '.join(DTYPE_NAMES)}, not {self.dtype!r}.")
         need(bool(str(self.output_dir).strip()), "--output-dir must not be empty.")
         need(self.principle is None or bool(self.principle.strip()), "--principle must not be blank.")
 
