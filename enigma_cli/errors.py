@@ -13,6 +13,12 @@ class InputError(EnigmaError):
     exit_code = 3
 
 
+def require(condition: bool, message: str) -> None:
+    """Raise `InputError(message)` unless `condition` holds: a config's cross-option check in one line."""
+    if not condition:
+        raise InputError(message)
+
+
 def first_line(err: BaseException, *, limit: int = 300, with_type: bool = False) -> str:
     """The first line of an exception's message, for a one-sentence error (no trailing period, at most `limit`)."""
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InputError
+from ..errors import require
 from ..models.size import is_small
 from ..options import Options, opt
 
@@ -55,14 +55,10 @@ class SftConfig(Options):
     dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
 
     def check(self) -> None:
-        def need(cond: bool, msg: str):
-            if not cond:
-                raise InputError(msg)
-
-        need(self.lora_alpha is None or self.lora_r > 0, "--lora-alpha needs --lora-r > 0.")
-        need(not self.merge or self.lora_r > 0, "--merge needs --lora-r > 0 (full fine-tuning has nothing to merge).")
-        need(bool(str(self.output_dir).strip()), "--output-dir must not be empty.")
-        need(self.principle is None or bool(self.principle.strip()), "--principle must not be blank.")
+        require(self.lora_alpha is None or self.lora_r > 0, "--lora-alpha needs --lora-r > 0.")
+        require(not self.merge or self.lora_r > 0, "--merge needs --lora-r > 0 (full fine-tuning has nothing to merge).")
+        require(bool(str(self.output_dir).strip()), "--output-dir must not be empty.")
+        require(self.principle is None or bool(self.principle.strip()), "--principle must not be blank.")
 
     @property
     def alpha(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import InputError
+from ..errors import InputError, require
 from ..options import Options, opt
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
@@ -128,32 +128,28 @@ class TrainConfig(Options):
     dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
 
     def check(self) -> None:
-        def need(cond: bool, msg: str):
-            if not cond:
-                raise InputError(msg)
-
-        need(self.group_size % self.principles_per_prompt == 0,
-             f"--group-size ({self.group_size}) must be divisible by --principles-per-prompt "
-             f"({self.principles_per_prompt}): each principle gets G/K completions.")
-        need(self.prompts_per_step % self.grad_accum == 0,
-             f"--prompts-per-step ({self.prompts_per_step}) must be divisible by --grad-accum ({self.grad_accum}).")
-        need(self.sami_matrices <= self.group_size // self.principles_per_prompt,
-             f"--sami-matrices must lie in [0, G/K = {self.group_size // self.principles_per_prompt}] "
-             f"(0: all), not {self.sami_matrices}.")
-        need(self.sami_prompts <= self.prompts_per_step,
-             f"--sami-prompts must lie in [0, --prompts-per-step = {self.prompts_per_step}] (0: all), "
-             f"not {self.sami_prompts}.")
-        need(len(self.format_weights) == 3, "--format-weights must be three numbers: strict, soft, tags.")
-        need(self.surrogate != "cispo" or self.epsilon_high is not None,
-             "--surrogate cispo needs --epsilon-high, the cap on its importance ratio (e.g. 5.0).")
+        require(self.group_size % self.principles_per_prompt == 0,
+                f"--group-size ({self.group_size}) must be divisible by --principles-per-prompt "
+                f"({self.principles_per_prompt}): each principle gets G/K completions.")
+        require(self.prompts_per_step % self.grad_accum == 0,
+                f"--prompts-per-step ({self.prompts_per_step}) must be divisible by --grad-accum ({self.grad_accum}).")
+        require(self.sami_matrices <= self.group_size // self.principles_per_prompt,
+                f"--sami-matrices must lie in [0, G/K = {self.group_size // self.principles_per_prompt}] "
+                f"(0: all), not {self.sami_matrices}.")
+        require(self.sami_prompts <= self.prompts_per_step,
+                f"--sami-prompts must lie in [0, --prompts-per-step = {self.prompts_per_step}] (0: all), "
+                f"not {self.sami_prompts}.")
+        require(len(self.format_weights) == 3, "--format-weights must be three numbers: strict, soft, tags.")
+        require(self.surrogate != "cispo" or self.epsilon_high is not None,
+                "--surrogate cispo needs --epsilon-high, the cap on its importance ratio (e.g. 5.0).")
         if "none" in self.report_to and len(self.report_to) > 1:
             raise InputError("--report-to none cannot be combined with a tracker; give none alone or the trackers.")
         for flag, given in (("--use-vllm", self.use_vllm), ("--push-to-hub", self.push_to_hub),
                             ("--hub-model-id", self.hub_model_id is not None),
                             ("--vllm-server-url", self.vllm_server_url is not None)):
-            need(not given or self.backend == "trl", f"{flag} needs --backend trl (TRL's GRPOTrainer provides it).")
-        need(self.hub_model_id is None or self.push_to_hub, "--hub-model-id needs --push-to-hub.")
-        need(self.vllm_server_url is None or self.vllm_mode == "server", "--vllm-server-url needs --vllm-mode server.")
+            require(not given or self.backend == "trl", f"{flag} needs --backend trl (TRL's GRPOTrainer provides it).")
+        require(self.hub_model_id is None or self.push_to_hub, "--hub-model-id needs --push-to-hub.")
+        require(self.vllm_server_url is None or self.vllm_mode == "server", "--vllm-server-url needs --vllm-mode server.")
         if self.backend == "trl":
             from ..trl.options import check_trl_options
 
