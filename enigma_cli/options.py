@@ -68,6 +68,16 @@ def spec_of(field: dataclasses.Field) -> Spec:
     return field.metadata.get(_META) or Spec(help="", cli=False)
 
 
+def device_opt() -> Any:
+    """The ``--device`` option every command that loads a model has (checked by `models.devices.resolve_device`)."""
+    return opt("auto", "auto, cpu or cuda.")
+
+
+def dtype_opt(note: str = "") -> Any:
+    """The ``--dtype`` option every command that loads a model has; `note` adds what this command does with it."""
+    return opt("auto", f"auto, float32, bfloat16 or float16{note}.")
+
+
 def option_fields(cls) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ..cli_options import command
 from ..console import console
 from ..errors import InputError
-from ..options import Options, opt
+from ..options import Options, device_opt, dtype_opt, opt
 from ..report import FORMATS
 
 
@@ -21,8 +21,8 @@ class GenerateConfig(Options):
     max_new_tokens: int = opt(96, "Longest completion, in tokens.", ge=1)
     temperature: float = opt(0.0, "Sampling temperature (0 = greedy).", ge=0)
     seed: int = opt(0, "Sampling seed.")
-    device: str = opt("auto", "auto, cpu or cuda.")
-    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
     out: str | None = opt(None, "Write the completions here instead of stdout.", metavar="FILE",
                            output="file")
     format: str = opt("jsonl", "Report format.", choices=FORMATS)

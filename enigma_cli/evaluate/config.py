@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..options import Options, opt
+from ..options import Options, device_opt, dtype_opt, opt
 from ..report import FORMATS
 
 
@@ -27,8 +27,8 @@ class EvaluateConfig(Options):
     temperature: float = opt(1.0, "Sampling temperature (0 = greedy).", ge=0)
     batch_size: int = opt(64, "Sequences per generation batch.", ge=1)
     seed: int = opt(0, "Seed for prompts and sampling.")
-    device: str = opt("auto", "auto, cpu or cuda.")
-    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
     out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)
 

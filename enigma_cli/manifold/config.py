@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..options import Options, opt
+from ..options import Options, device_opt, dtype_opt, opt
 from ..report import FORMATS
 
 MODEL_FORMS = "enigma-tiny, smollm2, a save_pretrained folder, a LoRA adapter folder, a run folder or a hub id"
@@ -32,8 +32,8 @@ class ManifoldConfig(Options):
     gen_batch_size: int = opt(64, "Sequences per generate call.", ge=1)
     reuse: bool = opt(True, "Reuse OUT_DIR/completions.jsonl when it matches the config.", negative="--regenerate")
     seed: int = opt(0, "Seed of questions, sampling, token subsample and probe folds.")
-    device: str = opt("auto", "auto, cpu or cuda.")
-    dtype: str = opt("auto", "auto, float32, bfloat16 or float16 (states are kept in fp32).")
+    device: str = device_opt()
+    dtype: str = dtype_opt(" (states are kept in fp32)")
     out_dir: str | None = opt(None, "Write manifold.<format>, manifold.png, config.yaml and completions.jsonl here "
                                     "(default: the table to stdout, nothing saved).", output="dir")
     format: str = opt("csv", "Report format.", choices=FORMATS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..options import Options, opt
+from ..options import Options, device_opt, dtype_opt, opt
 from ..report import FORMATS
 
 CRITICS = ("mean", "sum")  # the critic of the main SI columns (enigma_cli.score.scoring)
@@ -35,7 +35,7 @@ class ScoreConfig(Options):
     bootstrap: int = opt(1000, "Bootstrap resamples for the SI interval.", ge=1)
     per_principle: bool = opt(False, "Also one row per principle.")
     seed: int = opt(0, "Seed for prompts, sampling and bootstrap.")
-    device: str = opt("auto", "auto, cpu or cuda.")
-    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
     out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import require
 from ..models.size import is_small
-from ..options import Options, opt
+from ..options import Options, device_opt, dtype_opt, opt
 
 # Learning rates by model size (method.md §8): a rate that suits a ~1M-parameter toy destroys a 0.1-1B model.
 DEFAULT_LR = {  # (small model?, LoRA?) -> rate
@@ -51,8 +51,8 @@ class SftConfig(Options):
     eval_samples: int = opt(2, "Completions per held-out prompt.", ge=1)
     eval_max_new_tokens: int = opt(128, "Longest held-out completion, in tokens.", ge=1)
     seed: int = opt(0, "Seed for rows, held-out prompts, order and sampling.")
-    device: str = opt("auto", "auto, cpu or cuda.")
-    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
 
     def check(self) -> None:
         require(self.lora_alpha is None or self.lora_r > 0, "--lora-alpha needs --lora-r > 0.")

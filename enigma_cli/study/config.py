@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..options import Options, opt
+from ..options import Options, device_opt, dtype_opt, opt
 
 VARIANTS = ("enigma", "grpo", "grpo+sami", "grpo+ot")
 MIN_SETS = 4
@@ -43,8 +43,8 @@ class StudyConfig(Options):
     probe: bool = opt(True, "With --dry-run, time a short probe (2 training steps, a few evaluations) to estimate "
                             "the wall time.", negative="--no-probe")
     seed: int = opt(0, "Seed of scoring, evaluation questions and the statistics (bootstrap, permutations).")
-    device: str = opt("auto", "auto, cpu or cuda.")
-    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
 
     def check(self) -> None:
         if len(set(self.principles)) != len(self.principles):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InputError, require
-from ..options import Options, opt
+from ..options import Options, device_opt, dtype_opt, opt
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 SURROGATES = ("clip", "cispo", "sapo")
@@ -124,8 +124,8 @@ class TrainConfig(Options):
     max_nonfinite: int = opt(3, "Abort after this many steps in a row with a non-finite loss or gradient.", ge=1)
     format: str | None = opt(None, "Also stream the metrics rows to stdout.", choices=STREAM_FORMATS)
     seed: int = opt(0, "Seed for prompts, principles and sampling.")
-    device: str = opt("auto", "auto, cpu or cuda.")
-    dtype: str = opt("auto", "auto, float32, bfloat16 or float16.")
+    device: str = device_opt()
+    dtype: str = dtype_opt()
 
     def check(self) -> None:
         require(self.group_size % self.principles_per_prompt == 0,
