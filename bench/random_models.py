@@ -37,6 +37,14 @@ PRESETS: dict[str, dict] = {
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 
+def add_model_arguments(parser) -> None:
+    """``--model``/``--model-config``/``--device``/``--dtype`` as the sampler and reader benches take them."""
+    parser.add_argument("--model", default="enigma-tiny", help="an enigma model spec (enigma-tiny, smollm2, a folder)")
+    parser.add_argument("--model-config", default=None, help="a random-weight preset of bench/random_models.py instead")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+
+
 def model_folder(spec: str | None, tmp: str, seed: int = 0) -> Path:
     """enigma-tiny's folder when `spec` is None, else a folder holding a random model of that shape."""
     if spec is None:

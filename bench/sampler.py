@@ -27,7 +27,7 @@ import tempfile
 import time
 
 import torch
-from random_models import model_folder  # bench/random_models.py
+from random_models import add_model_arguments, model_folder  # bench/random_models.py
 
 from enigma_cli.datasets import load_examples
 from enigma_cli.models.loading import load_model
@@ -64,10 +64,7 @@ def first_token_check(model, sampler, prompt: list[int], n: int, temperature: fl
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="enigma-tiny", help="an enigma model spec (enigma-tiny, smollm2, a folder)")
-    p.add_argument("--model-config", default=None, help="a random-weight preset of bench/random_models.py instead")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32")
+    add_model_arguments(p)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--samples", type=int, default=8, help="completions per prompt G")
     p.add_argument("--max-new-tokens", type=int, default=96)
