@@ -9,7 +9,10 @@ state, the second is the steady state), in a fresh Python process whose peak res
 - ``-gc`` suffix: the same with ``--gradient-checkpointing``; ``-bf16ref``: the reference copy in bfloat16;
   ``enigma-lora``: ENIGMA with LoRA r=16 (the reference is the adapter-disabled model: no copy);
 - ``trl-gc``: TRL's ``GRPOTrainer`` with gradient checkpointing ON (its ``GRPOConfig`` default); ``trl``: OFF;
-  ``trl-gc-ref``: ON, with β = 0.04, so that TRL too holds a reference model (a full copy) as ENIGMA does.
+  ``trl-gc-ref``: ON, with β = 0.04, so that TRL too holds a reference model (a full copy) as ENIGMA does;
+  ``trl-gc-release``: ON, with enigma's releases of freed heap pages (`enigma_cli.train.memory`) added to TRL's
+  step: the same hooks in its backward and a release after its generation, so that the allocator is out of the
+  comparison.
 
 Both sides: the same model, prompts rendered as `enigma train` renders them, G completions of at most
 ``--max-new-tokens`` per prompt, loss "grpo", β = 0 (but ``trl-gc-ref``), one update per generation, float32 on
@@ -39,6 +42,7 @@ CASES = {
     "trl-gc": None,
     "trl": None,
     "trl-gc-ref": None,
+    "trl-gc-release": None,
 }
 GIB = 2**30
 
@@ -68,15 +72,30 @@ def child(case: str, args) -> dict:
             def spy(*a, **k):  # note the resident size once the model is in memory
                 out = real(*a, **k)
                 loaded.append(_rss_gib())
+                if case == "trl-gc-release":
+                    release_during_backward(list(out.model.parameters()))
                 return out
 
             import grpo_step
+            from trl import GRPOTrainer
+
+            from enigma_cli.train.memory import release_during_backward, release_freed_memory
 
             grpo_step.load_model = spy
+            if case == "trl-gc-release":
+                generate = GRPOTrainer._generate_and_score_completions
+
+                def released(self, inputs):
+                    out = generate(self, inputs)
+                    release_freed_memory()
+                    return out
+
+                GRPOTrainer._generate_and_score_completions = released
             ns = SimpleNamespace(device="cpu", dtype="float32", repeats=args.steps - 1, prompts=args.prompts,
                                  group_size=args.group_size, max_new_tokens=args.max_new_tokens, seed=args.seed,
                                  principles=args.principles, k=args.k)
-            trl_run(ns, args.model, tmp, gradient_checkpointing=case != "trl", beta=0.04 if case == "trl-gc-ref" else 0.0)
+            trl_run(ns, args.model, tmp, gradient_checkpointing=case != "trl",
+                    beta=0.04 if case == "trl-gc-ref" else 0.0)
             after_load = loaded[0]
         else:
             from enigma_cli.train.config import TrainConfig

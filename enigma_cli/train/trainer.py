@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..errors import EnigmaError
 from . import distributed as dist_utils
 from .checkpoint import find_checkpoint, load_state, save_checkpoint, set_rng_state
 from .episodes import Episodes, collect
+from .memory import release_during_backward, release_freed_memory, sparse_tied_embedding_grad
 from .objective import micro_loss, needs_reference, reference_pass
 
 
@@ -65,6 +65,8 @@ class Trainer:
         model.train()
         self.model = model
         self.wrapped = model
+        if self.world == 1:
+            sparse_tied_embedding_grad(model)  # a lower peak at the end of the backward (train.memory)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -76,6 +78,7 @@ class Trainer:
         self.layers = list(resolve_layers(n_layers, cfg.ot_layers, what="--ot-layers").values()) \
             or default_layers(n_layers)
         params = [p for p in model.parameters() if p.requires_grad]
+        release_during_backward(params)
         self.optimizer = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(cfg.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -254,30 +257,6 @@ def nonfinite_cause(cfg, metrics: dict, grad_norm: float) -> str:
         if flag is not None and not abs(value * weight) <= FLOAT32_MAX:  # the loss is float32 (or bf16) at most
             return f"{name} was {flag} {weight:g} × {key} {value:.3g}; lower {flag}"
     return f"the gradient norm was {grad_norm}; lower --lr or --max-grad-norm, or check the model's dtype"
-
-
-def _libc_trim():
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        return None
-
-
-_TRIM = _libc_trim() if sys.platform.startswith("linux") else None
-
-
-def release_freed_memory() -> None:
-    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``), between the step's phases.
-
-    PyTorch's CPU tensors come from malloc; after the sampler's and the scoring passes' transient tensors are
-    freed, glibc keeps most of those pages (0.7 GiB on SmolLM2 at G = 4) and the update's gradients then come
-    on top of them instead of reusing them. A few milliseconds per call; a no-op off glibc.
-    """
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 def adamw(params: list[torch.nn.Parameter], **kwargs) -> torch.optim.AdamW:

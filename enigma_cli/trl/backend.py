@@ -82,6 +82,9 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     trainer = EnigmaGRPOTrainer(model=lm.model, reward_funcs=funcs, args=args, train_dataset=questions,
                                 processing_class=lm.tokenizer, peft_config=lora_config(cfg, lm.model),
                                 principle_set=pset)
+    from ..train.memory import release_during_backward
+
+    release_during_backward(list(trainer.model.parameters()))  # CPU runs: freed heap back to the OS (train.memory)
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)
