@@ -38,6 +38,7 @@ import importlib.util
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from random_models import model_folder, peak_tflops  # bench/random_models.py
@@ -154,6 +155,10 @@ def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool, beta: f
 
     lm = load_model(str(model_dir), device=args.device, dtype=args.dtype, for_training=True)
     dataset = Dataset.from_dict({"prompt": trl_prompts(args, model_dir, lm.tokenizer)})
+    if beta > 0 and not Path(lm.model.config._name_or_path).is_dir():
+        # TRL loads its reference from the config's name, a hub id for an alias such as smollm2 (offline here)
+        lm.model.save_pretrained(Path(out_dir) / "reference")
+        lm.model.config._name_or_path = str(Path(out_dir) / "reference")
 
     def reward(completions, **kwargs):
         return format_reward(list(completions))[0].tolist()
