@@ -207,9 +207,6 @@ def _trainer(p: Plan, model, tokenizer, workdir: Path):
                                  task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                          peft_config=peft_config)
-    from ..train.memory import release_during_backward
-
-    release_during_backward(list(trainer.model.parameters()))  # CPU runs: freed heap back to the OS (train.memory)
     trainer.remove_callback(PrinterCallback)  # it prints log dicts to stdout, which is for data
     if not show_progress():
         trainer.remove_callback(ProgressCallback)

@@ -84,7 +84,8 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
                                 principle_set=pset)
     from ..train.memory import release_during_backward
 
-    release_during_backward(list(trainer.model.parameters()))  # CPU runs: freed heap back to the OS (train.memory)
+    # CPU runs: freed heap back to the OS inside the backward (train.memory; TRL's own step: 3.11 -> 2.85 GiB)
+    release_during_backward(list(trainer.model.parameters()))
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)
