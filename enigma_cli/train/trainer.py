@@ -12,6 +12,8 @@ Deviations and choices, stated once:
   scoring and the update then see one distribution, and on-policy importance ratios are exactly 1.
 - `--prompts-per-step` is per process under DDP (like TRL's per-device batch).
 - A non-finite loss or gradient skips the step (counted); `max_nonfinite` in a row aborts the run.
+- On the CPU, freed heap goes back to the OS between the step's phases and inside the backward, and a tied
+  embedding's input side sends a sparse gradient (`memory.py`): the same gradients, a lower peak.
 """
 
 from __future__ import annotations
