@@ -274,6 +274,7 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
         raise Interrupted(stopped, safe_stop_message(stopped, trainer.step_no))
     if main:
         finish(out, cfg, pset, log.frame(), final)
+    trainer.close()
     dist_utils.barrier()
     dist_utils.shutdown()
     return out

@@ -19,6 +19,7 @@ Deviations and choices, stated once:
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import time
 from contextlib import contextmanager, nullcontext
@@ -92,6 +93,18 @@ class Trainer:
         self.write_config = write_config
         if resume:
             self._resume(find_checkpoint(resume, Path(cfg.output_dir)))
+
+    def close(self) -> None:
+        """Drop the DDP wrapper while the process group still exists (call before `distributed.shutdown`).
+
+        Freed after the group was destroyed, DDP's reducer would hold the group's last reference and join gloo's
+        worker threads while holding the GIL; a worker still freeing a tensor that needs the GIL then waits for
+        ever (a teardown deadlock seen under torchrun on the CPU). DDP's hooks refer to it, so it is freed by the
+        cycle collector, run here.
+        """
+        if self.wrapped is not self.model:
+            self.wrapped = self.model
+            gc.collect()
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self) -> Path | None:
