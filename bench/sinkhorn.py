@@ -23,7 +23,6 @@ Cases: ``random`` (two independent unit-normalised Gaussian clouds) and ``paired
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import threading
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from enigma_cli.core import sinkhorn_divergence
+from enigma_cli.train.memory import release_freed_memory
 
 EPS = 0.05
 MAX_ITER = 1000
@@ -122,10 +122,7 @@ def _peak_rss_growth(fn) -> float:
     tracemalloc does not see torch's CPU tensor buffers, so the RSS is what we can read on CPU. Approximate:
     the allocator may reuse memory freed earlier, so small figures (< a few MiB) are noise.
     """
-    try:  # give freed heap memory back to the OS first, so that reused memory counts as growth
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+    release_freed_memory()  # give freed heap memory back to the OS first, so that reused memory counts as growth
     base, peak, done = _rss_bytes(), [0], threading.Event()
 
     def sample() -> None:

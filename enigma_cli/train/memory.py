@@ -7,11 +7,8 @@ update, and inside the backward the activations are freed while the gradients ar
 gradients come on top of pages the heap keeps instead of reusing them. ``malloc_trim(0)`` returns every free page of
 the heap (glibc ≥ 2.8 also releases whole free pages inside it).
 
-Measured on SmolLM2-135M, full fine-tuning (BENCHMARKS.md, "Peak memory"): without a release inside the backward
-the heap held 0.29 GiB more at the step's peak (3.21 GiB) than a run whose blocks above 1 MiB are all mapped and
-unmapped one by one (``MALLOC_MMAP_THRESHOLD_=1048576``: 2.92 GiB, but 5–10% more CPU time in page faults). Four
-releases spread over the backward bring the peak to 2.99 GiB (16: 2.96, 32: 2.92) for 1–2 ms each (15 ms in a
-16 s step); on enigma-tiny they add 3–7 ms to a 0.7 s step.
+What this saves and costs, and against what (every block above 1 MiB mapped and unmapped one by one, the
+allocator's own way to hand memory back at once), is measured in BENCHMARKS.md, "Peak memory" (bench/peak_phases.py).
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ def _libc_trim():
 
 _TRIM = _libc_trim() if sys.platform.startswith("linux") else None
 
-#: Releases per backward (more release a little more memory and cost a little more time; see the module's note).
+#: Releases per backward (more release a little more memory and cost a little more time: BENCHMARKS.md).
 RELEASES_PER_BACKWARD = 4
 
 
@@ -46,21 +43,25 @@ def release_freed_memory() -> None:
         _TRIM(0)
 
 
-def release_during_backward(params: list[torch.nn.Parameter], times: int = RELEASES_PER_BACKWARD) -> list:
-    """Call `release_freed_memory` ``times`` times during every backward, spread over ``params``.
+def release_during_backward(params: list[torch.nn.Parameter], times: int | None = None) -> list:
+    """Call `release_freed_memory` at most ``times`` times (default `RELEASES_PER_BACKWARD`, 0: never) during
+    every backward, spread over ``params``.
 
-    A post-accumulate-grad hook on every ``len(params) // times``-th parameter: the backward reaches the
-    parameters from the last layer to the first, so each release comes after the activations of the layers
-    above have been freed and before the gradients of the layers below are allocated. Only on CPU parameters
-    (CUDA has its own caching allocator) and only where ``malloc_trim`` exists. Returns the hook handles.
+    A post-accumulate-grad hook on every ``len(params) // times``-th parameter from the second on: the backward
+    reaches the parameters roughly from the last layer to the first, so each release comes after the activations
+    of the layers above have been freed and before the gradients of the layers below are allocated, and the last
+    one (on the parameter after the input embedding) before the embedding's gradient, the backward's last large
+    allocation. Only on CPU parameters (CUDA has its own caching allocator) and only where ``malloc_trim`` exists.
+    Returns the hooks' handles (a model handed to a second trainer would get a second set: remove them first).
     """
-    if _TRIM is None:
+    times = RELEASES_PER_BACKWARD if times is None else times
+    if _TRIM is None or times <= 0:
         return []
     params = [p for p in params if p.requires_grad and p.device.type == "cpu"]
     if not params:
         return []
     every = max(1, len(params) // times)
-    return [p.register_post_accumulate_grad_hook(_release_hook) for p in params[::every]]
+    return [p.register_post_accumulate_grad_hook(_release_hook) for p in params[min(1, len(params) - 1)::every][:times]]
 
 
 def _release_hook(_param: torch.Tensor) -> None:
@@ -74,16 +75,17 @@ def sparse_tied_embedding_grad(model: torch.nn.Module) -> bool:
     gradients of ``W``: the output projection's, dense ``[V, H]``, at its start, and the input lookup's at its
     very end, which PyTorch builds as a second dense ``[V, H]`` tensor, zero but for the rows of the tokens read.
     That second tensor comes when every other gradient is already allocated, and the step peaks there (113 MB for
-    SmolLM2's 49152 × 576 table). As a sparse tensor (``nn.Embedding.sparse``) it holds only those rows; autograd
-    adds it into the dense one, so ``W.grad`` is the same sum, dense as before (a hook densifies it should a
-    backward ever reach only the input side). The values equal the dense path's up to the order of float
-    additions. Not applied to an untied or frozen embedding (nothing to gain), nor under DDP, whose reducer
-    expects a sparse gradient from a sparse embedding.
+    SmolLM2's 49152 × 576 table). As a sparse tensor (``nn.Embedding.sparse``) it holds the incoming gradient's rows, one
+    per token read; autograd adds it into the dense one, so ``W.grad`` is the same sum, dense as
+    before (a hook densifies it should a backward ever reach only the input side). The values equal the dense
+    path's up to the order of float additions. Applied only to a tied, trainable table on the CPU, where it was
+    measured (BENCHMARKS.md). Callers must not apply it under DDP, whose reducer expects a sparse gradient from a
+    sparse embedding (the trainer skips it when the world size is above 1).
     """
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()
     if not isinstance(embed, torch.nn.Embedding) or head is None or getattr(head, "weight", None) is not embed.weight:
         return False
-    if not embed.weight.requires_grad or embed.sparse:
+    if not embed.weight.requires_grad or embed.sparse or embed.weight.device.type != "cpu":
         return False
     embed.sparse = True
     embed.weight.register_post_accumulate_grad_hook(_densify)

@@ -84,7 +84,8 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
                                 principle_set=pset)
     from ..train.memory import release_during_backward
 
-    # CPU runs: freed heap back to the OS inside the backward (train.memory; TRL's own step: 3.11 -> 2.85 GiB)
+    # CPU runs: freed heap back to the OS inside the backward too (train.memory; bench/peak_memory.py's
+    # trl-gc-release case gives plain TRL these releases and the one after generation that the trainer makes)
     release_during_backward(list(trainer.model.parameters()))
 
     def write_config(path: Path) -> None:

@@ -47,6 +47,7 @@ from ..models.logprobs import mean_pool
 from ..models.rollout import encode_prompts
 from ..prompts import render_prompt
 from ..train import terms
+from ..train.memory import release_freed_memory
 from ..train.objective import forward
 from ..train.rewards import compute_rewards
 from .batch import backbone, batch_episodes, capture_hidden, completion_mask_full
@@ -154,6 +155,7 @@ class EnigmaGRPOTrainer(GRPOTrainer):
             out.update(self._reference_pass(out))
         if args.completions_jsonl:
             self._dump_completions(inputs, out)
+        release_freed_memory()  # the sampler's and the scoring passes' transient buffers, as the native loop does
         return out
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
