@@ -22,8 +22,6 @@ import tempfile
 import threading
 import time
 
-GIB = 2**30
-
 
 class PhaseSampler:
     """The maximum resident size seen while each phase label was set (read every ``interval`` seconds)."""
@@ -33,13 +31,10 @@ class PhaseSampler:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self):
-        import os
+        from peak_memory import _rss_gib  # bench/peak_memory.py
 
-        page = os.sysconf("SC_PAGE_SIZE")
         while not self._stop.is_set():
-            with open("/proc/self/statm") as fh:
-                rss = int(fh.read().split()[1]) * page / GIB
-            self.peaks[self.label] = max(rss, self.peaks.get(self.label, 0.0))
+            self.peaks[self.label] = max(_rss_gib(), self.peaks.get(self.label, 0.0))
             time.sleep(self.interval)
 
     def stop(self):

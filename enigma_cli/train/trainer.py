@@ -68,12 +68,12 @@ class Trainer:
         model.train()
         self.model = model
         self.wrapped = model
-        if self.world == 1:
-            sparse_tied_embedding_grad(model)  # a lower peak at the end of the backward (train.memory)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.wrapped = DDP(model, device_ids=[lm.device.index] if lm.device.type == "cuda" else None)
+        else:  # DDP's reducer would expect a sparse gradient from a sparse embedding
+            sparse_tied_embedding_grad(model)  # a lower peak at the end of the backward (train.memory)
         from ..models.hidden import num_layers, resolve_layers
 
         n_layers = num_layers(model)

@@ -82,11 +82,6 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     trainer = EnigmaGRPOTrainer(model=lm.model, reward_funcs=funcs, args=args, train_dataset=questions,
                                 processing_class=lm.tokenizer, peft_config=lora_config(cfg, lm.model),
                                 principle_set=pset)
-    from ..train.memory import release_during_backward
-
-    # CPU runs: freed heap back to the OS inside the backward too (train.memory; bench/peak_memory.py's
-    # trl-gc-release case gives plain TRL these releases and the one after generation that the trainer makes)
-    release_during_backward(list(trainer.model.parameters()))
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)

@@ -47,7 +47,7 @@ from ..models.logprobs import mean_pool
 from ..models.rollout import encode_prompts
 from ..prompts import render_prompt
 from ..train import terms
-from ..train.memory import release_freed_memory
+from ..train.memory import release_during_backward, release_freed_memory
 from ..train.objective import forward
 from ..train.rewards import compute_rewards
 from .batch import backbone, batch_episodes, capture_hidden, completion_mask_full
@@ -104,6 +104,9 @@ class EnigmaGRPOTrainer(GRPOTrainer):
             add_fused_lm_head(reference, temperature=self.temperature, cast_lm_head_to_fp32=args.cast_lm_head_to_fp32)
             reference = self._prepare_reference(reference)
         self.enigma_reference = reference
+        # CPU runs: freed heap back to the OS inside the backward, as after each generation (train.memory;
+        # bench/peak_memory.py's trl-gc-release case measures both on plain TRL)
+        release_during_backward(list(self.model.parameters()))
         self.enigma_layers = _layers(args.ot_layers, self.accelerator.unwrap_model(self.model))
         self._enigma_capture = None
         self._enigma_batch: dict = {}
