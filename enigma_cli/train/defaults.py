@@ -15,7 +15,7 @@ import dataclasses
 from ..console import console
 from ..models.size import SMALL_MODEL, is_small, parameter_count  # noqa: F401 - parameter_count re-exported
 
-SMALL_LR = 3e-4
+SMALL_LR = 5e-5
 LORA_R = 16
 LORA_LR = 2e-5
 FULL_LR = 1e-6
