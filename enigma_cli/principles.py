@@ -34,6 +34,7 @@ from .errors import InputError
 SET_KEYS = ("name", "description", "principles")
 PRINCIPLE_KEYS = ("id", "text", "antithesis")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # '+' joins the ids of a set drawn from a pool
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 1 << 20  # a set is a handful of sentences; the largest shipped one is under 2 KiB
 
@@ -117,8 +118,8 @@ def parse_principle_set(data: object, path: Path | str | None = None) -> Princip
     if unknown:
         raise _fail(path, unknown[0], f"is not a known key (allowed: {', '.join(SET_KEYS)})")
     name = _text_field(data, "name", "name", path, required=True)
-    if not ID_PATTERN.match(name):
-        raise _fail(path, "name", f"({name!r}) may use only letters, digits, '-', '_' and '.'")
+    if not NAME_PATTERN.match(name):
+        raise _fail(path, "name", f"({name!r}) may use only letters, digits, '-', '_', '.' and '+'")
     description = _text_field(data, "description", "description", path, required=True)
 
     items = data.get("principles")

@@ -114,7 +114,7 @@ def test_a_run_trains_without_the_last_units_model_kept(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def train(unit, cfg, root):
+    def train(unit, cfg, root, principles):
         seen["kept"] = models.lm
         raise Stop
 
@@ -122,5 +122,5 @@ def test_a_run_trains_without_the_last_units_model_kept(tmp_path, monkeypatch):
     models = stages.Models(StudyConfig())
     models.lm, models.spec = object(), "enigma-tiny"
     with pytest.raises(Stop):
-        stages.do_run(Unit("run", "placebo", "enigma", 0), StudyConfig(), tmp_path, None, [], [], models)
+        stages.do_run(Unit("run", "placebo", "enigma", 0), StudyConfig(), tmp_path, None, "placebo", [], [], models)
     assert seen["kept"] is None and models.spec is None

@@ -10,6 +10,13 @@ on synthetic data with a known answer.
   between sets (standard deviation of the set means), the variance ratio between them, and a one-way ANOVA
   p-value. With n seeds per set, seed noise alone makes the set means vary with variance s_within² / n; a ratio
   near 1 says that the differences between sets are what noise would give (σ² · mean(1/n) with unequal n).
+  It also gives the set effect itself, the between-set variance component of the one-way random-effects model
+  y_sr = μ + a_s + ε_sr (a_s ~ N(0, σ_a²), ε ~ N(0, σ²)): the moment estimate σ̂_a² = (MSB − MSW) / n₀ (floored at
+  0) and an upper 95% confidence bound from the exact interval for θ = σ_a² / σ² — MSB / MSW ~ (1 + n₀θ)·F(a−1,
+  N−a), so θ ≤ (F_obs / F_{0.05}(a−1, N−a) − 1) / n₀ — times MSW (Searle, Casella & McCulloch 1992, §3.5; MSW
+  stands in for σ², a choice). The bound says how large a set effect could still hide in the seed noise.
+- `spearman_test` also gives the Fieller–Hartley–Pearson interval of ρ (atanh ρ ± z·√(1.06 / (n − 3))), which
+  the verdict reads beside the bootstrap's when it decides whether an effect is ruled out.
 - `holm`: Holm–Bonferroni adjusted p-values for the outcomes the claim is about, tested together.
 - `paired_test`: full ENIGMA against the GRPO-only ablation, paired by (set, seed): the mean difference, how often
   ENIGMA wins, and the Wilcoxon signed-rank p-value.
@@ -44,8 +51,8 @@ def spearman_test(x, y, *, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     n = len(x)
-    out = {"n_sets": n, "rho": math.nan, "rho_low": math.nan, "rho_high": math.nan, "p_perm": math.nan,
-           "boot_kept": 0}
+    out = {"n_sets": n, "rho": math.nan, "rho_low": math.nan, "rho_high": math.nan, "rho_low_z": math.nan,
+           "rho_high_z": math.nan, "p_perm": math.nan, "boot_kept": 0}
     if n < 3:
         return out
     rx, ry = rankdata(x), rankdata(y)
@@ -53,6 +60,7 @@ def spearman_test(x, y, *, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0
     out["rho"] = rho
     if math.isnan(rho):
         return out
+    out["rho_low_z"], out["rho_high_z"] = fieller_interval(rho, n, level)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, (n_boot, n))  # resample sets; ties in a resample take average ranks again
     boots = _rank_corr(rankdata(x[idx], axis=1), rankdata(y[idx], axis=1))
@@ -67,6 +75,38 @@ def spearman_test(x, y, *, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0
     return out
 
 
+def fieller_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Spearman's ρ ± its Fisher-z interval with Fieller, Hartley & Pearson's (1957) variance 1.06 / (n − 3)."""
+    from scipy.stats import norm
+
+    if n <= 3 or not math.isfinite(rho):
+        return -1.0, 1.0
+    z, half = math.atanh(max(-0.999999, min(0.999999, rho))), norm.ppf(0.5 + level / 2) * math.sqrt(1.06 / (n - 3))
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def set_effect(groups: list[np.ndarray], level: float = 0.95) -> tuple[float, float]:
+    """(σ̂_a, upper bound) of the between-set SD in the one-way random-effects model (module docstring); NaN when
+    there are fewer than 2 sets or no replicate runs."""
+    from scipy.stats import f as f_dist
+
+    groups = [g for g in groups if len(g)]
+    a, sizes = len(groups), np.array([len(g) for g in groups], dtype=float)
+    total = sizes.sum()
+    if a < 2 or total - a < 1:
+        return math.nan, math.nan
+    grand = np.concatenate(groups).mean()
+    msb = float(sum(n * (g.mean() - grand) ** 2 for n, g in zip(sizes, groups)) / (a - 1))
+    msw = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / (total - a))
+    n0 = float((total - (sizes ** 2).sum() / total) / (a - 1))
+    estimate = math.sqrt(max(0.0, (msb - msw) / n0))
+    if msw <= 0:
+        return estimate, (math.inf if msb > 0 else 0.0)
+    lower_quantile = f_dist.ppf(1 - level, a - 1, total - a)
+    theta_high = max(0.0, (msb / msw / lower_quantile - 1) / n0)
+    return estimate, math.sqrt(theta_high * msw)
+
+
 def noise_table(runs: pd.DataFrame, outcomes: list[str], *, by: str = "set") -> pd.DataFrame:
     """Per outcome: seed noise (pooled within-set SD), between-set SD of the set means, their variance ratio
     (between-set variance over the variance seed noise alone gives the means), and a one-way ANOVA p-value."""
@@ -78,7 +118,8 @@ def noise_table(runs: pd.DataFrame, outcomes: list[str], *, by: str = "set") -> 
         groups = [g for g in groups if len(g)]
         sizes = np.array([len(g) for g in groups])
         row = {"outcome": outcome, "sets": len(groups), "seed_noise_sd": math.nan, "between_set_sd": math.nan,
-               "variance_ratio": math.nan, "anova_p": math.nan}
+               "variance_ratio": math.nan, "anova_p": math.nan, "set_effect_sd": math.nan,
+               "set_effect_sd_high": math.nan}
         if len(groups) >= 2:
             means = np.array([g.mean() for g in groups])
             row["between_set_sd"] = float(means.std(ddof=1))
@@ -90,6 +131,7 @@ def noise_table(runs: pd.DataFrame, outcomes: list[str], *, by: str = "set") -> 
                 row["variance_ratio"] = float(means.var(ddof=1) / expected) if expected > 0 else math.inf
                 if all(len(g) >= 2 for g in groups) and within > 0:
                     row["anova_p"] = float(f_oneway(*groups).pvalue)
+                row["set_effect_sd"], row["set_effect_sd_high"] = set_effect(groups)
         rows.append(row)
     return pd.DataFrame(rows)
 

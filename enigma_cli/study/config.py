@@ -15,6 +15,13 @@ MIN_SETS = 4
 class StudyConfig(Options):
     principles: tuple[str, ...] = opt((), "Principle sets to compare (default: every shipped set); at least 4.",
                                       argument=True, metavar="SETS")
+    pool: tuple[str, ...] = opt((), "Draw the sets from a pool instead: the distinct principles of these sets "
+                                    "(shipped names, YAML files or folders; with --pool, SETS join the pool, so "
+                                    "`--pool principles/*.yaml` works), combined --choose at a time.",
+                                metavar="SETS", split=True)
+    choose: int = opt(2, "Principles per set drawn from --pool (K).", ge=2)
+    sets: int | None = opt(None, "How many K-subsets of the pool to study, drawn at random with --seed (default: "
+                                 "every one).", ge=MIN_SETS)
     model: str = opt("enigma-tiny", "The base model every run starts from: enigma-tiny, smollm2, a folder (e.g. "
                                     "an `enigma sft` output) or a hub id.")
     seeds: tuple[int, ...] = opt((0, 1), "Training seeds per set and variant, e.g. 0,1.")
@@ -42,7 +49,13 @@ class StudyConfig(Options):
                              "are missing).")
     probe: bool = opt(True, "With --dry-run, time a short probe (2 training steps, a few evaluations) to estimate "
                             "the wall time.", negative="--no-probe")
-    seed: int = opt(0, "Seed of scoring, evaluation questions and the statistics (bootstrap, permutations).")
+    min_rho: float = opt(0.3, "The weakest correlation with SI the claim needs: an interval that excludes every ρ "
+                              "this strong in the claimed direction rules the outcome out.", gt=0, lt=1)
+    noise_from: str | None = opt(None, "With --dry-run: an earlier study folder whose seed noise and set spread "
+                                       "the power estimate uses (default: this folder's finished runs, if any).",
+                                 metavar="DIR")
+    seed: int = opt(0, "Seed of scoring, evaluation questions, pool draws and the statistics (bootstrap, "
+                       "permutations).")
     device: str = device_opt()
     dtype: str = dtype_opt()
 
@@ -60,6 +73,10 @@ class StudyConfig(Options):
             raise InputError("--variants must name each variant once.")
         if self.shard is not None:
             shard_of(self.shard)
+        if not self.pool and self.sets is not None:
+            raise InputError("--sets draws sets from a pool; give --pool too.")
+        if self.noise_from is not None and self.merge:
+            raise InputError("--noise-from informs the power of a plan (--dry-run); --merge analyses a finished study.")
         if self.shard is not None and self.merge:
             raise InputError("--shard runs a share of the work and --merge analyses it; give one of them.")
 

@@ -27,7 +27,14 @@ class Inputs:
 
         self.root = Path(cfg.output_dir)
         check_output_dir(self.root)
-        self.sets = resolve_sets(list(cfg.principles) or None)
+        if cfg.pool:
+            from ..principle_pool import pool_members, subsets
+
+            self.sets = subsets(pool_members([*cfg.pool, *cfg.principles]), cfg.choose, cfg.sets, cfg.seed)
+        else:
+            self.sets = resolve_sets(list(cfg.principles) or None)
+        #: what `enigma train --principles` is given for each set: its name, or the YAML file a pool set is kept in
+        self.specs = {s.name: (str(self.root / "sets" / f"{s.name}.yaml") if cfg.pool else s.name) for s in self.sets}
         names = [s.name for s in self.sets]
         if len(set(names)) != len(names):
             raise InputError("two principle sets share a name; a study tells sets apart by name.")
@@ -39,7 +46,7 @@ class Inputs:
         self.units = units(cfg, names)
         for unit in self.units:
             if unit.kind == "run":
-                train_config(unit, cfg, unit.folder(self.root))  # every run's options are valid
+                train_config(unit, cfg, unit.folder(self.root), self.specs[unit.set])  # every run's options are valid
         self.score_examples = load_examples(cfg.dataset, n=cfg.score_prompts, seed=cfg.seed,
                                             question_column=cfg.question_column, answer_column=cfg.answer_column)
         self.eval_examples = load_examples(cfg.dataset, n=cfg.eval_prompts, seed=cfg.seed + 1,
@@ -102,6 +109,12 @@ def do_units(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
     if len(todo) < len(mine):
         console.print(f"{len(mine) - len(todo)} of {len(mine)} unit(s) already done; continuing with the rest.",
                       highlight=False)
+    if cfg.pool:  # the runs read their set from the study folder, which keeps what was studied
+        from ..principle_pool import write_set
+
+        for name, spec in inputs.specs.items():
+            if not Path(spec).is_file():
+                write_set(inputs.by_name[name], Path(spec))
     models = Models(cfg)
     if todo and inputs.context_deferred:
         inputs.fit_loaded(models.get(cfg.model))
@@ -111,7 +124,8 @@ def do_units(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
         if unit.kind == "score":
             result = do_score(unit, cfg, pset, inputs.score_examples, inputs.eval_examples, models)
         else:
-            result = do_run(unit, cfg, inputs.root, pset, inputs.score_examples, inputs.eval_examples, models)
+            result = do_run(unit, cfg, inputs.root, pset, inputs.specs[unit.set], inputs.score_examples,
+                            inputs.eval_examples, models)
         result["unit_seconds"] = time.perf_counter() - t0  # summed over shards and resumptions in REPORT.md
         write_result(unit, inputs.root, result)
         say(i, len(todo), unit, result, result["unit_seconds"])
@@ -154,7 +168,12 @@ def probe(cfg: StudyConfig, inputs: Inputs) -> dict[str, float]:
     pset = inputs.sets[0]
     unit = Unit("run", pset.name, cfg.variants[0], cfg.seeds[0])
     with tempfile.TemporaryDirectory(prefix="enigma-study-probe-") as tmp:
-        tcfg = dataclasses.replace(train_config(unit, cfg, Path(tmp) / "run"), steps=2, save_every=0)
+        spec = inputs.specs[pset.name]
+        if cfg.pool:
+            from ..principle_pool import write_set
+
+            spec = str(write_set(pset, Path(tmp) / "set.yaml"))
+        tcfg = dataclasses.replace(train_config(unit, cfg, Path(tmp) / "run", spec), steps=2, save_every=0)
         from ..train.run import plan, run
 
         run(tcfg, *plan(tcfg))

@@ -34,7 +34,8 @@ from .config import StudyConfig, shard_of
 RESULT = "result.json"
 STUDY_FILE = "study.yaml"
 #: options that do not change any result: they may differ between the shards and restarts of one study
-NOT_RESULT = ("principles", "output_dir", "shard", "merge", "device", "probe")
+NOT_RESULT = ("principles", "pool", "choose", "sets", "output_dir", "shard", "merge", "device", "probe", "min_rho",
+              "noise_from")
 
 
 @dataclass(frozen=True)

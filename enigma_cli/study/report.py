@@ -12,47 +12,101 @@ from .outcomes import EXPECTED, LABELS
 
 ALPHA = 0.05
 NOISE_RATIO = 2.0  # set means must vary at least this much more than seed noise alone makes them vary
+MIN_RHO = 0.3  # the weakest correlation that would make SI worth choosing sets by (`--min-rho`)
+#: sets whose effect on an outcome is bounded below this fraction of one run's seed noise do not differ in it
+NEGLIGIBLE_SET_EFFECT = 0.25
+STEADY = ("reward_std_late", "reward_change", "grad_norm_sd")
+GAIN = ("accuracy_gain", "majority_accuracy_gain")
 
 
-def verdict(row: pd.Series) -> str:
-    """supports / contradicts / inconclusive / no prediction, for one row of the correlation table.
+def _num(row, key) -> float:
+    value = row.get(key, math.nan)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
-    The claim's outcomes are judged on their Holm-adjusted p-value (several outcomes are tested at once), the others
-    on their own p; either way the bootstrap interval must exclude 0 too.
+
+def verdict(row: pd.Series, min_rho: float = MIN_RHO) -> str:
+    """One of four verdicts for an outcome of the claim (docs/method.md §9), or "no prediction" for the others:
+
+    - *supports* / *contradicts*: ρ is significant (Holm-adjusted permutation p < α for the claim's outcomes, which
+      are tested together; the bootstrap interval excludes 0 too) with the expected sign / the other;
+    - *rules out*: the claim needs |ρ| ≥ `min_rho` in its direction, and the more cautious of the bootstrap and
+      Fieller intervals excludes that (the text states the bound), or the sets do not differ in the outcome at all:
+      the upper 95% bound of the set effect's SD is under `NEGLIGIBLE_SET_EFFECT` × the seed noise;
+    - *inconclusive*, with the design's power at ρ = 0.8 where it could be computed.
     """
-    rho, low, high, p = (row.get(k, math.nan) for k in ("rho", "rho_low", "rho_high", "p_perm"))
+    rho, low, high, p = (_num(row, k) for k in ("rho", "rho_low", "rho_high", "p_perm"))
     expected = EXPECTED.get(row["outcome"])
-    if any(isinstance(v, float) and math.isnan(v) for v in (rho, p)):
+    if math.isnan(rho) or math.isnan(p):
         return "not measurable"
-    if expected is not None and isinstance(row.get("p_holm"), float) and math.isfinite(row["p_holm"]):
-        p = row["p_holm"]
+    if expected is not None and math.isfinite(_num(row, "p_holm")):
+        p = _num(row, "p_holm")
     significant = p < ALPHA and (low > 0 or high < 0)
     if expected is None:
         return "no prediction" + (" (significant)" if significant else "")
-    if not significant:
-        return "inconclusive"
-    return "supports" if rho * expected > 0 else "contradicts"
+    if significant:
+        return "supports" if rho * expected > 0 else "contradicts"
+    if expected > 0:
+        bound = max(v for v in (high, _num(row, "rho_high_z")) if math.isfinite(v)) if math.isfinite(high) else 1.0
+        if bound < min_rho:
+            return f"rules out (ρ < {bound:.2f})"
+    else:
+        bound = min(v for v in (low, _num(row, "rho_low_z")) if math.isfinite(v)) if math.isfinite(low) else -1.0
+        if bound > -min_rho:
+            return f"rules out (ρ > {bound:.2f})"
+    set_high, noise = _num(row, "set_effect_sd_high"), _num(row, "seed_noise_sd")
+    if noise > 0 and set_high < NEGLIGIBLE_SET_EFFECT * noise:
+        return f"rules out (no set effect: SD ≤ {set_high:.2g})"
+    power = _num(row, "power_0.8")
+    return "inconclusive" + (f" (power {power:.2f} at ρ = 0.8)" if math.isfinite(power) else "")
 
 
 def _fmt(x, spec=".2f") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def overall(table: pd.DataFrame) -> str:
-    verdicts = {r["outcome"]: verdict(r) for _, r in table.iterrows()}
-    steady = [o for o in ("reward_std_late", "reward_change", "grad_norm_sd") if verdicts.get(o) == "supports"]
-    gain = [o for o in ("accuracy_gain", "majority_accuracy_gain") if verdicts.get(o) == "supports"]
+def _half(verdicts: dict[str, str], outcomes: tuple[str, ...]) -> str:
+    """supports / rules out / inconclusive for one half of the claim (steadiness, or gain over GRPO-only)."""
+    mine = [verdicts[o] for o in outcomes if o in verdicts and verdicts[o] != "not measurable"]
+    if any(v == "supports" for v in mine):
+        return "supports"
+    if mine and all(v.startswith("rules out") for v in mine):
+        return "rules out"
+    return "inconclusive" if mine else "not measured"
+
+
+def overall(table: pd.DataFrame, min_rho: float = MIN_RHO) -> str:
+    """The claim's verdict in one paragraph: "does not hold" only when every outcome it is about is ruled out."""
+    verdicts = {r["outcome"]: verdict(r, min_rho) for _, r in table.iterrows()}
     against = [o for o, v in verdicts.items() if v == "contradicts"]
     if against:
         return ("**The claim is contradicted here**: higher SI went with " + ", ".join(LABELS[o] for o in against)
                 + " in the direction opposite to the claim.")
-    if steady and gain:
+    steady, gain = _half(verdicts, STEADY), _half(verdicts, GAIN)
+    claim = [o for o in verdicts if EXPECTED.get(o) is not None and verdicts[o] != "not measurable"]
+    ruled = [o for o in claim if verdicts[o].startswith("rules out")]
+    if steady == "supports" and gain == "supports":
         return "**The claim holds here**: higher SI went with steadier training and a larger gain over GRPO-only."
-    if steady or gain:
-        part = "steadier training" if steady else "a larger gain over GRPO-only"
-        return f"**The claim holds only in part here**: higher SI went with {part}, not with the other half."
-    return ("**The claim does not hold here**: no outcome the claim is about correlates with pre-training SI beyond "
-            "what chance and seed noise allow.")
+    if "supports" in (steady, gain):
+        part, other = (("steadier training", gain) if steady == "supports" else ("a larger gain over GRPO-only", steady))
+        rest = {"rules out": "the other half is ruled out", "inconclusive": "the other half is inconclusive"}.get(
+            other, "the other half was not measured")
+        return f"**The claim holds only in part here**: higher SI went with {part}; {rest}."
+    if claim and len(ruled) == len(claim):
+        return (f"**The claim does not hold here**: for every outcome it is about, the data rule out a correlation "
+                f"with pre-training SI of {min_rho:g} or more in the claimed direction, or show that the sets do not "
+                "differ in the outcome at all.")
+    power = table.loc[table["outcome"].isin(claim), "power_0.8"] if "power_0.8" in table else pd.Series(dtype=float)
+    power = power.dropna()
+    had = (f" The design had a power of {power.min():.2f}–{power.max():.2f} to detect ρ = 0.8 on these outcomes "
+           "(the same analysis run on simulated studies with this one's seed noise and set spread)."
+           if len(power) else "")
+    partly = (f" Ruled out: {', '.join(LABELS.get(o, o) for o in ruled)}." if ruled else "")
+    return ("**We cannot tell whether the claim holds here**: no outcome it is about correlates with pre-training SI "
+            "beyond chance, and not every one is ruled out; a missed correlation is not evidence against the claim."
+            + partly + had)
 
 
 def power_note(n_sets: int, n_claim: int) -> str | None:
@@ -84,22 +138,31 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
              f"{counted(cfg.steps, 'step')}; evaluation "
              f"on {cfg.eval_prompts} held-out questions × {cfg.eval_samples} samples; SI from {cfg.score_prompts} "
              f"prompts × {cfg.score_samples} samples." + _timing_text(*timing),
-             "", "## Verdict", "", overall(table), ""]
+             "", "## Verdict", "", overall(table, cfg.min_rho), ""]
     note = power_note(len(sets), int(sum(EXPECTED.get(o) is not None for o in table["outcome"])))
     lines += [note, ""] if note else []
     lines += [("Each row: Spearman ρ of pre-training SI against the set-level outcome (the main variant, mean over "
               "seeds), a bootstrap 95% interval over sets, a permutation p-value (and, for the outcomes the claim is "
-              "about, tested together, its Holm-adjusted value, on which the verdict rests), and the outcome's seed "
-              "noise beside its spread between sets (variance ratio ≈ 1: the sets differ no more than reruns do)."), "",
-              "| outcome | ρ | 95% CI | p | p (Holm) | claim expects | verdict | seed noise SD | between-set SD | ratio |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "about, tested together, its Holm-adjusted value, on which the verdict rests), the outcome's seed "
+              "noise beside its spread between sets (variance ratio ≈ 1: the sets differ no more than reruns do), "
+              "the upper 95% bound of the set effect's SD (how large a difference between sets could still hide in "
+              "the noise), and the design's power to detect ρ = 0.5 and 0.8. A verdict is *supports* or "
+              "*contradicts* only when ρ is significant; *rules out* when the intervals exclude every ρ of "
+              f"{cfg.min_rho:g} or more in the claimed direction (`--min-rho`), or the set effect's bound is under "
+              f"{NEGLIGIBLE_SET_EFFECT:g} × the seed noise; otherwise *inconclusive*."), "",
+              "| outcome | ρ | 95% CI | p | p (Holm) | claim expects | verdict | seed noise SD | between-set SD | ratio "
+              "| set effect SD ≤ | power at ρ 0.5 / 0.8 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         sign = {1: "ρ > 0", -1: "ρ < 0", None: "–"}[EXPECTED.get(r["outcome"])]
+        power = (f"{_fmt(r.get('power_0.5'))} / {_fmt(r.get('power_0.8'))}"
+                 if math.isfinite(_num(r, "power_0.8")) else "–")
         lines.append(f"| {LABELS.get(r['outcome'], r['outcome'])} | {_fmt(r['rho'])} | {_fmt(r['rho_low'])}.."
                      f"{_fmt(r['rho_high'])} | {_fmt(r['p_perm'], '.3f')} | {_fmt(r.get('p_holm'), '.3f')} | {sign} | "
-                     f"{verdict(r)} | "
+                     f"{verdict(r, cfg.min_rho)} | "
                      f"{_fmt(r.get('seed_noise_sd'), '.3g')} | {_fmt(r.get('between_set_sd'), '.3g')} | "
-                     f"{_fmt(r.get('variance_ratio'), '.1f')} |")
+                     f"{_fmt(r.get('variance_ratio'), '.1f')} | {_fmt(_num(r, 'set_effect_sd_high'), '.3g')} | "
+                     f"{power} |")
     noisy = [LABELS.get(r["outcome"], r["outcome"]) for _, r in table.iterrows()
              if r.get("variance_ratio", math.nan) < NOISE_RATIO]
     if noisy:

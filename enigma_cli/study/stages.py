@@ -89,17 +89,18 @@ def do_score(unit: Unit, cfg: StudyConfig, pset, score_examples, eval_examples, 
             **{f"base_{k}": v for k, v in base.items()}}
 
 
-def train_config(unit: Unit, cfg: StudyConfig, folder: Path):
+def train_config(unit: Unit, cfg: StudyConfig, folder: Path, principles: str | None = None):
+    """`enigma train`'s options for one run; `principles` is the set's name or file (default: the unit's set)."""
     from ..train.config import TrainConfig
 
     sami, ot = ABLATION[unit.variant]
-    return TrainConfig(model=cfg.model, principles=unit.set, steps=cfg.steps, prompts_per_step=cfg.prompts_per_step,
+    return TrainConfig(model=cfg.model, principles=principles or unit.set, steps=cfg.steps, prompts_per_step=cfg.prompts_per_step,
                        group_size=cfg.group_size, principles_per_prompt=2, max_new_tokens=cfg.max_new_tokens,
                        lr=cfg.lr, lora_r=cfg.lora_r, sami=sami, ot=ot, output_dir=str(folder),
                        save_every=max(1, cfg.steps // 5), save_total_limit=1, seed=unit.seed, device=cfg.device, dtype=cfg.dtype)
 
 
-def train(unit: Unit, cfg: StudyConfig, root: Path) -> Path:
+def train(unit: Unit, cfg: StudyConfig, root: Path, principles: str) -> Path:
     """Train the run (resuming from its newest checkpoint when one exists); returns the final checkpoint."""
     from ..models.loading import newest_checkpoint
     from ..train.run import plan, run
@@ -108,7 +109,7 @@ def train(unit: Unit, cfg: StudyConfig, root: Path) -> Path:
     final = folder / f"checkpoint-{cfg.steps}"
     if final.is_dir():
         return final
-    tcfg = train_config(unit, cfg, folder)
+    tcfg = train_config(unit, cfg, folder, principles)
     if newest_checkpoint(folder) is not None:
         tcfg = dataclasses.replace(tcfg, resume="latest")
     elif folder.exists():  # killed before its first checkpoint: nothing in it is worth keeping
@@ -118,10 +119,11 @@ def train(unit: Unit, cfg: StudyConfig, root: Path) -> Path:
     return final
 
 
-def do_run(unit: Unit, cfg: StudyConfig, root: Path, pset, score_examples, eval_examples, models: Models) -> dict:
+def do_run(unit: Unit, cfg: StudyConfig, root: Path, pset, principles: str, score_examples, eval_examples,
+           models: Models) -> dict:
     start = time.perf_counter()
     models.release()  # the last unit's model would stay on the device while this run trains its own
-    final = train(unit, cfg, root)
+    final = train(unit, cfg, root, principles)
     metrics = pd.read_csv(unit.folder(root) / "metrics.csv")
     lm = models.get(str(final))
     evaluation = evaluate_both(lm, pset, eval_examples, cfg)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from .analysis import correlations, holm, noise_table, paired_test
 from .outcomes import EXPECTED
+from .power import RHOS, Noise, power
 
 #: which evaluation column is "accuracy" in the analysis: the flexible answer where measured (lm-eval-harness'
 #: flexible extraction, so a model is not scored on its format twice), without a principle in the prompt
@@ -58,14 +59,61 @@ def correlation_table(sets: pd.DataFrame, runs: pd.DataFrame, *, seed: int, main
     table["p_holm"] = math.nan
     if claim.any():
         table.loc[claim, "p_holm"] = holm(table.loc[claim, "p_perm"])
-    noise_runs = runs[runs["variant"] == main].copy()
+    noise_runs = outcome_runs(runs, main)
+    noise = noise_table(noise_runs, [o for o in outcomes if o in noise_runs])
+    table = table.merge(noise.drop(columns=["sets"]), on="outcome", how="left")
+    return add_power(table, n_sets=len(sets), seeds=seeds_per_set(noise_runs), si_error=si_error(sets))
+
+
+def outcome_runs(runs: pd.DataFrame, main: str = "enigma") -> pd.DataFrame:
+    """The main variant's runs, with each run's paired gain over GRPO-only (same set and seed) where both ran."""
+    out = runs[runs["variant"] == main].copy()
     if {"enigma", "grpo"} <= set(runs["variant"]):
         for name in ("accuracy", "majority_accuracy"):
             a = runs[runs["variant"] == "enigma"].set_index(["set", "seed"])[name]
             b = runs[runs["variant"] == "grpo"].set_index(["set", "seed"])[name]
-            noise_runs = noise_runs.join((a - b).rename(f"{name}_gain"), on=["set", "seed"])
-    noise = noise_table(noise_runs, [o for o in outcomes if o in noise_runs])
-    return table.merge(noise.drop(columns=["sets"]), on="outcome", how="left")
+            out = out.join((a - b).rename(f"{name}_gain"), on=["set", "seed"])
+    return out
+
+
+def seeds_per_set(runs: pd.DataFrame) -> int:
+    """The typical number of runs per set (the median; 1 when there are none)."""
+    counts = runs.groupby("set").size()
+    return max(1, int(counts.median())) if len(counts) else 1
+
+
+def si_error(sets: pd.DataFrame) -> float:
+    """τ of `power`: SI's measurement error (its 95% interval's half-width / 1.96, averaged over sets) over the
+    spread of the sets' true SI (their observed variance less that error's); 0 when unknown."""
+    if not {"pre_si_low", "pre_si_high", "si"} <= set(sets) or len(sets) < 3:
+        return 0.0
+    se = ((sets["pre_si_high"] - sets["pre_si_low"]) / (2 * 1.96)).astype(float)
+    true_var = float(sets["si"].astype(float).var(ddof=1) - (se ** 2).mean())
+    if not math.isfinite(true_var) or se.isna().all():
+        return 0.0
+    return math.inf if true_var <= 0 else float(se.mean()) / math.sqrt(true_var)
+
+
+def noises(table: pd.DataFrame, tau: float = 0.0) -> list[Noise]:
+    """The claim outcomes' noise, read off a correlation (or noise) table."""
+    rows = table[table["outcome"].map(EXPECTED).notna()] if "outcome" in table else table.iloc[:0]
+    return [Noise(r["outcome"], float(r["seed_noise_sd"]), float(r["set_effect_sd"]),
+                  float(r.get("set_effect_sd_high", math.nan)), tau)
+            for _, r in rows.iterrows() if math.isfinite(r.get("seed_noise_sd", math.nan))]
+
+
+def add_power(table: pd.DataFrame, *, n_sets: int, seeds: int, si_error: float) -> pd.DataFrame:
+    """`power_<ρ>` columns for the claim outcomes: the design's power at each of `power.RHOS`, from the outcome's
+    own seed noise and set effect (`power.power`; NaN where the noise could not be measured)."""
+    table = table.copy()
+    n_tests = int(table["outcome"].map(EXPECTED).notna().sum())
+    by_outcome = {n.outcome: n for n in noises(table, si_error)}
+    for rho in RHOS:
+        table[f"power_{rho}"] = [
+            power(n_sets, seeds, rho * abs(EXPECTED[o]), by_outcome[o].ratio, si_error=min(si_error, 1e3),
+                  n_tests=n_tests) if o in by_outcome and EXPECTED.get(o) is not None else math.nan
+            for o in table["outcome"]]
+    return table
 
 
 def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
