@@ -27,9 +27,9 @@ def _recorded(model, monkeypatch, **kwargs):
     seen = []
     original = sampler.next_tokens
 
-    def spy(logits, live, total, temperature, top_p):
+    def spy(logits, live, total, temperature, top_p, groups=None):
         seen.append((logits.detach().clone(), live.clone()))
-        return original(logits, live, total, temperature, top_p)
+        return original(logits, live, total, temperature, top_p, groups)
 
     monkeypatch.setattr(sampler, "next_tokens", spy)
     return SharedPrefixSampler(model).generate(PROMPTS, **kwargs), seen
@@ -124,6 +124,35 @@ def test_seeds_batches_and_the_global_rng():
     model.train()
     run(PROMPTS, **greedy)
     assert model.training  # the mode is restored
+
+
+def test_per_prompt_seeds_make_each_prompt_independent_of_the_batch():
+    """With one seed per prompt, a prompt's samples are those it gets alone with its seed, at any batch position
+    and engine, and for any batch size that holds its samples (a smaller one splits a prompt's rows over batches:
+    the same for the prompt alone or in company); one shared seed does not have this."""
+    model = build("llama", seed=4)
+    kwargs = {"num_samples": 3, "max_new_tokens": 6, "temperature": 1.0}
+    seeds = [11, 12, 13]
+    for engine in (SharedPrefixSampler(model), GenerateSampler(model)):
+        def alone(batch_size=None):
+            return [engine.generate([p], seed=[s], batch_size=batch_size, **kwargs).completion_ids
+                    for p, s in zip(PROMPTS, seeds)]
+
+        whole = alone()
+        assert whole[0] == engine.generate([PROMPTS[0]], seed=11, **kwargs).completion_ids  # the seed's draws
+        for batch_size in (None, 2, 3, 7):
+            together = engine.generate(PROMPTS, seed=seeds, batch_size=batch_size, **kwargs).completion_ids
+            expected = whole if batch_size is None or batch_size >= 3 else alone(batch_size)
+            assert [together[3 * i : 3 * i + 3] for i in range(3)] == expected, (engine.name, batch_size)
+        alone = whole
+        reverse = engine.generate(PROMPTS[::-1], seed=seeds[::-1], **kwargs).completion_ids
+        assert [reverse[3 * i : 3 * i + 3] for i in range(3)] == alone[::-1]
+    shared = SharedPrefixSampler(model).generate(PROMPTS, seed=seeds, **kwargs)
+    assert shared == GenerateSampler(model).generate(PROMPTS, seed=seeds, **kwargs)
+    one = SharedPrefixSampler(model).generate(PROMPTS, seed=11, **kwargs).completion_ids
+    assert one[3:6] != SharedPrefixSampler(model).generate(PROMPTS[1:], seed=11, **kwargs).completion_ids[:3]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        SharedPrefixSampler(model).generate(PROMPTS, seed=[1, 2], **kwargs)
 
 
 def test_ended_rows_change_no_other_row():

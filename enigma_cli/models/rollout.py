@@ -9,6 +9,8 @@ The training-side layout (right-padded rows, log-probs aligned with the input) i
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +19,7 @@ from enigma_cli.errors import InputError
 from enigma_cli.models.reader import read
 from enigma_cli.models.sampler import ENGINES, make_sampler
 
-__all__ = ["ENGINES", "Generation", "encode_prompts", "generate", "score_pairs"]
+__all__ = ["ENGINES", "Generation", "encode_prompts", "generate", "prompt_seeds", "score_pairs"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,20 @@ def encode_prompts(tokenizer, prompt_texts: list[str]) -> list[list[int]]:
             ids = [bos, *ids]
         out.append(ids)
     return out
+
+
+def prompt_seeds(seed: int, prompt_texts: Sequence[str]) -> list[int]:
+    """One sampling seed per prompt text, a stable hash of (``seed``, text): 63 bits of BLAKE2b.
+
+    Passed to `generate` as its ``seed``, a prompt's completions then depend on the seed, its text (principle and
+    question, as rendered) and the sample index only, not on the other prompts of the call, in any process
+    (Python's own ``hash`` of a string changes between processes). Two identical texts draw the same samples.
+    """
+    def one(text: str) -> int:
+        digest = hashlib.blake2b(f"{int(seed)}\x00{text}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") >> 1
+
+    return [one(t) for t in prompt_texts]
 
 
 def score_pairs(
@@ -131,7 +147,7 @@ def generate(
     max_new_tokens: int = 128,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     batch_size: int | None = None,
     engine: str = "auto",
 ) -> Generation:
@@ -141,7 +157,8 @@ def generate(
     all of its samples), ``"hf"`` (``model.generate``), ``"auto"`` (default: shared wherever the model allows).
     Both draw the same samples for a seed (up to float rounding). ``batch_size`` bounds the number of sequences
     per sampler call (default: all at once). The result is deterministic for a given seed, model, device, engine
-    and ``batch_size``; the global RNG state is left untouched. The model runs in eval mode during generation
+    and ``batch_size``; the global RNG state is left untouched. ``seed`` may be one seed per prompt text
+    (`prompt_seeds`): each prompt's samples then do not depend on the other prompts of the call. The model runs in eval mode during generation
     and its mode is restored afterwards.
     """
     sampler = make_sampler(model, engine)  # bad engines fail before any encoding

@@ -15,10 +15,19 @@ shared sampler draws the very samples ``generate`` draws (up to float rounding o
 architecture. Sampling is plain ancestral sampling at ``temperature`` with nucleus ``top_p``: top-k, min-p,
 typical-p and repetition penalties from the model's ``generation_config`` are off, so the sampled distribution is
 the one GRPO's log-ratios assume; ``temperature == 0`` is greedy. Completions stop after the first EOS (kept).
+
+Seeds: one ``seed`` seeds one stream for the whole call, so a row's draws depend on its place in the batch. A list
+of seeds, one per prompt, gives each prompt a generator of its own: its ``num_samples`` rows draw from it as they
+would if the prompt were sampled alone with that seed (``generate``'s draws at that seed), whatever else is in
+the batch. `score-principles` needs this, so that a completion depends on its prompt and sample index only and a
+principle set scored alone equals the same set cut out of a larger pool (`enigma_cli.score.pool`). Batches then
+hold whole prompts (a prompt with more samples than ``batch_size`` is split into batches of its own rows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -53,13 +62,14 @@ class Sampler:
         self.model = model
 
     def generate(self, prompts: list[list[int]], num_samples: int = 1, max_new_tokens: int = 128,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, eos_ids=(), pad_id: int = 0,
-                 batch_size: int | None = None) -> Samples:
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | Sequence[int] = 0, eos_ids=(),
+                 pad_id: int = 0, batch_size: int | None = None) -> Samples:
         """Sample ``num_samples`` continuations of each prompt (non-empty token id lists).
 
         ``batch_size`` bounds the rows per engine call (default: all at once). Deterministic for a seed, model,
-        device, engine and ``batch_size``; the global RNG is left untouched. The model runs in eval mode (its
-        mode is restored afterwards).
+        device, engine and ``batch_size``; the global RNG is left untouched. ``seed`` may be one seed per prompt
+        (module docstring): each prompt's rows then draw from their own generator, independently of the batch.
+        The model runs in eval mode (its mode is restored afterwards).
         """
         if num_samples < 1 or max_new_tokens < 1:
             raise ValueError("generate: num_samples and max_new_tokens must be >= 1")
@@ -69,6 +79,9 @@ class Sampler:
             raise ValueError("generate: top_p must be in (0, 1]")
         if not prompts or not all(prompts):
             raise ValueError("generate: needs at least one prompt, and no empty one")
+        seeds = None if isinstance(seed, int) else [int(s) for s in seed]
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
         rows = [list(p) for p in prompts for _ in range(num_samples)]
         step = len(rows) if not batch_size else max(1, int(batch_size))
         eos = [int(e) for e in eos_ids]
@@ -79,10 +92,14 @@ class Sampler:
         completions, finished = [], []
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
-                torch.manual_seed(seed)
-                for start in range(0, len(rows), step):
-                    out = self._continue(rows[start : start + step], int(max_new_tokens), float(temperature),
-                                         float(top_p), eos, int(pad_id))
+                if seeds is None:
+                    torch.manual_seed(seed)
+                    batches = [(start, min(start + step, len(rows)), None) for start in range(0, len(rows), step)]
+                else:
+                    batches = self._seeded_batches(seeds, num_samples, step, device)
+                for start, end, groups in batches:
+                    out = self._continue(rows[start:end], int(max_new_tokens), float(temperature), float(top_p),
+                                         eos, int(pad_id), groups)
                     for row in out.tolist():
                         cut = next((j for j, tok in enumerate(row) if tok in eos), None)
                         completions.append(row if cut is None else row[: cut + 1])
@@ -91,8 +108,29 @@ class Sampler:
             model.train(was_training)
         return Samples(completions, finished)
 
-    def _continue(self, rows, steps, temperature, top_p, eos, pad_id) -> torch.Tensor:
-        """New tokens ``[B, n ≤ steps]`` of each row (CPU long), pad after a row's first EOS."""
+    #: whether one engine call can hold several prompts with generators of their own (`next_tokens`' groups)
+    mixes_generators = False
+
+    def _seeded_batches(self, seeds: list[int], num_samples: int, step: int, device):
+        """(first row, end row, groups) of each engine call for per-prompt seeds: whole prompts up to ``step`` rows
+        (one prompt a call for an engine that cannot mix generators), a prompt's rows split only when they alone
+        exceed ``step``; ``groups`` lists (generator, rows) in row order, one generator per prompt, seeded once."""
+        per_call = max(1, step // num_samples) if self.mixes_generators else 1
+        chunk = min(num_samples, step)
+        for first in range(0, len(seeds), per_call):
+            prompts = range(first, min(first + per_call, len(seeds)))
+            generators = [torch.Generator(device=device).manual_seed(seeds[p]) for p in prompts]
+            for offset in range(0, num_samples, chunk):
+                n = min(chunk, num_samples - offset)
+                if n == num_samples:  # whole prompts, all of them in this call
+                    yield first * num_samples, (prompts[-1] + 1) * num_samples, [(g, n) for g in generators]
+                    break
+                start = first * num_samples + offset  # one prompt (per_call is 1 here), a share of its rows
+                yield start, start + n, [(generators[0], n)]
+
+    def _continue(self, rows, steps, temperature, top_p, eos, pad_id, groups=None) -> torch.Tensor:
+        """New tokens ``[B, n ≤ steps]`` of each row (CPU long), pad after a row's first EOS; ``groups`` (or None:
+        the global stream) are the per-prompt generators of `_seeded_batches`."""
         raise NotImplementedError
 
 
@@ -108,12 +146,14 @@ def warp(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor
 
 
 def next_tokens(logits: torch.Tensor, live: torch.Tensor, total: int, temperature: float,
-                top_p: float) -> torch.Tensor:
+                top_p: float, groups=None) -> torch.Tensor:
     """One token for each of ``total`` rows (``[total]``) from the logits ``[R, V]`` of the ``live`` ones.
 
     Greedy at temperature 0. Else one ``torch.multinomial`` over all ``total`` rows, the ended ones given any
     distribution: it draws one exponential per (row, token) whatever the probabilities, so the random stream,
-    and each live row's draw, are those of ``generate``, which keeps ended rows in its batch.
+    and each live row's draw, are those of ``generate``, which keeps ended rows in its batch. With ``groups``
+    ((generator, rows) in row order) each group's rows are drawn by one ``torch.multinomial`` from its own
+    generator: the draws of a group alone in a batch, seeded with that generator's seed.
     """
     if temperature == 0:
         out = torch.zeros(total, dtype=torch.long, device=logits.device)
@@ -122,15 +162,36 @@ def next_tokens(logits: torch.Tensor, live: torch.Tensor, total: int, temperatur
     probs = logits.new_zeros(total, logits.shape[-1], dtype=torch.float32)
     probs[:, 0] = 1.0
     probs[live] = warp(logits, temperature, top_p).softmax(-1)
-    return torch.multinomial(probs, num_samples=1).squeeze(1)
+    if groups is None:
+        return torch.multinomial(probs, num_samples=1).squeeze(1)
+    parts = probs.split([n for _, n in groups])
+    return torch.cat([torch.multinomial(p, num_samples=1, generator=g) for p, (g, _) in zip(parts, groups)]).squeeze(1)
+
+
+@contextmanager
+def drawing_from(generator: torch.Generator | None):
+    """Within the block the default generator of ``generator``'s device continues ``generator``'s stream (for
+    ``model.generate``, which takes no generator); afterwards ``generator`` holds the advanced state."""
+    if generator is None:
+        yield
+        return
+    device = generator.device
+    default = (torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+               if device.type == "cuda" else torch.default_generator)
+    default.set_state(generator.get_state())
+    try:
+        yield
+    finally:
+        generator.set_state(default.get_state())
 
 
 class SharedPrefixSampler(Sampler):
     """Each distinct prompt prefilled once; a decoding loop over the model's own forward and cache."""
 
     name = "shared"
+    mixes_generators = True
 
-    def _continue(self, rows, steps, temperature, top_p, eos, pad_id) -> torch.Tensor:
+    def _continue(self, rows, steps, temperature, top_p, eos, pad_id, groups=None) -> torch.Tensor:
         model = prefix.unwrap(self.model)
         device = next(model.parameters()).device
         unique, group = prefix.distinct(rows, device)
@@ -148,7 +209,7 @@ class SharedPrefixSampler(Sampler):
         out = torch.full((total, steps), pad_id, dtype=torch.long, device=device)
         done = 0
         for step in range(steps):
-            token = next_tokens(logits, live, total, temperature, top_p).masked_fill(ended, pad_id)
+            token = next_tokens(logits, live, total, temperature, top_p, groups).masked_fill(ended, pad_id)
             out[:, step] = token
             done = step + 1
             ended |= torch.isin(token, stop)
@@ -169,7 +230,7 @@ class GenerateSampler(Sampler):
 
     name = "hf"
 
-    def _continue(self, rows, steps, temperature, top_p, eos, pad_id) -> torch.Tensor:
+    def _continue(self, rows, steps, temperature, top_p, eos, pad_id, groups=None) -> torch.Tensor:
         model = prefix.unwrap(self.model)
         sampling = temperature > 0
         config = GenerationConfig(
@@ -185,7 +246,9 @@ class GenerateSampler(Sampler):
             config.min_p = 0.0
         ids, mask = prefix.left_padded(rows, pad_id)
         device = next(model.parameters()).device
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        with drawing_from(groups[0][0] if groups else None):  # one prompt a call (mixes_generators is False)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=config)
         return out[:, ids.shape[1] :].cpu()
 
 
