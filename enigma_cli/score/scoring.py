@@ -25,6 +25,11 @@ descriptions say in 27 of 27 comparisons (mean: 24) and puts the real sets at 0.
 instead of 0.017-0.028.
 Each variant's SI interval is a percentile bootstrap over prompts (each prompt's SI is the mean over its M
 matrices). Whether a row can be trusted is `enigma_cli.score.trust`'s business.
+
+Sampling: each (principle, question) prompt draws from its own seed, a hash of ``--seed`` and the prompt's text
+(`rollout.prompt_seeds`), so a completion depends on its principle, question and sample index and not on the
+other principles of the set. A set's scores are therefore exactly the rows and columns of that set cut out of a
+larger pool's (`enigma_cli.score.pool`), and `set_score` turns either into the same report row.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 from ..core import bootstrap_si, infonce_bounds, parse_completion, pointwise_critic, sufficiency_index
 from ..core.infonce import posterior_critic, sum_critic
 from ..datasets import Example
-from ..models.rollout import generate, score_pairs
+from ..models.rollout import generate, prompt_seeds, score_pairs
 from ..principles import PrincipleSet
 from ..prompts import render_prompt
 from . import trust
@@ -46,7 +51,7 @@ from .config import CRITICS, SATURATION, ScoreConfig
 CRITIC_VARIANTS = ("mean", "sum", "pmi_mean", "pmi_sum")
 SI_COLUMNS = {"mean": "si_mean", "sum": "si_sum", "pmi_mean": "pmi_si_mean", "pmi_sum": "pmi_si_sum"}
 __all__ = ["CRITICS", "CRITIC_VARIANTS", "SATURATION", "CriticScores", "SetScore", "critic_matrices",
-           "score_set"]
+           "score_set", "set_score"]
 
 
 @dataclass
@@ -62,15 +67,20 @@ class CriticScores:
     lengths: torch.Tensor
     texts: list[str]
 
+    def matrix(self, name: str) -> torch.Tensor:
+        """One critic matrix of `CRITIC_VARIANTS` (module docstring), [N·M, K, K]."""
+        if name == "mean":
+            return self.mean
+        if name == "pmi_mean":
+            return pointwise_critic(self.mean, self.marginal)
+        total = sum_critic(self.mean, self.lengths)
+        if name == "sum":
+            return posterior_critic(total)  # centred on the mixture of these K principles, whichever they are
+        return pointwise_critic(total, self.marginal * self.lengths.to(self.marginal.dtype))
+
     def matrices(self) -> dict[str, torch.Tensor]:
         """The four critic matrices of `CRITIC_VARIANTS`, each [N·M, K, K]."""
-        total = sum_critic(self.mean, self.lengths)
-        return {
-            "mean": self.mean,
-            "sum": posterior_critic(total),
-            "pmi_mean": pointwise_critic(self.mean, self.marginal),
-            "pmi_sum": pointwise_critic(total, self.marginal * self.lengths.to(self.marginal.dtype)),
-        }
+        return {name: self.matrix(name) for name in CRITIC_VARIANTS}
 
 
 @dataclass
@@ -96,7 +106,7 @@ def critic_matrices(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreC
     n, k, m = len(examples), pset.k, cfg.samples
     prompts = [render_prompt(tok, p.text, ex.prompt_text) for ex in examples for p in pset.principles]
     gen = generate(model, tok, prompts, num_samples=m, max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.temperature, seed=cfg.seed, batch_size=cfg.batch_size)
+                   temperature=cfg.temperature, seed=prompt_seeds(cfg.seed, prompts), batch_size=cfg.batch_size)
     if progress:
         progress()
     # completion (prompt q, principle j, sample s) sits at index (q*k + j)*m + s
@@ -121,14 +131,16 @@ def critic_matrices(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreC
 
 
 def _variant(S: torch.Tensor, n: int, m: int, cfg: ScoreConfig) -> dict:
-    """Bounds, SI, its bootstrap interval over prompts, and the per-principle SI of one critic matrix."""
+    """Bounds, SI, its bootstrap interval over prompts, and the per-principle and per-prompt SI of one critic
+    matrix. The bootstrap's resamples depend only on (prompts, ``cfg.bootstrap``, ``cfg.seed``), so every set
+    scored on the same prompts is resampled alike: ``per_prompt`` differences give paired intervals."""
     bounds = infonce_bounds(S)
     si = sufficiency_index(S)
     per_prompt = torch.as_tensor(si["per_prompt"], dtype=torch.float64).view(n, m).mean(dim=1)
     low, high = bootstrap_si(per_prompt, n_boot=cfg.bootstrap, seed=cfg.seed)
     return {**{key: bounds[key] for key in ("mi_row", "mi_col", "mi_sym", "acc_row", "acc_col")},
             "si": float(si["si"]), "si_low": float(low), "si_high": float(high),
-            "per_principle": [float(v) for v in si["per_principle"]]}
+            "per_principle": [float(v) for v in si["per_principle"]], "per_prompt": per_prompt}
 
 
 def _format_rates(texts: list[str], n: int, k: int, m: int) -> tuple[float, list[float]]:
@@ -144,9 +156,17 @@ def score_set(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreConfig,
 
     `checks` are the pre-generation findings of `trust.check_principles` (readability), if any.
     """
-    n, k, m = len(examples), pset.k, cfg.samples
     with torch.no_grad():
         scores = critic_matrices(lm, pset, examples, cfg, progress)
+    return set_score(pset, scores, cfg, checks)
+
+
+def set_score(pset: PrincipleSet, scores: CriticScores, cfg: ScoreConfig,
+              checks: list[trust.PrincipleCheck] | None = None) -> SetScore:
+    """The report row of `pset` (and its per-principle rows) from its scores: `critic_matrices`' for the set, or
+    the set's rows and columns of a pool's (`enigma_cli.score.pool.PoolScores.subset`)."""
+    k, m = pset.k, cfg.samples
+    n = scores.mean.shape[0] // m
     variants = {name: _variant(S, n, m, cfg) for name, S in scores.matrices().items()}
     chosen, pmi = variants[cfg.critic], variants[f"pmi_{cfg.critic}"]
     format_rate, principle_format = _format_rates(scores.texts, n, k, m)
