@@ -10,6 +10,7 @@ from ..console import console, show_progress
 from ..errors import InputError
 from ..options import write_resolved
 from ..score import ScoreConfig
+from ..score.report import rank, report_frame
 
 
 def run(cfg: ScoreConfig, dry_run: bool) -> None:
@@ -23,6 +24,8 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # before --dry-run says the plan is fine
     if cfg.out is not None:
         check_output_file(f"{cfg.out}.config.yaml", "--out")  # the resolved config goes beside the report
+    if cfg.pool:
+        return _run_pool(cfg, dry_run)
     sets = resolve_sets(list(cfg.principles) or None)
     examples = load_examples(cfg.dataset, n=cfg.prompts, seed=cfg.seed, question_column=cfg.question_column,
                              answer_column=cfg.answer_column)
@@ -41,7 +44,6 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
 
     from ..models.loading import load_model
     from ..score import score_set
-    from ..score.report import rank, report_frame
     from ..score.trust import check_principles
 
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
@@ -75,11 +77,11 @@ def _warn(ranked) -> None:
             console.print(f"[yellow]⚠ {r.name}[/] ({label}): {r.row['reason']}.", highlight=False)
 
 
-def _print_table(ranked) -> None:
+def _print_table(ranked, what: str = "principle sets") -> None:
     from rich.table import Table
 
     critic = ranked[0].row["critic"] if ranked else ""
-    table = Table(title=f"principle sets by Sufficiency Index ({critic} critic; ⚠ = see below, dim = not trusted)",
+    table = Table(title=f"{what} by Sufficiency Index ({critic} critic; ⚠ = see below, dim = not trusted)",
                   title_justify="left")
     for col in ("", "set", "K", "SI", "95% CI", "mi_sym", "log K", "acc_col", "format"):
         table.add_column(col, justify="left" if col in ("", "set") else "right", no_wrap=True)
@@ -92,6 +94,94 @@ def _print_table(ranked) -> None:
                       f"{num(row['si_low'])}..{num(row['si_high'])}", num(row["mi_sym"]), num(row["log_k"]),
                       num(row["acc_col"], 2), num(row["format_rate"], 2), style=None if r.trusted else "dim")
     console.print(table)
+
+
+def _run_pool(cfg: ScoreConfig, dry_run: bool) -> None:
+    """--pool: score every principle of SETS once and rank the K-subsets (`enigma_cli.score.pool`)."""
+    from ..context import ContextCheck, principles_of
+    from ..datasets import load_examples
+    from ..principle_pool import MAX_POOL, pool_members
+    from ..principles import PrincipleSet, shipped_set_paths
+    from ..report import check_output_file, write_table
+    from ..score.choose import EXACT_LIMIT
+
+    k = cfg.choose
+    members = pool_members(list(cfg.principles) or [str(p) for p in shipped_set_paths()])
+    if k >= len(members):
+        raise InputError(f"--choose {k} needs a pool of more than {k} principles; the pool holds {len(members)}.")
+    outputs = _pool_outputs(cfg.out)
+    for path in outputs.values():
+        check_output_file(path, "--out")
+    pool_set = PrincipleSet("pool", "", tuple(members))
+    examples = load_examples(cfg.dataset, n=cfg.prompts, seed=cfg.seed, question_column=cfg.question_column,
+                             answer_column=cfg.answer_column)
+    if not examples:
+        raise InputError(f"dataset {cfg.dataset} has no prompts.")
+    check = ContextCheck(principles_of(pool_set), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
+    examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
+    n, m, size = len(examples), cfg.samples, len(members)
+    total = math.comb(size, k)
+    if dry_run:
+        console.print(f"pool of {size} principles (at most {MAX_POOL}): {', '.join(p.id for p in members)}; "
+                      f"{n} prompts × {size} principles × {m} samples = {n * size * m} completions (≤"
+                      f"{cfg.max_new_tokens} tokens each), {n * m * size * size} scored pairs; C({size}, {k}) = "
+                      f"{total:,} subsets, {'exact' if total <= EXACT_LIMIT else 'greedy'} search.", highlight=False)
+        console.print(f"model {cfg.model}; nothing loaded (--dry-run).", highlight=False)
+        return
+
+    from ..models.loading import load_model
+    from ..score.confusion import confusion, heatmap
+    from ..score.pool import choose_subsets, score_pool
+    from ..score.trust import check_principles
+
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
+    checks = check_principles(lm, pool_set, [ex.prompt_text for ex in examples])
+    readable = [i for i, c in enumerate(checks) if not any(f.blocks for f in c.findings)]
+    for c in checks:
+        for f in c.findings:
+            console.print(f"[yellow]⚠ left out of the pool:[/] {f.text}.", highlight=False)
+    if len(readable) <= k:
+        raise InputError(f"--choose {k} needs more than {k} principles the model can read; the pool holds "
+                         f"{len(readable)} of {size}.")
+    members, checks = [members[i] for i in readable], [checks[i] for i in readable]
+    with console.status("scoring the pool", spinner="dots") if show_progress() else nullcontext():
+        pool = score_pool(lm, members, examples, cfg)
+        found, ranked = choose_subsets(pool, k, cfg, checks, cfg.top)
+        conf = confusion(pool, cfg)
+    _print_table(ranked[:20], f"{k}-subsets of the pool" + (f" (best 20 of {len(ranked)})" if len(ranked) > 20 else ""))
+    _warn(ranked[:20])
+    console.print(f"search: {found.describe(len(members), k)}.", highlight=False)
+    best = ranked[0].row
+    if len(ranked) > 1:
+        console.print(f"best: {best['set']}, SI {best['si']:.3f} ({best['si_low']:.3f}..{best['si_high']:.3f}); "
+                      f"ahead of {ranked[1].name} by {best['lead']:.3f} (paired 95% CI {best['lead_low']:.3f}.."
+                      f"{best['lead_high']:.3f}, {len(examples)} prompts).", highlight=False)
+    console.print("most-confused pairs (lowest pairwise SI): " + "; ".join(conf.summary()) + ".", highlight=False)
+    duplicates = conf.near_duplicates()
+    if duplicates:
+        shown = ", ".join(f"{a} / {b}" for a, b in duplicates[:5])
+        more = f" and {len(duplicates) - 5} more (the confusion CSV has every pair's SI)" if len(duplicates) > 5 else ""
+        console.print(f"near-duplicates (pairwise SI interval reaches 0; keep one of each): {shown}{more}.",
+                      highlight=False)
+    ignored = conf.not_followed()
+    if ignored:
+        console.print(f"not followed (completions as likely without the principle): {', '.join(ignored)}.",
+                      highlight=False)
+    write_table(report_frame(ranked, cfg), cfg.out, cfg.format)
+    if cfg.out is not None:
+        write_table(conf.frame(), outputs["confusion"], "csv")
+        heatmap(conf, outputs["heatmap"])
+        write_resolved(cfg, f"{cfg.out}.config.yaml")
+        console.print(f"confusion: {outputs['confusion']} and {outputs['heatmap']}.", highlight=False)
+    else:
+        console.print("give --out FILE to write the confusion matrix (FILE.confusion.csv) and its heatmap "
+                      "(FILE.confusion.png).", highlight=False)
+
+
+def _pool_outputs(out: str | None) -> dict[str, str]:
+    """Where --pool writes the confusion view: beside the report, FILE.confusion.csv and FILE.confusion.png."""
+    return {} if out is None else {"confusion": f"{out}.confusion.csv", "heatmap": f"{out}.confusion.png"}
 
 
 score_principles = command(

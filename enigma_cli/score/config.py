@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import require
 from ..options import Options, device_opt, dtype_opt, opt
 from ..report import FORMATS
 
@@ -34,8 +35,19 @@ class ScoreConfig(Options):
                             le=1)
     bootstrap: int = opt(1000, "Bootstrap resamples for the SI interval.", ge=1)
     per_principle: bool = opt(False, "Also one row per principle.")
+    pool: bool = opt(False, "Treat the principles of SETS (default: every shipped set) as one pool of candidates "
+                            "and rank its K-subsets (needs --choose); each principle is generated and read once.")
+    choose: int | None = opt(None, "With --pool: K, the number of principles per subset.", ge=2, metavar="K")
+    top: int | None = opt(None, "With --pool: report only the best T subsets (default: every subset scored).",
+                          ge=1, metavar="T")
     seed: int = opt(0, "Seed for prompts, sampling and bootstrap.")
     device: str = device_opt()
     dtype: str = dtype_opt()
     out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)
+
+    def check(self) -> None:
+        require(not self.pool or self.choose is not None,
+                "--pool needs --choose K, the number of principles per subset.")
+        require(self.pool or self.choose is None, "--choose needs --pool (it picks K principles from a pool).")
+        require(self.pool or self.top is None, "--top needs --pool (it limits the pool's subsets).")
