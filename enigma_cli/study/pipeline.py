@@ -56,6 +56,10 @@ class Inputs:
                              "--answer-column or a labelled dataset.")
         self._fit_context(cfg)
         self.by_name = {s.name: s for s in self.sets}
+        if cfg.noise_from is not None:
+            from .pilot import check_pilot
+
+            check_pilot(cfg.noise_from)
 
     def _fit_context(self, cfg: StudyConfig) -> None:
         """Every principle's prompt, with --max-new-tokens after it, fits the model (else exit 3 now, before any
@@ -149,6 +153,7 @@ def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
         console.print(f"note: the sets have different K ({', '.join(map(str, ks))}); each is scored at its own K "
                       "(SI is normalised by log K), every run trains with 2 principles per prompt, and the report "
                       "repeats the correlations over the sets of the most common K.", highlight=False)
+    power_lines(cfg, inputs)
     if cfg.probe and len(mine) > done:
         per_unit = probe(cfg, inputs)
         todo = [u for u in mine if read_result(u, inputs.root) is None]
@@ -157,6 +162,20 @@ def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
                       f"{per_unit['step']:.2f} s per training step, {per_unit['score']:.0f} s per set score, "
                       f"{per_unit['run']:.0f} s per run).", highlight=False)
     console.print("nothing trained (--dry-run).")
+
+
+def power_lines(cfg: StudyConfig, inputs: Inputs) -> None:
+    """The plan's power, from --noise-from, else this folder's finished runs, else assumed set effects."""
+    from .pilot import pilot_noise, plan_power
+
+    found, source = [], ("no pilot (give --noise-from DIR, a finished study on this model, for power from measured "
+                         "noise), so for assumed set effects")
+    for folder, what in ((cfg.noise_from, "--noise-from"), (str(inputs.root), "this folder")):
+        if folder is not None and (found := pilot_noise(Path(folder), cfg.variants[0])):
+            source = f"the seed noise and set spread measured in {folder} ({what})"
+            break
+    for line in plan_power(len(inputs.sets), len(cfg.seeds), found, source):
+        console.print(line, highlight=False)
 
 
 def probe(cfg: StudyConfig, inputs: Inputs) -> dict[str, float]:

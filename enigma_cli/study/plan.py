@@ -93,7 +93,9 @@ def result_options(cfg: StudyConfig, set_names: list[str]) -> dict:
 
 
 def check_or_write_study_file(cfg: StudyConfig, set_names: list[str], root: Path, *, write: bool) -> None:
-    """A study folder holds one study: its result-determining options must match the ones it was started with."""
+    """A study folder holds one study: its result-determining options must match the ones it was started with. It
+    may grow by sets (every unit's result depends on its own set only), so that a study short of power can be
+    extended with more sets drawn from the same pool; it may not lose any."""
     path = root / STUDY_FILE
     mine = result_options(cfg, set_names)
     if path.is_file():
@@ -103,12 +105,21 @@ def check_or_write_study_file(cfg: StudyConfig, set_names: list[str], root: Path
             theirs = None
         if not isinstance(theirs, dict):
             raise InputError(f"{path} is unreadable; is {root} a study folder?")
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        diff = sorted(k for k in set(mine) | set(theirs) if k != "sets" and mine.get(k) != theirs.get(k))
         if diff:
             key = diff[0]
             raise InputError(f"{root} holds a study made with {key} = {theirs.get(key)!r}, not {mine.get(key)!r}; "
                              "use the same options to continue it, or choose another --output-dir.")
-        return
+        old = list(theirs.get("sets") or [])
+        lost = [s for s in old if s not in mine["sets"]]
+        if lost:
+            raise InputError(f"{root} holds a study of {len(old)} sets, and this command leaves out {lost[0]}; a "
+                             "study may gain sets but not lose any (use the same sets, or another --output-dir).")
+        if len(mine["sets"]) == len(old) or not write:
+            return
+        from ..console import console
+
+        console.print(f"the study in {root} grows from {len(old)} to {len(mine['sets'])} sets.", highlight=False)
     if write:
         from ..report import atomic_path
 

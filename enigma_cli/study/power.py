@@ -107,10 +107,13 @@ def power(n_sets: int, seeds: int, rho: float, ratio: float, *, si_error: float 
 
 
 def design_needed(rho: float, ratio: float, *, si_error: float = 0.0, n_tests: int = 1, target: float = TARGET,
-                  max_sets: int = 64, max_seeds: int = 5, n_sim: int = 2000) -> tuple[int, int] | None:
-    """The design with the fewest runs (sets × seeds) whose power reaches `target`, or None within the limits."""
+                  max_sets: int = 64, max_seeds: int = 5, seeds_only: int | None = None,
+                  n_sim: int = 2000) -> tuple[int, int] | None:
+    """The design with the fewest runs (sets × seeds) whose power reaches `target`, or None within the limits;
+    `seeds_only` fixes the seeds and asks for the fewest sets. At least 2 seeds: with one, the seed noise (and with
+    it the verdicts that rule an effect out) cannot be measured."""
     best = None
-    for seeds in range(1, max_seeds + 1):
+    for seeds in ([seeds_only] if seeds_only else range(2, max_seeds + 1)):
         lo, hi = 4, max_sets
         if power(hi, seeds, rho, ratio, si_error=si_error, n_tests=n_tests, n_sim=n_sim) < target:
             continue

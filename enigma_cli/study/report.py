@@ -150,8 +150,8 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
               "*contradicts* only when ρ is significant; *rules out* when the intervals exclude every ρ of "
               f"{cfg.min_rho:g} or more in the claimed direction (`--min-rho`), or the set effect's bound is under "
               f"{NEGLIGIBLE_SET_EFFECT:g} × the seed noise; otherwise *inconclusive*."), "",
-              "| outcome | ρ | 95% CI | p | p (Holm) | claim expects | verdict | seed noise SD | between-set SD | ratio "
-              "| set effect SD ≤ | power at ρ 0.5 / 0.8 |",
+              ("| outcome | ρ | 95% CI | p | p (Holm) | claim expects | verdict | seed noise SD | between-set SD | ratio "
+              "| set effect SD ≤ | power at ρ 0.5 / 0.8 |"),
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         sign = {1: "ρ > 0", -1: "ρ < 0", None: "–"}[EXPECTED.get(r["outcome"])]

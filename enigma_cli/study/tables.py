@@ -99,7 +99,8 @@ def noises(table: pd.DataFrame, tau: float = 0.0) -> list[Noise]:
     rows = table[table["outcome"].map(EXPECTED).notna()] if "outcome" in table else table.iloc[:0]
     return [Noise(r["outcome"], float(r["seed_noise_sd"]), float(r["set_effect_sd"]),
                   float(r.get("set_effect_sd_high", math.nan)), tau)
-            for _, r in rows.iterrows() if math.isfinite(r.get("seed_noise_sd", math.nan))]
+            for _, r in rows.iterrows()
+            if math.isfinite(r.get("seed_noise_sd", math.nan)) and (r["seed_noise_sd"] > 0 or r["set_effect_sd"] > 0)]
 
 
 def add_power(table: pd.DataFrame, *, n_sets: int, seeds: int, si_error: float) -> pd.DataFrame:

@@ -1,0 +1,98 @@
+"""The noise a power estimate rests on, read from a pilot: an earlier (or this, partly done) study folder.
+
+A pilot gives, per outcome of the claim, the seed noise, the set effect (with its upper bound) and SI's own
+measurement error, exactly as the finished study's analysis computes them (`tables.outcome_runs`,
+`analysis.noise_table`, `tables.si_error`). `plan_power` turns them into the lines `enigma study --dry-run` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..console import counted
+from ..errors import InputError
+from .analysis import noise_table
+from .outcomes import EXPECTED, LABELS
+from .power import RHOS, TARGET, Noise, design_needed, power
+from .tables import noises, outcome_runs, runs_table, sets_table, si_error
+
+#: λ = σ_set / σ_seed assumed when no pilot exists (said so in the output)
+ASSUMED_RATIOS = (0.5, 1.0, 2.0)
+
+
+def _results(folder: Path, pattern: str) -> list[dict]:
+    out = []
+    for path in sorted(folder.glob(pattern)):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a torn result is a unit not done
+        if isinstance(data, dict):
+            out.append(data)
+    return out
+
+
+def pilot_noise(folder: Path, main: str = "enigma") -> list[Noise]:
+    """The claim outcomes' noise measured by the study in `folder` ([] when it has too few finished runs: at
+    least 2 sets with 2 runs each of the main variant)."""
+    runs = _results(folder, "runs/*/*/result.json")
+    if not runs:
+        return []
+    runs = runs_table(runs)
+    mine = outcome_runs(runs, main)
+    counts = mine.groupby("set").size()
+    if (counts >= 2).sum() < 2:
+        return []
+    outcomes = [o for o in EXPECTED if EXPECTED[o] is not None and o in mine]
+    table = noise_table(mine, outcomes)
+    scores = _results(folder, "score/*.json")
+    tau = si_error(sets_table(scores, runs, main)) if scores else 0.0
+    return noises(table, tau)
+
+
+def check_pilot(folder: str) -> Path:
+    path = Path(folder)
+    if not path.is_dir():
+        raise InputError(f"--noise-from {folder}: no such folder.")
+    if not (path / "study.yaml").is_file():
+        raise InputError(f"--noise-from {folder} is not a study folder (it has no study.yaml).")
+    return path
+
+
+def plan_power(n_sets: int, seeds: int, found: list[Noise], source: str) -> list[str]:
+    """Lines on the plan's power at ρ = 0.5 and 0.8 per claim outcome, and the design that reaches 80%."""
+    n_tests = sum(v is not None for v in EXPECTED.values())
+    lines = [(f"power of this plan ({n_sets} sets × {seeds} seeds; Spearman's test at α = 0.05, Holm over the "
+             f"{n_tests} outcomes of the claim), simulated with the whole test and {source}:")]
+    if not found:
+        for ratio in ASSUMED_RATIOS:
+            p = [power(n_sets, seeds, rho, ratio, n_tests=n_tests) for rho in RHOS]
+            lines.append(f"  if the set effect's SD were {ratio:g} × the seed noise: "
+                         + ", ".join(f"{v:.2f} at ρ = {rho}" for v, rho in zip(p, RHOS)) + _needed(ratio, 0.0, n_tests, seeds))
+        return lines
+    for n in found:
+        label = LABELS.get(n.outcome, n.outcome)
+        p = [power(n_sets, seeds, rho, n.ratio, si_error=n.si_error, n_tests=n_tests) for rho in RHOS]
+        text = f"  {label}: " + ", ".join(f"{v:.2f} at ρ = {rho}" for v, rho in zip(p, RHOS))
+        text += f" (set effect SD / seed noise = {n.ratio:.2f})" + _needed(n.ratio, n.si_error, n_tests, seeds)
+        if n.ratio == 0 and math.isfinite(n.ratio_high):
+            high = power(n_sets, seeds, RHOS[-1], n.ratio_high, si_error=n.si_error, n_tests=n_tests)
+            text += (f"; the pilot shows no set effect at all, and at the largest one it allows ({n.ratio_high:.2f} × "
+                     f"the seed noise) the power at ρ = {RHOS[-1]} would be {high:.2f}")
+        lines.append(text)
+    return lines
+
+
+def _needed(ratio: float, tau: float, n_tests: int, seeds: int) -> str:
+    best = design_needed(RHOS[-1], ratio, si_error=tau, n_tests=n_tests)
+    if best is None:
+        return f"; no design up to 64 sets × 5 seeds reaches {TARGET:.0%} at ρ = {RHOS[-1]}"
+    text = (f"; {TARGET:.0%} at ρ = {RHOS[-1]} needs {best[0]} sets × {counted(best[1], 'seed')} "
+            f"({best[0] * best[1]} runs per variant)")
+    if best[1] != seeds:
+        mine = design_needed(RHOS[-1], ratio, si_error=tau, n_tests=n_tests, seeds_only=seeds)
+        text += f", or {mine[0]} sets at {counted(seeds, 'seed')}" if mine else f", and no number of sets at {counted(seeds, 'seed')}"
+    return text
+
