@@ -17,6 +17,7 @@ STREAM_FORMATS = ("csv", "jsonl")
 BACKENDS = ("native", "trl")
 REPORTERS = ("none", "tensorboard", "trackio", "wandb")
 VLLM_MODES = ("colocate", "server")
+SATURATED_REWARDS = ("coherence", "none")  # train.rewards.compute_rewards(saturated=...)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,11 @@ class TrainConfig(Options):
     sapo_temperature_pos: float = opt(1.0, "SAPO's temperature for positive advantages.", gt=0)
     sapo_temperature_neg: float = opt(1.05, "SAPO's temperature for negative advantages.", gt=0)
     # rewards
-    reward: str = opt("format", "Reward terms with weights, e.g. 'format' or 'format=1,coherence=0.5'.")
+    reward: str = opt("format", "Reward terms with weights, e.g. 'format' or 'format=1,coherence=0.5' ('graded': "
+                                "format plus credit for a one-number answer and reasoning of a sane length).")
+    saturated_reward: str = opt("none", "Reward for the groups whose reward has no spread (e.g. format learnt by "
+                                        "every completion): coherence (the label-free majority reward) or none.",
+                                choices=SATURATED_REWARDS)
     format_weights: tuple[float, ...] = opt((1.0, 0.5, 0.5), "Weights of the strict, soft and tag parts of the "
                                                               "format reward, e.g. 1,0.5,0.5.", ge=0)
     coherence_gamma: float = opt(2.0, "γ of the coherence target q ∝ p̂^γ. It only scales the coherence reward, "

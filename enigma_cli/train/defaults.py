@@ -38,8 +38,9 @@ def resolve_for_model(cfg, n_params: int):
 
 
 class Watch:
-    """Warns once when no group has a reward signal at the first step, and once when the KL to the reference
-    passes `kl_warn`; each warning says what to do about it."""
+    """Warns once when the reward has no spread in any group (saying whether the --saturated-reward fallback
+    gives GRPO a signal there), and once when the KL to the reference passes `kl_warn`; each warning says what to
+    do about it."""
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -47,18 +48,12 @@ class Watch:
 
     def see(self, row: dict) -> list[str]:
         said = []
-        if "signal" not in self.warned and row.get("advantage_std", 1.0) == 0.0:
+        silent = row.get("advantage_std", 1.0) == 0.0
+        # rows without the column (older runs) count as saturated exactly when there is no signal
+        flat = row.get("saturated_groups", 1.0 if silent else 0.0) >= 1.0
+        if "signal" not in self.warned and (silent or flat):
             self.warned.add("signal")
-            rate = row.get("format_rate", float("nan"))
-            if not rate >= 0.5:  # the model (almost) never writes the layout: nothing to reward yet
-                said.append(f"step {row['step']}: every group's completions got the same reward (format rate "
-                            f"{rate:.2f}), so GRPO has no signal and only the auxiliary terms move the model; warm "
-                            f"it up with `enigma sft --model {self.cfg.model}` or use a model that writes the "
-                            "<reasoning>/<answer> layout.")
-            else:  # the layout is learnt: a format-only reward has nothing left to separate
-                said.append(f"step {row['step']}: every group's completions got the same reward (format rate "
-                            f"{rate:.2f}): the reward has saturated, so GRPO has no more signal and the steps "
-                            "that follow move the model through the auxiliary terms only.")
+            said.append(self._no_spread(row, silent))
         kl = row.get("kl_ref")
         if "kl" not in self.warned and kl is not None and kl > self.cfg.kl_warn:
             self.warned.add("kl")
@@ -68,3 +63,21 @@ class Watch:
         for message in said:
             console.print(f"[yellow]warning:[/] {message}", highlight=False)
         return said
+
+    def _no_spread(self, row: dict, silent: bool) -> str:
+        """The step's warning when no group's reward has any spread, naming the --saturated-reward in force."""
+        rate, cfg, fallback = row.get("format_rate", float("nan")), self.cfg, self.cfg.saturated_reward
+        head = f"step {row['step']}: every group's completions got the same reward (format rate {rate:.2f})"
+        saturated = f": the reward (--reward {cfg.reward}) has saturated"
+        if fallback != "none" and not silent:
+            return (f"{head}{saturated}; the {fallback} reward ranks those groups instead (--saturated-reward "
+                    f"{fallback}), so GRPO learns which answers each group agrees on.")
+        no_signal = ", so GRPO has no signal and only the auxiliary terms move the model"
+        if not rate >= 0.5:  # the model (almost) never writes the layout: nothing to reward yet
+            return (f"{head}{no_signal}; warm it up with `enigma sft --model {cfg.model}` or use a model that writes "
+                    "the <reasoning>/<answer> layout.")
+        if fallback == "none":
+            return (f"{head}{saturated}{no_signal} (--saturated-reward none; --saturated-reward coherence would rank "
+                    "such groups by how often their answers agree).")
+        return (f"{head}{saturated}, and the {fallback} reward that ranks such groups (--saturated-reward {fallback}) "
+                f"found every group agreeing on one answer{no_signal}.")

@@ -226,6 +226,8 @@ class Trainer:
             "format_rate": float(r.strict.mean()),
             "accuracy": float(r.correct.mean()) if r.correct is not None else float("nan"),
             "advantage_std": float(ep.advantages.std()) if ep.advantages.numel() > 1 else 0.0,
+            # the share of groups whose reward had no spread: those that --saturated-reward ranks
+            "saturated_groups": float(r.saturated.float().mean()) if r.saturated is not None else float("nan"),
             **acc,
             "grad_norm": grad_norm,
             "lr": self.scheduler.get_last_lr()[0],

@@ -73,7 +73,7 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     args = grpo_args(cfg, dtype=lm.dtype, device=lm.device)
     funcs, weights = enigma_reward_funcs(cfg.reward, cfg.group_size, format_weights=cfg.format_weights,
                                          gamma=cfg.coherence_gamma, gibbs_beta=cfg.gibbs_beta,
-                                         numeric=cfg.numeric_answers)
+                                         numeric=cfg.numeric_answers, saturated=cfg.saturated_reward)
     args.reward_weights = weights
     if "tensorboard" in cfg.trackers:  # where transformers' TensorBoardCallback writes, as the native loop does
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / TENSORBOARD_DIR)

@@ -20,6 +20,7 @@ enigma                                     TRL
 --epsilon, --epsilon-high, --beta          epsilon, epsilon_high, beta
 --scale-rewards                            scale_rewards (advantages over the question's G, as enigma)
 --reward, --format-weights, ...            reward_funcs (enigma's, one per term) and reward_weights
+--saturated-reward                         one more reward_func, ``saturated`` (weight 1: the fallback term)
 --sami/--lambda-sami, --sami-matrices      lambda_sami (0 with --no-sami), sami_matrices
 --ot/--lambda-ot, --ot-layers, --ot-eps    lambda_ot (0 with --no-ot), ot_layers, ot_eps
 --critic-metrics, --ref-metrics            critic_metrics, ref_metrics; --ref-dtype: ref_dtype

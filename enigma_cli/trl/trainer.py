@@ -43,13 +43,14 @@ from trl import GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model, split_tensor_dict, use_adapter
 
 from ..core import grpo_advantages
+from ..core.saturated import saturated_groups
 from ..models.logprobs import mean_pool
 from ..models.rollout import encode_prompts
 from ..prompts import render_prompt
 from ..train import terms
 from ..train.memory import release_during_backward, release_freed_memory
 from ..train.objective import forward
-from ..train.rewards import compute_rewards
+from ..train.rewards import SATURATED_TERM, compute_rewards
 from .batch import backbone, batch_episodes, capture_hidden, completion_mask_full
 from .config import EnigmaGRPOConfig
 from .data import PrincipleGroupSampler, check_layout, principle_rows, question_of
@@ -169,8 +170,17 @@ class EnigmaGRPOTrainer(GRPOTrainer):
         self._log_metric("format_rate", float(seen.strict.mean()))
         if seen.correct is not None:
             self._log_metric("accuracy", float(seen.correct.mean()))
+        self._log_metric("saturated_groups", self._saturated_share(rewards))
         self._enigma_batch = {"rewards_per_func": rewards, "texts": texts, "answers": seen.answers}
         return rewards
+
+    def _saturated_share(self, per_func: torch.Tensor) -> float:
+        """Share of questions whose reward, the ``saturated`` fallback left out, has no spread (as `enigma train`
+        logs it)."""
+        own = torch.tensor([name != SATURATED_TERM for name in self.reward_func_names], dtype=torch.float32)
+        weights = self.reward_weights.float().cpu() * own
+        total = (per_func.float().cpu() * weights.unsqueeze(0)).nansum(dim=1)
+        return float(saturated_groups(total, self.args.group_size).float().mean())
 
     def _question_advantages(self) -> torch.Tensor | None:
         """All processes' advantages, normalised over each question's G completions (None: TRL's are kept)."""
