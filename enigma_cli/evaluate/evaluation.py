@@ -65,23 +65,28 @@ def _extract(texts: list[str], examples: list[Example], k: int, mode: str, cfg: 
 
 
 def _accuracies(answers: list[str | None], examples: list[Example], k: int, cfg: EvalSettings
-                ) -> tuple[float, float, list[str | None]]:
-    """(accuracy@1, majority accuracy, answers replaced by their equivalence class) over the labelled prompts."""
+                ) -> tuple[float, float, list[str | None], list[float | None]]:
+    """(accuracy@1, majority accuracy, answers replaced by their equivalence class, each prompt's accuracy@1 —
+    None where it has no label) over the labelled prompts."""
     keys: list[str | None] = []
+    per_prompt: list[float | None] = []
     hits, votes_right, labelled = 0, 0, 0
     for p, ex in enumerate(examples):
         match = _matcher(ex, cfg)
         group = answer_classes(answers[p * k:(p + 1) * k], match)
         keys += group
         if ex.answer is None:
+            per_prompt.append(None)
             continue
         labelled += 1
-        hits += sum(a is not None and match(a, ex.answer) for a in group)
+        right = sum(a is not None and match(a, ex.answer) for a in group)
+        hits += right
+        per_prompt.append(right / k)
         (vote,) = majority_vote(group, k)
         votes_right += vote is not None and match(vote, ex.answer)
     if not labelled:
-        return float("nan"), float("nan"), keys
-    return hits / (labelled * k), votes_right / labelled, keys
+        return float("nan"), float("nan"), keys, per_prompt
+    return hits / (labelled * k), votes_right / labelled, keys, per_prompt
 
 
 def evaluate(lm, examples: list[Example], principle: str | None, cfg: EvalSettings) -> dict:
@@ -93,8 +98,8 @@ def evaluate(lm, examples: list[Example], principle: str | None, cfg: EvalSettin
     k = cfg.samples
     strict = _extract(gen.texts, examples, k, "strict", cfg)
     flexible = _extract(gen.texts, examples, k, "flexible", cfg)
-    acc, maj, keys = _accuracies(strict, examples, k, cfg)
-    acc_flex, maj_flex, _ = _accuracies(flexible, examples, k, cfg)
+    acc, maj, keys, _ = _accuracies(strict, examples, k, cfg)
+    acc_flex, maj_flex, _, per_prompt = _accuracies(flexible, examples, k, cfg)
     row = {"prompts": len(examples), "samples": k,
            "format_rate": sum(parse_completion(t).strict for t in gen.texts) / len(gen.texts),
            "answer_rate": sum(a is not None for a in strict) / len(strict),
@@ -106,4 +111,23 @@ def evaluate(lm, examples: list[Example], principle: str | None, cfg: EvalSettin
     row["distinct_answers"] = stats["distinct_answers"]
     row["majority_share"] = stats["majority_share"]
     row["completion_len_mean"] = sum(len(c) for c in gen.completion_ids) / len(gen.completion_ids)
+    row[PER_PROMPT] = per_prompt
     return row
+
+
+#: the row key of each prompt's flexible accuracy@1 (a list in the order of the examples, None where unlabelled),
+#: for paired comparisons; not a report column
+PER_PROMPT = "per_prompt_accuracy_flexible"
+
+
+def paired_difference(a: dict, b: dict) -> tuple[float, float, int]:
+    """Mean of a[q] − b[q] over the questions q both dicts score (not None): (mean difference, its standard error —
+    the SD of the per-question differences / √n, since both models answered the same questions — and n). NaN when
+    fewer than 2 questions are shared."""
+    diffs = [a[q] - b[q] for q in a if q in b and a[q] is not None and b[q] is not None]
+    n = len(diffs)
+    if n < 2:
+        return float("nan"), float("nan"), n
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    return mean, sd / n ** 0.5, n
