@@ -63,7 +63,8 @@ def _compare_with_first(rows: list[dict]) -> None:
     """Each later model against the first (e.g. a trained model against its base) on the questions both answered:
     the paired difference in flexible accuracy@1 with its standard error, as columns and in one line each. A drop
     is called a cost only beyond twice its standard error."""
-    from ..evaluate.evaluation import PER_PROMPT, paired_difference  # torch: not at import time (`enigma --help`)
+    # torch comes with this module: imported here, not when `enigma --help` runs
+    from ..evaluate.evaluation import PER_PROMPT, paired_difference
 
     rows[0].update({"vs_first_accuracy_flexible": float("nan"), "vs_first_se": float("nan")})
     for row in rows[1:]:
