@@ -134,7 +134,7 @@ def test_per_prompt_seeds_make_each_prompt_independent_of_the_batch():
     kwargs = {"num_samples": 3, "max_new_tokens": 6, "temperature": 1.0}
     seeds = [11, 12, 13]
     for engine in (SharedPrefixSampler(model), GenerateSampler(model)):
-        def alone(batch_size=None):
+        def alone(batch_size=None, engine=engine):
             return [engine.generate([p], seed=[s], batch_size=batch_size, **kwargs).completion_ids
                     for p, s in zip(PROMPTS, seeds)]
 
@@ -144,9 +144,8 @@ def test_per_prompt_seeds_make_each_prompt_independent_of_the_batch():
             together = engine.generate(PROMPTS, seed=seeds, batch_size=batch_size, **kwargs).completion_ids
             expected = whole if batch_size is None or batch_size >= 3 else alone(batch_size)
             assert [together[3 * i : 3 * i + 3] for i in range(3)] == expected, (engine.name, batch_size)
-        alone = whole
         reverse = engine.generate(PROMPTS[::-1], seed=seeds[::-1], **kwargs).completion_ids
-        assert [reverse[3 * i : 3 * i + 3] for i in range(3)] == alone[::-1]
+        assert [reverse[3 * i : 3 * i + 3] for i in range(3)] == whole[::-1]
     shared = SharedPrefixSampler(model).generate(PROMPTS, seed=seeds, **kwargs)
     assert shared == GenerateSampler(model).generate(PROMPTS, seed=seeds, **kwargs)
     one = SharedPrefixSampler(model).generate(PROMPTS, seed=11, **kwargs).completion_ids
