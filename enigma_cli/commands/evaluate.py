@@ -16,6 +16,9 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
 
     check_format(cfg.format, cfg.out)
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # before --dry-run says the plan is fine
+    if cfg.lm_eval:
+        run_lm_eval(cfg, dry_run)
+        return
     if cfg.math_verify:
         from ..core.answers import math_verify_available
 
@@ -57,6 +60,50 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
         rows.append(row)
     _compare_with_first(rows)
     write_table(pd.DataFrame([{k: v for k, v in r.items() if k != PER_PROMPT} for r in rows]), cfg.out, cfg.format)
+
+
+def run_lm_eval(cfg: EvaluateConfig, dry_run: bool) -> None:
+    """`--lm-eval TASKS`: lm-evaluation-harness on every --model (see `evaluate.harness`), one row per model, task
+    and metric; every task (and its data) and every model spec is checked before the first model loads."""
+    from ..evaluate import harness
+    from ..models.loading import model_path_for
+    from ..prompts import system_message
+    from ..report import check_output_dir
+
+    specs = harness.task_specs(cfg.lm_eval)
+    for spec in cfg.model:
+        model_path_for(spec)
+    folder = harness.output_folder(cfg.out, cfg.lm_eval_output)
+    check_output_dir(folder, "--lm-eval-output")
+    limit = f", at most {cfg.lm_eval_limit:g} documents each" if cfg.lm_eval_limit is not None else ""
+    console.print(f"lm-evaluation-harness: {len(cfg.model)} model(s) × {len(specs)} task(s) ({', '.join(specs)})"
+                  f"{limit}; its own output goes to {folder}.", highlight=False)
+    if dry_run:
+        console.print("nothing loaded (--dry-run).")
+        return
+    import pandas as pd
+
+    from ..models.loading import load_model
+    from ..report import write_table
+
+    staged = harness.StagedFolder(folder)
+    rows = []
+    try:
+        for spec in cfg.model:
+            lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
+            results = harness.run_tasks(lm, specs, system=system_message(cfg.principle), limit=cfg.lm_eval_limit,
+                                        batch_size=cfg.batch_size, seed=cfg.seed,
+                                        output_dir=staged.tmp, name=spec)
+            for row in harness.tidy_rows(results, spec):
+                console.print(f"{spec} {row['task']} {row['metric']} ({row['filter']}): {row['value']:.4f} ± "
+                              f"{row['stderr']:.4f}", highlight=False)
+                rows.append(row)
+            del lm
+        write_table(pd.DataFrame(rows), cfg.out, cfg.format)
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()
 
 
 def _compare_with_first(rows: list[dict]) -> None:

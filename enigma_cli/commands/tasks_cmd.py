@@ -11,6 +11,7 @@ import typer
 
 from ..cli_options import command
 from ..console import console
+from ..errors import InputError
 from ..options import Options, opt
 
 app = typer.Typer(help="Built-in synthetic reasoning tasks.", no_args_is_help=True, add_completion=False)
@@ -27,6 +28,18 @@ class TasksConfig(Options):
     plain: bool = opt(False, "Only question and answer, no principle or completion.")
     split: str = opt("train", "train, heldout or all (held-out questions never appear in train).",
                      choices=("train", "heldout", "all"))
+    lm_eval_task: str | None = opt(None, "Also write an lm-evaluation-harness task over the --out file (a .yaml, "
+                                         "dataset_path: json), for `enigma evaluate --lm-eval FILE`.",
+                                   metavar="FILE", output="file")
+    max_new_tokens: int = opt(96, "With --lm-eval-task: the longest completion the task generates.", ge=1)
+
+    def check(self) -> None:
+        if self.lm_eval_task is not None:
+            if self.out is None:
+                raise InputError("--lm-eval-task needs --out: the task reads the questions from that file.")
+            if not self.lm_eval_task.endswith(".yaml"):
+                raise InputError(f"--lm-eval-task {self.lm_eval_task} must end in .yaml (lm-evaluation-harness "
+                                 "reads a task file by that suffix).")
 
 
 def run(cfg: TasksConfig, dry_run: bool) -> None:
@@ -52,6 +65,12 @@ def run(cfg: TasksConfig, dry_run: bool) -> None:
     else:
         write_jsonl(rows, Path(cfg.out))
         console.print(f"wrote {len(rows)} rows to {cfg.out}", highlight=False)
+        if cfg.lm_eval_task is not None:
+            from ..tasks.lm_eval_task import task_name, write_lm_eval_task
+
+            write_lm_eval_task(Path(cfg.lm_eval_task), Path(cfg.out), cfg.max_new_tokens)
+            console.print(f"wrote the lm-evaluation-harness task {task_name(Path(cfg.lm_eval_task))} to "
+                          f"{cfg.lm_eval_task}", highlight=False)
 
 
 app.command("generate")(command(

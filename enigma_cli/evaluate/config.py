@@ -31,7 +31,23 @@ class EvaluateConfig(Options):
     dtype: str = dtype_opt()
     out: str | None = opt(None, "Write the report here instead of stdout.", metavar="FILE", output="file")
     format: str = opt("csv", "Report format.", choices=FORMATS)
+    lm_eval: tuple[str, ...] = opt((), "Run lm-evaluation-harness instead: its task names or task .yaml files "
+                                       "(repeatable or comma-separated; pip install 'enigma-cli[lm-eval]'). One row "
+                                       "per model, task and metric; --dataset, --samples and --temperature do not "
+                                       "apply.", metavar="TASKS", split=True)
+    lm_eval_limit: float | None = opt(None, "With --lm-eval: documents per task (a count, or a fraction below 1), "
+                                            "passed to lm-eval's limit.", gt=0)
+    lm_eval_output: str | None = opt(None, "With --lm-eval: lm-eval's own results and per-sample logs (default: "
+                                           "beside --out as FILE.lm-eval/, else ./lm-eval-output).", metavar="DIR",
+                                     output="dir")
 
     def check(self) -> None:
         if not self.model:
             raise InputError("give at least one --model to evaluate.")
+        if not self.lm_eval:
+            for name, value in (("--lm-eval-limit", self.lm_eval_limit), ("--lm-eval-output", self.lm_eval_output)):
+                if value is not None:
+                    raise InputError(f"{name} applies to --lm-eval runs; give --lm-eval TASKS too.")
+        elif self.lm_eval_limit is not None and self.lm_eval_limit >= 1 and not self.lm_eval_limit.is_integer():
+            raise InputError(f"--lm-eval-limit must be a whole number of documents or a fraction below 1, not "
+                             f"{self.lm_eval_limit}.")
