@@ -16,6 +16,7 @@ from enigma_cli.errors import InputError
 from enigma_cli.principle_pool import pool_members, subsets
 from enigma_cli.principles import load_principle_set
 from enigma_cli.study import stages
+from enigma_cli.study.draw import spread
 
 COMMON = ["--steps", "2", "--no-probe", "--eval-prompts", "8", "--score-prompts", "4", "--seeds", "0,1"]
 SHIPPED_IDS = {"show-steps", "one-line", "say-operation", "check-inverse", "answer-first", "answer-last",
@@ -122,8 +123,49 @@ def test_the_dry_run_prints_the_power_from_a_pilot_folder(tmp_path, monkeypatch)
     assert rc == 0 and "no pilot" in err and "if the set effect's SD were 1 × the seed noise" in err
 
 
+def test_spread_takes_evenly_spaced_ranks_of_si():
+    names_si = [(f"s{i}", v) for i, v in enumerate([0.5, 0.1, float("nan"), 0.9, 0.3, 0.7, 0.2])]
+    assert spread(names_si, 3) == ["s1", "s4", "s3"]  # ranks 0, 2.5 → 2 (banker's round), 5 of the 6 finite
+    assert spread(names_si, 2) == ["s1", "s3"]        # the lowest and the highest
+    assert spread(names_si, 6) == ["s1", "s6", "s4", "s0", "s5", "s3"]
+    assert spread(names_si, 7)[-1] == "s2"            # NaN only when the finite ones run out
+
+
+def test_a_spread_draw_scores_the_pool_once_and_is_reused(tmp_path, monkeypatch):
+    """The real pool pass on enigma-tiny (few prompts), fake training: the sets studied are the pool's subsets at
+    evenly spaced SI, pool.csv keeps the whole pool, and a second invocation reuses the recorded draw."""
+    Fake(monkeypatch)
+    folder = tmp_path / "s"
+    small = ["--score-prompts", "4", "--score-samples", "1"]
+    argv = ["--pool", "principles", "--draw", "spread", "--sets", "5", *COMMON, *small, "--output-dir", folder]
+    rc, _out, err = run(*argv[:-2], "--shard", "1/2", "--output-dir", folder)
+    assert rc == 0, err
+    pool = pd.read_csv(folder / "pool.csv")
+    assert len(pool) == 45
+    chosen = pd.read_csv(folder / "pool.csv").set_index("set")["si"]
+    import yaml
+
+    names = yaml.safe_load((folder / "study.yaml").read_text())["sets"]
+    assert names == spread(list(chosen.items()), 5)
+    assert chosen[names[0]] == chosen.min() and chosen[names[-1]] == chosen.max()
+
+    from enigma_cli.score import pool as pool_module
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the pool was scored again")
+
+    monkeypatch.setattr(pool_module, "score_pool", no_second_pass)
+    rc, _out, err = run(*argv)
+    assert rc == 0, err
+    assert sorted(pd.read_csv(folder / "study.csv")["set"]) == sorted(names)
+    rc, out, err = run(*[a if a != "5" else "6" for a in argv])
+    assert rc == 3 and out == "" and "a spread draw cannot grow" in err
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--sets", "6"], "--sets draws sets from a pool; give --pool too"),
+    (["--draw", "spread"], "--draw chooses how sets are drawn from a pool; give --pool too"),
+    (["--pool", "principles", "--draw", "spread"], "--draw spread chooses --sets of the pool's subsets; give --sets"),
     (["--pool", "stepwise-vs-oneline,placebo", "--choose", "4"], "--choose 4 needs a pool of more than 4"),
     (["--pool", "principles", "--sets", "3"], "--sets"),
     (["--pool", "principles", "--min-rho", "1.5"], "--min-rho"),

@@ -8,6 +8,7 @@ from ..errors import InputError
 from ..options import Options, device_opt, dtype_opt, opt
 
 VARIANTS = ("enigma", "grpo", "grpo+sami", "grpo+ot")
+DRAWS = ("random", "spread")
 MIN_SETS = 4
 
 
@@ -20,8 +21,10 @@ class StudyConfig(Options):
                                     "`--pool principles/*.yaml` works), combined --choose at a time.",
                                 metavar="SETS", split=True)
     choose: int = opt(2, "Principles per set drawn from --pool (K).", ge=2)
-    sets: int | None = opt(None, "How many K-subsets of the pool to study, drawn at random with --seed (default: "
-                                 "every one).", ge=MIN_SETS)
+    sets: int | None = opt(None, "How many K-subsets of the pool to study (default: every one).", ge=MIN_SETS)
+    draw: str = opt("random", "How --sets are drawn from the pool: random (with --seed; a study can grow), or "
+                              "spread (the base model scores the whole pool once and the sets are taken at evenly "
+                              "spaced ranks of SI).", choices=DRAWS)
     model: str = opt("enigma-tiny", "The base model every run starts from: enigma-tiny, smollm2, a folder (e.g. "
                                     "an `enigma sft` output) or a hub id.")
     seeds: tuple[int, ...] = opt((0, 1), "Training seeds per set and variant, e.g. 0,1.")
@@ -40,6 +43,9 @@ class StudyConfig(Options):
     answer_column: str | None = opt(None, "Column holding the evaluation answer.")
     eval_prompts: int = opt(128, "Held-out evaluation questions per run.", ge=4)
     eval_samples: int = opt(4, "Completions per evaluation question (majority vote over them).", ge=1)
+    outcome_tasks: tuple[str, ...] = opt((), "lm-evaluation-harness tasks (names or task .yaml files) scored on "
+                                             "every trained run as downstream outcomes, e.g. truthfulqa_mc2 (pip "
+                                             "install 'enigma-cli[lm-eval]').", metavar="TASKS", split=True)
     output_dir: str = opt("runs/study", "The study folder: every run, the tables, the plots and REPORT.md.",
                           metavar="DIR")
     shard: str | None = opt(None, "Do only shard I of N of the work units (e.g. 2/4, 1-based), for your own "
@@ -75,6 +81,8 @@ class StudyConfig(Options):
             shard_of(self.shard)
         if not self.pool and self.sets is not None:
             raise InputError("--sets draws sets from a pool; give --pool too.")
+        if not self.pool and self.draw != "random":
+            raise InputError("--draw chooses how sets are drawn from a pool; give --pool too.")
         if self.noise_from is not None and self.merge:
             raise InputError("--noise-from informs the power of a plan (--dry-run); --merge analyses a finished study.")
         if self.shard is not None and self.merge:

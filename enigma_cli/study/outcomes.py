@@ -39,6 +39,9 @@ EXPECTED = {
     "kl_final": None,
     "drift_final": None,
     "post_si": None,  # SI measured again: a check that training kept the principles apart, not the claim
+    # --outcome-tasks (lm-evaluation-harness): reported beside the claim's outcomes, not yet tested with them
+    "downstream": None,
+    "downstream_gain": None,
 }
 LABELS = {
     "reward_std_late": "reward std after burn-in",
@@ -51,6 +54,8 @@ LABELS = {
     "kl_final": "KL to the base (final)",
     "drift_final": "Sinkhorn drift (final)",
     "post_si": "SI after training",
+    "downstream": "lm-eval score (--outcome-tasks)",
+    "downstream_gain": "lm-eval gain over GRPO-only",
 }
 
 

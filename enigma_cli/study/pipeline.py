@@ -12,7 +12,7 @@ import pandas as pd
 from ..console import console, counted
 from ..errors import InputError
 from .config import MIN_SETS, StudyConfig
-from .plan import Unit, check_or_write_study_file, my_share, read_result, units, write_result
+from .plan import Unit, check_or_write_study_file, my_share, read_result, recorded_sets, units, write_result
 
 
 class Inputs:
@@ -23,30 +23,28 @@ class Inputs:
         from ..models.loading import model_path_for, resolve_device, resolve_dtype
         from ..principles import resolve_sets
         from ..report import check_output_dir
-        from .stages import train_config
 
         self.root = Path(cfg.output_dir)
         check_output_dir(self.root)
+        #: the pool's principles (None without --pool); with --draw spread, every subset by name, and whether the
+        #: sets are still to be drawn (then `sets` holds placeholders of the same K, for the plan's counts)
+        self.members, self.candidates, self.pending = None, {}, False
         if cfg.pool:
             from ..principle_pool import pool_members, subsets
 
-            self.sets = subsets(pool_members([*cfg.pool, *cfg.principles]), cfg.choose, cfg.sets, cfg.seed)
+            self.members = pool_members([*cfg.pool, *cfg.principles])
+            if cfg.draw == "spread":
+                sets = self._spread_sets(cfg, subsets(self.members, cfg.choose))
+            else:
+                sets = subsets(self.members, cfg.choose, cfg.sets, cfg.seed)
         else:
-            self.sets = resolve_sets(list(cfg.principles) or None)
-        #: what `enigma train --principles` is given for each set: its name, or the YAML file a pool set is kept in
-        self.specs = {s.name: (str(self.root / "sets" / f"{s.name}.yaml") if cfg.pool else s.name) for s in self.sets}
-        names = [s.name for s in self.sets]
-        if len(set(names)) != len(names):
-            raise InputError("two principle sets share a name; a study tells sets apart by name.")
-        if len(self.sets) < MIN_SETS:
-            raise InputError(f"a study needs at least {MIN_SETS} principle sets to correlate SI with outcomes, and "
-                             f"{len(self.sets)} were found.")
+            sets = resolve_sets(list(cfg.principles) or None)
         model_path_for(cfg.model)
+        from .downstream import outcome_specs
+
+        outcome_specs(cfg)  # --outcome-tasks: every task and its data load now, before any model
         resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # a misspelt --device: now, not at the first load
-        self.units = units(cfg, names)
-        for unit in self.units:
-            if unit.kind == "run":
-                train_config(unit, cfg, unit.folder(self.root), self.specs[unit.set])  # every run's options are valid
+        self.use_sets(cfg, sets)
         self.score_examples = load_examples(cfg.dataset, n=cfg.score_prompts, seed=cfg.seed,
                                             question_column=cfg.question_column, answer_column=cfg.answer_column)
         self.eval_examples = load_examples(cfg.dataset, n=cfg.eval_prompts, seed=cfg.seed + 1,
@@ -55,20 +53,59 @@ class Inputs:
             raise InputError(f"dataset {cfg.dataset} has no answers, so a study cannot measure accuracy; give "
                              "--answer-column or a labelled dataset.")
         self._fit_context(cfg)
-        self.by_name = {s.name: s for s in self.sets}
         if cfg.noise_from is not None:
             from .pilot import check_pilot
 
             check_pilot(cfg.noise_from)
 
+    def _spread_sets(self, cfg: StudyConfig, candidates: list) -> list:
+        """The recorded spread draw of this folder, or placeholders until the pool is scored (`study.draw`)."""
+        from .draw import check_spread
+
+        check_spread(len(self.members), cfg.choose, cfg.sets)
+        self.candidates = {s.name: s for s in candidates}
+        recorded = recorded_sets(self.root)
+        if recorded is None:
+            self.pending = True
+            return candidates[:cfg.sets]
+        unknown = [name for name in recorded if name not in self.candidates]
+        if unknown:
+            raise InputError(f"{self.root} studies the set {unknown[0]}, which is not a {cfg.choose}-subset of this "
+                             "pool; use the pool it was started with, or another --output-dir.")
+        if len(recorded) != cfg.sets:
+            raise InputError(f"{self.root} holds a spread draw of {len(recorded)} sets, not {cfg.sets}; a spread "
+                             "draw cannot grow (use --draw random to extend a study).")
+        return [self.candidates[name] for name in recorded]
+
+    def use_sets(self, cfg: StudyConfig, sets: list) -> None:
+        """Adopt `sets`: their names, the YAML file or name each run trains on, the units, and every run's options
+        checked."""
+        from .stages import train_config
+
+        names = [s.name for s in sets]
+        if len(set(names)) != len(names):
+            raise InputError("two principle sets share a name; a study tells sets apart by name.")
+        if len(sets) < MIN_SETS:
+            raise InputError(f"a study needs at least {MIN_SETS} principle sets to correlate SI with outcomes, and "
+                             f"{len(sets)} were found.")
+        self.sets, self.by_name = sets, {s.name: s for s in sets}
+        #: what `enigma train --principles` is given for each set: its name, or the YAML file a pool set is kept in
+        self.specs = {s.name: (str(self.root / "sets" / f"{s.name}.yaml") if cfg.pool else s.name) for s in sets}
+        self.units = units(cfg, names)
+        for unit in self.units:
+            if unit.kind == "run":
+                train_config(unit, cfg, unit.folder(self.root), self.specs[unit.set])  # every run's options are valid
+
     def _fit_context(self, cfg: StudyConfig) -> None:
         """Every principle's prompt, with --max-new-tokens after it, fits the model (else exit 3 now, before any
         unit); dataset rows that do not fit are skipped, as score-principles and evaluate skip them."""
         from ..context import ContextCheck, principles_of
+        from ..principle_pool import as_set
 
         self._checks = {}
         for name in ("score_examples", "eval_examples"):
-            check = ContextCheck(principles_of(*self.sets), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
+            every = [as_set(tuple(self.members))] if self.members else self.sets  # a pool: all of its principles
+            check = ContextCheck(principles_of(*every), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
             rows = getattr(self, name)
             setattr(self, name, [rows[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in rows])])
             self._checks[name] = check
@@ -87,6 +124,10 @@ class Inputs:
 
 def run_study(cfg: StudyConfig, dry_run: bool) -> pd.DataFrame | None:
     inputs = Inputs(cfg)
+    if inputs.pending and not dry_run:
+        if cfg.merge:
+            raise InputError(f"the study in {inputs.root} has not drawn its sets yet; run it without --merge first.")
+        draw(cfg, inputs)
     names = list(inputs.by_name)
     mine = my_share(cfg, inputs.units)
     check_or_write_study_file(cfg, names, inputs.root, write=not dry_run and not cfg.merge)
@@ -104,6 +145,22 @@ def run_study(cfg: StudyConfig, dry_run: bool) -> pd.DataFrame | None:
     from .analyze import analyze
 
     return analyze(cfg, inputs, seconds=time.perf_counter() - start if not cfg.merge else None)
+
+
+def draw(cfg: StudyConfig, inputs: Inputs) -> None:
+    """--draw spread: score the pool once with the base model and adopt the sets that spread SI."""
+    from .draw import draw_spread
+    from .stages import Models
+
+    models = Models(cfg)
+    lm = models.get(cfg.model)
+    if inputs.context_deferred:
+        inputs.fit_loaded(lm)
+    inputs.root.mkdir(parents=True, exist_ok=True)
+    names = draw_spread(cfg, inputs.members, inputs.score_examples, lm, inputs.root)
+    models.release()
+    inputs.use_sets(cfg, [inputs.candidates[name] for name in names])
+    inputs.pending = False
 
 
 def do_units(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
@@ -147,6 +204,10 @@ def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
                   f"{counted(len(cfg.variants), 'variant')} × {counted(len(cfg.seeds), 'seed')} = "
                   f"{counted(len(runs), 'run')} of {counted(cfg.steps, 'step')} on {cfg.model}; about "
                   f"{completions:,} completions in all; folder {inputs.root}.", highlight=False)
+    if inputs.pending:
+        console.print(f"the {len(inputs.sets)} sets are drawn when the study starts: the base model scores the pool "
+                      f"once ({len(inputs.members)} principles, {len(inputs.candidates)} {cfg.choose}-subsets) and the "
+                      "sets at evenly spaced ranks of SI are studied.", highlight=False)
     scope = f"shard {cfg.shard}: " if cfg.shard else ""
     console.print(f"{scope}{len(mine)} unit(s), {done} already done.", highlight=False)
     if len(ks) > 1:

@@ -34,7 +34,7 @@ from .config import StudyConfig, shard_of
 RESULT = "result.json"
 STUDY_FILE = "study.yaml"
 #: options that do not change any result: they may differ between the shards and restarts of one study
-NOT_RESULT = ("principles", "pool", "choose", "sets", "output_dir", "shard", "merge", "device", "probe", "min_rho",
+NOT_RESULT = ("principles", "pool", "choose", "sets", "draw", "output_dir", "shard", "merge", "device", "probe", "min_rho",
               "noise_from")
 
 
@@ -90,6 +90,15 @@ def result_options(cfg: StudyConfig, set_names: list[str]) -> dict:
     data = {k: v for k, v in to_dict(cfg).items() if k not in NOT_RESULT}
     data["sets"] = list(set_names)
     return data
+
+
+def recorded_sets(root: Path) -> list[str] | None:
+    """The set names a study folder was started with (None when it has no readable study file)."""
+    try:
+        data = yaml.safe_load((root / STUDY_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return list(data["sets"]) if isinstance(data, dict) and isinstance(data.get("sets"), list) else None
 
 
 def check_or_write_study_file(cfg: StudyConfig, set_names: list[str], root: Path, *, write: bool) -> None:

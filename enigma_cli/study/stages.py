@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..console import console
 from .config import StudyConfig
+from .downstream import downstream_outcomes
 from .outcomes import training_outcomes
 from .plan import Unit
 
@@ -129,7 +130,7 @@ def do_run(unit: Unit, cfg: StudyConfig, root: Path, pset, principles: str, scor
     evaluation = evaluate_both(lm, pset, eval_examples, cfg)
     post = measure_si(lm, pset, score_examples, cfg, str(final))
     return {"set": unit.set, "variant": unit.variant, "seed": unit.seed, "k": pset.k,
-            **training_outcomes(metrics), **evaluation, "post_si": post["si"],
+            **training_outcomes(metrics), **evaluation, **downstream_outcomes(lm, cfg), "post_si": post["si"],
             "post_format_rate": post.get("format_rate"), "checkpoint": str(final.relative_to(root)),
             "seconds": time.perf_counter() - start}
 

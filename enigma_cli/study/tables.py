@@ -14,6 +14,8 @@ from .power import RHOS, Noise, power
 #: flexible extraction, so a model is not scored on its format twice), without a principle in the prompt
 ACCURACY = ("accuracy_at_1_flexible", "accuracy_at_1")
 MAJORITY = ("majority_accuracy_flexible", "majority_accuracy")
+#: the outcomes whose ENIGMA − GRPO-only difference is a claim's gain (downstream: with --outcome-tasks)
+GAINS = ("accuracy", "majority_accuracy", "downstream")
 PAIRED_OUTCOMES = ("accuracy", "majority_accuracy", "kl_final", "drift_final", "reward_change", "post_si")
 
 
@@ -41,7 +43,9 @@ def sets_table(score_results: list[dict], runs: pd.DataFrame, main: str = "enigm
     spread = runs[runs["variant"] == main].groupby("set")[outcomes].std().add_suffix("_sd")
     sets = sets.join(mine, on="set").join(spread, on="set")
     if {"enigma", "grpo"} <= set(runs["variant"]):
-        for name in ("accuracy", "majority_accuracy"):
+        for name in GAINS:
+            if name not in runs:  # downstream: only with --outcome-tasks
+                continue
             a = runs[runs["variant"] == "enigma"].set_index(["set", "seed"])[name]
             b = runs[runs["variant"] == "grpo"].set_index(["set", "seed"])[name]
             gain = (a - b).dropna().groupby(level="set")
@@ -69,7 +73,9 @@ def outcome_runs(runs: pd.DataFrame, main: str = "enigma") -> pd.DataFrame:
     """The main variant's runs, with each run's paired gain over GRPO-only (same set and seed) where both ran."""
     out = runs[runs["variant"] == main].copy()
     if {"enigma", "grpo"} <= set(runs["variant"]):
-        for name in ("accuracy", "majority_accuracy"):
+        for name in GAINS:
+            if name not in runs:  # downstream: only with --outcome-tasks
+                continue
             a = runs[runs["variant"] == "enigma"].set_index(["set", "seed"])[name]
             b = runs[runs["variant"] == "grpo"].set_index(["set", "seed"])[name]
             out = out.join((a - b).rename(f"{name}_gain"), on=["set", "seed"])
