@@ -180,13 +180,17 @@ def test_the_step1_warning_names_the_choice_in_force():
                                     "advantage_std": 0.9}) == []
 
 
-def test_a_run_logs_the_saturated_share_and_the_fallback_term(model_dir, tmp_path):
-    """A random tiny model writes no layout: every group is saturated at 0, and the metrics say so."""
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("backend", ["native", "trl"])
+def test_a_run_logs_the_saturated_share_and_the_fallback_term(backend, model_dir, tmp_path, monkeypatch):
+    """A random tiny model writes no layout: every group is saturated at 0, and both backends' metrics say so."""
+    monkeypatch.setattr("enigma_cli.plots.grid_plot", lambda *args, **kwargs: None)
     out = tmp_path / "run"
     rc, _, stderr = run_train("--model", model_dir, "--steps", 1, "--max-new-tokens", 8, "--prompts-per-step", 1,
-                              "-G", 2, "--no-sami", "--no-ot", "--device", "cpu", "--saturated-reward", "coherence",
+                              "-G", 4, "--no-sami", "--no-ot", "--device", "cpu", "--backend", backend,
                               "--output-dir", out)
     assert rc == 0, stderr
     row = pd.read_csv(out / "metrics.csv").iloc[0]
     assert row["saturated_groups"] == 1.0 and row["reward_saturated"] == 0.0
-    assert "saturated_reward: coherence" in (out / "config.yaml").read_text()
+    assert "saturated_reward: coherence" in (out / "config.yaml").read_text()  # the default
+    assert "enigma sft" in stderr and "no signal" in stderr

@@ -65,7 +65,7 @@ class TrainConfig(Options):
     # rewards
     reward: str = opt("format", "Reward terms with weights, e.g. 'format' or 'format=1,coherence=0.5' ('graded': "
                                 "format plus credit for a one-number answer and reasoning of a sane length).")
-    saturated_reward: str = opt("none", "Reward for the groups whose reward has no spread (e.g. format learnt by "
+    saturated_reward: str = opt("coherence", "Reward for the groups whose reward has no spread (e.g. format learnt by "
                                         "every completion): coherence (the label-free majority reward) or none.",
                                 choices=SATURATED_REWARDS)
     format_weights: tuple[float, ...] = opt((1.0, 0.5, 0.5), "Weights of the strict, soft and tag parts of the "
