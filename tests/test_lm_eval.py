@@ -187,3 +187,46 @@ def test_smollm2_accuracy_equals_enigma_evaluate(task, tmp_path, capsys):
     ours = pd.read_csv(io.StringIO(stdout)).iloc[0]
     assert lm["strict-match"] == pytest.approx(ours["accuracy_at_1"])
     assert lm["flexible-extract"] == pytest.approx(ours["accuracy_at_1_flexible"])
+
+
+# -- enigma study --outcome-tasks ---------------------------------------------------------------------------------
+def test_study_downstream_outcome_is_the_runs_lm_eval_score(task, tmp_path):
+    from enigma_cli.models.loading import load_model
+    from enigma_cli.study.config import StudyConfig
+    from enigma_cli.study.downstream import downstream_outcomes
+
+    _, yaml_file = task
+    lm = load_model("enigma-tiny", device="cpu")
+    cfg = StudyConfig(outcome_tasks=(str(yaml_file),), output_dir=str(tmp_path / "study"))
+    got = downstream_outcomes(lm, cfg)
+    results = harness.run_tasks(lm, harness.task_specs((str(yaml_file),)), system=harness_system(), limit=None,
+                                batch_size=64, seed=cfg.seed, output_dir=None)
+    strict = [r["value"] for r in harness.tidy_rows(results, "x") if r["filter"] == "strict-match"]
+    assert got == {"downstream_enigma_heldout": pytest.approx(strict[0]), "downstream": pytest.approx(strict[0])}
+    assert downstream_outcomes(lm, StudyConfig(output_dir=str(tmp_path / "s2"))) == {}
+
+
+def harness_system() -> str:
+    from enigma_cli.prompts import system_message
+
+    return system_message(None)
+
+
+def test_study_tables_turn_downstream_into_a_gain_over_grpo_only():
+    from enigma_cli.study.tables import runs_table, sets_table
+
+    runs = [{"set": s, "variant": v, "seed": seed, "k": 2, "accuracy_at_1": 0.5,
+             "downstream": {"enigma": 0.6, "grpo": 0.5}[v] + (0.1 if s == "b" else 0.0) * (v == "enigma")}
+            for s in ("a", "b") for v in ("enigma", "grpo") for seed in (0, 1)]
+    sets = sets_table([{"set": "a", "pre_si": 0.2}, {"set": "b", "pre_si": 0.4}], runs_table(runs))
+    gains = sets.set_index("set")["downstream_gain"]
+    assert gains["a"] == pytest.approx(0.1) and gains["b"] == pytest.approx(0.2)
+
+
+def test_study_refuses_a_bad_outcome_task_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    loads = []
+    monkeypatch.setattr("enigma_cli.models.loading.load_model", lambda *a, **k: loads.append(a))
+    rc, out, err = run(["study", "--output-dir", tmp_path / "study", "--no-probe", "--dry-run", "--outcome-tasks",
+                        tmp_path / "nope.yaml"], capsys)
+    _refused(rc, out, err, "--outcome-tasks", "nope.yaml")
+    assert not loads
