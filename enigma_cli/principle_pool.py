@@ -68,14 +68,19 @@ def as_set(principles: tuple[Principle, ...]) -> PrincipleSet:
                         principles)
 
 
+def set_yaml(pset: PrincipleSet) -> str:
+    """`pset` as YAML text of the usual schema."""
+    data = {"name": pset.name, "description": pset.description,
+            "principles": [{k: v for k, v in (("id", p.id), ("text", p.text), ("antithesis", p.antithesis)) if v}
+                           for p in pset.principles]}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
 def write_set(pset: PrincipleSet, path: Path) -> Path:
     """`pset` as a YAML file of the usual schema (atomically), so `enigma train --principles FILE` reads it."""
     from .report import atomic_path
 
-    data = {"name": pset.name, "description": pset.description,
-            "principles": [{k: v for k, v in (("id", p.id), ("text", p.text), ("antithesis", p.antithesis)) if v}
-                           for p in pset.principles]}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        tmp.write_text(set_yaml(pset))
     return path

@@ -31,6 +31,7 @@ VALID = {
     "generate": ["What is 2 + 2?"],
     "principles-list": [],
     "principles-validate": ["{principles}"],
+    "principles-from-text": [str(Path(__file__).parent / "fixtures" / "constitution.md")],
     "tasks-generate": ["--n", "2"],
     "build-default-model": ["--out", "{tmp}/model"],
     "self-check": [],
