@@ -8,6 +8,7 @@ from ..errors import InputError, require
 from ..options import Options, device_opt, dtype_opt, opt
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+TRL_LOSS_TYPES = ("vespo",)  # TRL 1.16's loss types that no --loss-type/--surrogate of the native loop names
 SURROGATES = ("clip", "cispo", "sapo")
 REF_DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPORTANCE_LEVELS = ("token", "sequence")
@@ -51,7 +52,8 @@ class TrainConfig(Options):
     lora_alpha: int = opt(16, "LoRA alpha (scale = alpha / r).", ge=1)
     # the GRPO term
     loss_type: str = opt("grpo", "Loss aggregation (TRL's definitions; TRL's cispo is --surrogate cispo "
-                                 "--loss-type dapo).", choices=LOSS_TYPES)
+                                 "--loss-type dapo; vespo: TRL's VESPO, --backend trl only).",
+                         choices=LOSS_TYPES + TRL_LOSS_TYPES)
     importance_level: str = opt("sequence", "Importance ratio per token, or per sequence (GSPO, the paper's).",
                                 choices=IMPORTANCE_LEVELS)
     scale_rewards: str = opt("group", "Advantage scaling.", choices=SCALES)
@@ -125,6 +127,11 @@ class TrainConfig(Options):
     vllm_gpu_memory_utilization: float = opt(0.3, "Share of GPU memory vLLM may take (--vllm-mode colocate).",
                                              gt=0, le=1)
     push_to_hub: bool = opt(False, "Push checkpoints to the Hugging Face Hub (--backend trl).")
+    use_liger_kernel: bool = opt(False, "Liger's layer kernels (RMSNorm, RoPE, SwiGLU; --backend trl; needs a GPU and "
+                                        "`pip install liger-kernel`).")
+    top_entropy_quantile: float = opt(1.0, "Keep in the policy loss only this top quantile of tokens by entropy "
+                                           "(TRL's entropy masking, 0.2 in its paper; 1 keeps all; --backend trl).",
+                                      ge=0, le=1)
     hub_model_id: str | None = opt(None, "Hub repository for --push-to-hub (default: the output folder's name).")
     max_nonfinite: int = opt(3, "Abort after this many steps in a row with a non-finite loss or gradient.", ge=1)
     format: str | None = opt(None, "Also stream the metrics rows to stdout.", choices=STREAM_FORMATS)
@@ -151,7 +158,10 @@ class TrainConfig(Options):
             raise InputError("--report-to none cannot be combined with a tracker; give none alone or the trackers.")
         for flag, given in (("--use-vllm", self.use_vllm), ("--push-to-hub", self.push_to_hub),
                             ("--hub-model-id", self.hub_model_id is not None),
-                            ("--vllm-server-url", self.vllm_server_url is not None)):
+                            ("--vllm-server-url", self.vllm_server_url is not None),
+                            ("--use-liger-kernel", self.use_liger_kernel),
+                            ("--top-entropy-quantile", self.top_entropy_quantile != 1.0),
+                            ("--loss-type vespo", self.loss_type in TRL_LOSS_TYPES)):
             require(not given or self.backend == "trl", f"{flag} needs --backend trl (TRL's GRPOTrainer provides it).")
         require(self.hub_model_id is None or self.push_to_hub, "--hub-model-id needs --push-to-hub.")
         require(self.vllm_server_url is None or self.vllm_mode == "server", "--vllm-server-url needs --vllm-mode server.")

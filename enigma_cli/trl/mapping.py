@@ -16,7 +16,10 @@ enigma                                     TRL
                                            starts at 0, enigma's at 1/N)
 --lora-r, --lora-alpha                     peft_config = LoraConfig(r, alpha, "all-linear")
 --loss-type, --surrogate                   loss_type (clip: as is; cispo: "cispo"; sapo: "sapo")
+--loss-type vespo                          loss_type "vespo" (TRL's VESPO; needs --importance-level token)
 --importance-level                         importance_sampling_level
+--top-entropy-quantile                     top_entropy_quantile (entropy masking of the policy loss)
+--use-liger-kernel                         use_liger_kernel (layer kernels only, as TRL 1.16 applies them)
 --epsilon, --epsilon-high, --beta          epsilon, epsilon_high, beta
 --scale-rewards                            scale_rewards (advantages over the question's G, as enigma)
 --reward, --format-weights, ...            reward_funcs (enigma's, one per term) and reward_weights
@@ -77,6 +80,7 @@ def _config(cfg, k, layers, vllm, dtype, device) -> EnigmaGRPOConfig:
         epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, scale_rewards=cfg.scale_rewards,
         sapo_temperature_pos=cfg.sapo_temperature_pos, sapo_temperature_neg=cfg.sapo_temperature_neg,
         gradient_checkpointing=cfg.gradient_checkpointing, disable_dropout=not cfg.keep_dropout,
+        use_liger_kernel=cfg.use_liger_kernel, top_entropy_quantile=cfg.top_entropy_quantile,
         # ENIGMA
         principles=cfg.principles, principles_per_prompt=k, lambda_sami=cfg.lambda_sami if cfg.use_sami else 0.0,
         sami_matrices=cfg.sami_matrices, lambda_ot=cfg.lambda_ot if cfg.use_ot else 0.0, ot_layers=layers,

@@ -17,6 +17,9 @@ def check_trl_options(cfg) -> None:
     if m < 2:
         raise InputError(f"--backend trl needs at least 2 completions per principle (TRL's num_generations), not "
                          f"{m}: raise --group-size to {2 * cfg.principles_per_prompt} or more.")
+    if cfg.loss_type == "vespo" and (cfg.surrogate != "clip" or cfg.importance_level != "token"):
+        raise InputError("--loss-type vespo is TRL's VESPO, which gates its own sequence-level weights; pass "
+                         "--importance-level token and leave --surrogate clip.")
     if cfg.surrogate == "cispo" and cfg.loss_type != "dapo":
         raise InputError("--surrogate cispo runs under --backend trl as TRL's loss_type cispo, which aggregates like "
                          "dapo; pass --loss-type dapo.")
@@ -35,7 +38,18 @@ def check_trl_options(cfg) -> None:
 
 
 def check_trl_environment(cfg, device) -> None:
-    """vLLM installed and a GPU to run it on, when --use-vllm asks for it."""
+    """vLLM (or Liger) installed and a GPU to run it on, when --use-vllm (or --use-liger-kernel) asks for it.
+
+    Liger composes with the ENIGMA terms in TRL 1.16: TRL applies only its layer kernels (its fused linear
+    cross-entropy would replace the forward that TRL's fused LM head patches, and TRL refuses it), and the SAMI and
+    OT terms read hidden states through hooks on the decoder layers, which the layer kernels keep."""
+    if cfg.use_liger_kernel:
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise InputError("--use-liger-kernel needs the liger-kernel package: pip install liger-kernel (on a "
+                             "machine with a GPU).")
+        if getattr(device, "type", str(device)) != "cuda":
+            raise InputError("--use-liger-kernel needs a GPU (Liger's kernels are Triton), and this run is on the "
+                             "CPU; drop --use-liger-kernel or use --device cuda.")
     if not cfg.use_vllm:
         return
     if importlib.util.find_spec("vllm") is None:
