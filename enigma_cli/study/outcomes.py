@@ -41,7 +41,7 @@ EXPECTED = {
     "post_si": None,  # SI measured again: a check that training kept the principles apart, not the claim
     # --outcome-tasks (lm-evaluation-harness): reported beside the claim's outcomes, not yet tested with them
     "downstream": None,
-    "downstream_gain": None,
+    "downstream_gain": +1,  # the paper's own gain (lm-eval benchmarks), with --outcome-tasks
 }
 LABELS = {
     "reward_std_late": "reward std after burn-in",
@@ -82,3 +82,8 @@ def training_outcomes(metrics: pd.DataFrame) -> dict[str, float]:
         "drift_final": float(_col(tail, "ot_divergence").mean()),
         "mi_final": float(_col(tail, "mi_sym").mean()),
     }
+
+
+def claim_outcomes(downstream: bool = False) -> list[str]:
+    """The outcomes of the claim a study tests together (Holm): the benchmark gain only with --outcome-tasks."""
+    return [o for o, sign in EXPECTED.items() if sign is not None and (downstream or o != "downstream_gain")]

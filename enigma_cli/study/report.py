@@ -16,7 +16,7 @@ MIN_RHO = 0.3  # the weakest correlation that would make SI worth choosing sets 
 #: sets whose effect on an outcome is bounded below this fraction of one run's seed noise do not differ in it
 NEGLIGIBLE_SET_EFFECT = 0.25
 STEADY = ("reward_std_late", "reward_change", "grad_norm_sd")
-GAIN = ("accuracy_gain", "majority_accuracy_gain")
+GAIN = ("accuracy_gain", "majority_accuracy_gain", "downstream_gain")
 
 
 def _num(row, key) -> float:
