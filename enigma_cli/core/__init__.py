@@ -46,6 +46,10 @@ _EXPORTS = {
     "tag_count_reward": "format_rewards",
     "format_reward": "format_rewards",
     "normalize_answer": "format_rewards",
+    # Rewards that keep a signal after a format warm-up (method.md §8)
+    "graded_format_reward": "graded_format",
+    "saturated_groups": "saturated",
+    "fill_saturated_groups": "saturated",
     # Answer-level rewards (method.md §7)
     "answer_frequencies": "answer_rewards",
     "target_distribution": "answer_rewards",
