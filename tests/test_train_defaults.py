@@ -52,4 +52,4 @@ def test_a_model_that_never_writes_the_layout_is_told_to_warm_up(model_dir, tmp_
     text = " ".join(err.getvalue().split())
     assert rc == 0, text
     assert "GRPO has no signal" in text and "enigma sft" in text
-    assert "full fine-tuning and lr 0.0003 (auto" in text
+    assert "full fine-tuning and lr 5e-05 (auto" in text
