@@ -79,7 +79,8 @@ def collect(model, tokenizer, examples: list[Example], pset: PrincipleSet, cfg, 
     labels = [ex.answer for ex in picks for _ in range(k * m)]
     rewards = compute_rewards(gen.texts, labels, k * m, cfg.reward, format_weights=cfg.format_weights,
                               gamma=cfg.coherence_gamma, gibbs_beta=cfg.gibbs_beta, numeric=cfg.numeric_answers,
-                              saturated=cfg.saturated_reward)
+                              saturated=cfg.saturated_reward, prompts=[p for p in prompt_texts for _ in range(m)],
+                              columns={"question": [ex.question for ex in picks for _ in range(k * m)]})
     advantages = grpo_advantages(rewards.total, k * m, scale=cfg.scale_rewards)
     return Episodes(
         n_prompts=len(picks), k=k, m=m,

@@ -5,6 +5,9 @@ reasoning length to it (method.md §8, `core.graded_format`); `correctness` comp
 (evaluation and explicit opt-in ablations only); the answer-level terms are the Policy step of a Distributional
 Alignment Game (method.md §7), each computed from the group's answers by `enigma_cli.core.answer_rewards`.
 
+A term ``FILE.py:FUNCTION`` (or ``module:FUNCTION``) is a reward function of your own with TRL's signature
+(`train.custom_rewards`), logged under the function's name.
+
 `saturated` names a label-free answer reward added to the groups whose reward has no spread at all (method.md
 §8, `core.saturated`), logged as the term `saturated`; the TRL backend scores it with this same function.
 """
@@ -20,6 +23,8 @@ from ..core import format_reward, normalize_answer, parse_completion
 from ..core.graded_format import graded_format_reward
 from ..core.saturated import fill_saturated_groups, saturated_groups
 from ..errors import InputError
+from .custom_rewards import CustomReward
+from .custom_rewards import parse as parse_custom
 
 REWARDS = ("format", "graded", "correctness", "coherence", "pairwise-coherence", "diversity", "gibbs")
 NEEDS_LABELS = ("correctness", "gibbs")
@@ -27,23 +32,48 @@ NEEDS_LABELS = ("correctness", "gibbs")
 SATURATED_TERM = "saturated"
 
 
-def parse_reward_spec(spec: str) -> dict[str, float]:
-    """`"format"` or `"format=1,coherence=0.5"` → {name: weight}; one sentence on a bad spec."""
-    weights: dict[str, float] = {}
+def parse_terms(spec: str) -> dict[str, tuple[float, CustomReward | None]]:
+    """`"format=1,coherence=0.5,my_rewards.py:brevity=0.2"` → {name: (weight, None or the function of your own)};
+    one sentence on a bad spec (a function of your own is imported now, `custom_rewards.parse`)."""
+    terms: dict[str, tuple[float, CustomReward | None]] = {}
     for part in (p.strip() for p in str(spec).split(",")):
         if not part:
             continue
         name, _, weight = part.partition("=")
-        name = name.strip()
-        if name not in REWARDS:
-            raise InputError(f"--reward names unknown reward {name!r}; choose from {', '.join(REWARDS)}.")
+        name, custom = name.strip(), None
+        if ":" in name:
+            custom = parse_custom(name)
+            name = custom.name
+            if name in REWARDS or name == SATURATED_TERM:
+                raise InputError(f"--reward: {custom.where} has the name of a built-in reward; rename the function.")
+        elif name not in REWARDS:
+            raise InputError(f"--reward names unknown reward {name!r}; choose from {', '.join(REWARDS)}, or give "
+                             "one of your own as FILE.py:FUNCTION.")
+        if name in terms:
+            raise InputError(f"--reward names {name!r} twice.")
         try:
-            weights[name] = float(weight) if weight else 1.0
+            terms[name] = (float(weight) if weight else 1.0, custom)
         except ValueError:
             raise InputError(f"--reward weight for {name!r} must be a number, not {weight!r}.") from None
-    if not weights:
+    if not terms:
         raise InputError("--reward is empty; give at least one of " + ", ".join(REWARDS) + ".")
-    return weights
+    return terms
+
+
+def parse_reward_spec(spec: str) -> dict[str, float]:
+    """`"format"` or `"format=1,coherence=0.5"` → {name: weight}; one sentence on a bad spec."""
+    return {name: weight for name, (weight, _) in parse_terms(spec).items()}
+
+
+def term_spec(spec: str, name: str) -> str:
+    """The spec of one term of `spec` alone, at weight 1 (e.g. ``my_rewards.py:brevity=1``)."""
+    custom = parse_terms(spec)[name][1]
+    return f"{custom.source}:{custom.name}=1" if custom is not None else f"{name}=1"
+
+
+def custom_rewards(spec: str) -> list[CustomReward]:
+    """The reward functions of your own that `spec` names."""
+    return [custom for _, custom in parse_terms(spec).values() if custom is not None]
 
 
 @dataclass
@@ -58,11 +88,15 @@ class RewardResult:
 
 def compute_rewards(texts: list[str], labels: list[str | None], group_size: int, spec: str, *,
                     format_weights=(1.0, 0.5, 0.5), gamma: float = 2.0, gibbs_beta: float = 1.0,
-                    numeric: bool = True, saturated: str = "none") -> RewardResult:
+                    numeric: bool = True, saturated: str = "none", prompts: list[str] | None = None,
+                    columns: dict | None = None) -> RewardResult:
     """All reward terms for N = groups × G completions; `labels` has one entry per completion (or None).
 
-    `saturated` ("none" or "coherence"): the reward added to the groups whose weighted terms have no spread."""
-    weights = parse_reward_spec(spec)
+    `saturated` ("none" or "coherence"): the reward added to the groups whose weighted terms have no spread.
+    `prompts` and `columns` (one value per completion; ``answer`` defaults to `labels`) reach the reward functions
+    of your own; their None values (NaN in `terms`) add nothing to the total."""
+    parsed_spec = parse_terms(spec)
+    weights = {name: weight for name, (weight, _) in parsed_spec.items()}
     parsed = [parse_completion(t) for t in texts]
     answers = [normalize_answer(p.answer, numeric=numeric) if p.answer is not None else None for p in parsed]
     has_labels = any(lab is not None for lab in labels)
@@ -92,7 +126,10 @@ def compute_rewards(texts: list[str], labels: list[str | None], group_size: int,
         elif name == "gibbs":
             group_labels = norm_labels[::group_size]
             terms[name] = ar.gibbs_rewards(answers, group_size, group_labels, beta=gibbs_beta)
-    total = sum(weights[name] * terms[name].float() for name in weights)
+        else:  # a function of your own
+            terms[name] = parsed_spec[name][1](prompts if prompts is not None else [""] * len(texts), texts,
+                                               **{"answer": list(labels), **(columns or {})})
+    total = sum(weights[name] * torch.nan_to_num(terms[name].float(), nan=0.0) for name in weights)
     if saturated == "coherence":
         fallback = ar.coherence_rewards(answers, group_size, gamma=gamma)
         terms[SATURATED_TERM], flat = fill_saturated_groups(total, fallback, group_size)

@@ -69,6 +69,10 @@ def plan(cfg: TrainConfig):
                              answer_column=cfg.answer_column, split="train", purpose="train")
     if not examples:
         raise InputError(f"dataset {cfg.dataset or 'synthetic'} has no prompts.")
+    from .custom_rewards import probe
+    from .rewards import custom_rewards
+
+    probe(custom_rewards(cfg.reward), examples)  # a broken reward function of your own: now, before any file
     from ..models.loading import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)

@@ -222,7 +222,7 @@ class Trainer:
         row = {
             "reward_mean": float(r.total.mean()),
             "reward_std": float(r.total.std()) if r.total.numel() > 1 else 0.0,
-            **{f"reward_{name}": float(v.float().mean()) for name, v in r.terms.items()},
+            **{f"reward_{name}": float(v.float().nanmean()) for name, v in r.terms.items()},  # None: no opinion
             "format_rate": float(r.strict.mean()),
             "accuracy": float(r.correct.mean()) if r.correct is not None else float("nan"),
             "advantage_std": float(ep.advantages.std()) if ep.advantages.numel() > 1 else 0.0,
@@ -238,6 +238,7 @@ class Trainer:
             "seconds_update": t_update,
             "gen_tokens_per_s": gen_tokens / t_gen if t_gen > 0 else float("nan"),
             "skipped": float(skipped),
+            "rows_too_long": float(ep.redrawn),  # drawn rows that cannot fit the context, redrawn (context.Rows)
             "nonfinite_total": float(self.nonfinite_total),
         }
         from ..core import normalize_answer

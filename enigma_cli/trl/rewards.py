@@ -10,7 +10,9 @@ term there, so TRL's weighted sum equals `enigma train`'s total.
 
 from __future__ import annotations
 
-from ..train.rewards import SATURATED_TERM, compute_rewards, parse_reward_spec
+import math
+
+from ..train.rewards import SATURATED_TERM, compute_rewards, parse_reward_spec, term_spec
 
 
 class EnigmaReward:
@@ -24,11 +26,13 @@ class EnigmaReward:
                         "numeric": numeric, "saturated": saturated}
         self.__name__ = term  # TRL names the logged reward after it: rewards/<term>/mean
 
-    def __call__(self, prompts, completions, answer=None, **kwargs) -> list[float]:
+    def __call__(self, prompts, completions, answer=None, **kwargs) -> list[float | None]:
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         labels = list(answer) if answer is not None else [None] * len(texts)
-        result = compute_rewards(texts, labels, self.group_size, self.spec, **self.options)
-        return result.terms[self.term].float().tolist()
+        # TRL's own arguments reach a reward function of your own as TRL would pass them
+        result = compute_rewards(texts, labels, self.group_size, self.spec, prompts=prompts, columns=kwargs,
+                                 **self.options)
+        return [None if math.isnan(v) else v for v in result.terms[self.term].float().tolist()]
 
 
 def enigma_reward_funcs(spec: str, group_size: int, *, saturated: str = "none",
@@ -36,7 +40,7 @@ def enigma_reward_funcs(spec: str, group_size: int, *, saturated: str = "none",
     """(reward functions, weights) for a reward spec such as ``"format"`` or ``"format=1,coherence=0.5"``, plus the
     ``saturated`` fallback term (weight 1) unless ``saturated`` is ``"none"``."""
     weights = parse_reward_spec(spec)
-    funcs = [EnigmaReward(name, group_size, **options) for name in weights]
+    funcs = [EnigmaReward(name, group_size, spec=term_spec(spec, name), **options) for name in weights]
     if saturated == "none":
         return funcs, list(weights.values())
     fallback = EnigmaReward(SATURATED_TERM, group_size, spec=spec, saturated=saturated, **options)
