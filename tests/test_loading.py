@@ -267,3 +267,34 @@ def test_smollm2_loads_and_generates(monkeypatch, tmp_path):
         torch.testing.assert_close(cached.model(input_ids=x).logits, loaded.model(input_ids=x).logits)
     del loaded, cached
     shutil.rmtree(tmp_path, ignore_errors=True)  # ~540 MB of float32 weights
+
+
+def _adapter(folder, base) -> str:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    return str(folder)
+
+
+def test_resolve_walks_an_adapter_chain_down_to_the_full_model(tmp_path):
+    """`resolve` reads only adapter configs: the full model at the bottom, the adapters from the innermost out."""
+    from enigma_cli.models.loading import resolve
+
+    inner = _adapter(tmp_path / "sft", "enigma-tiny")
+    outer = _adapter(tmp_path / "run", inner)
+    weights, adapters = resolve(outer)
+    assert weights.spec == "enigma-tiny" and weights.portable == "enigma-tiny" and weights.gguf_file is None
+    assert [a.folder for a in adapters] == [inner, outer]
+    assert adapters[0].base == "enigma-tiny" and adapters[1].spec == outer
+    assert resolve("enigma-tiny")[1] == ()
+
+
+def test_resolve_refuses_a_chain_deeper_than_the_limit(tmp_path):
+    from enigma_cli.models.loading import MAX_ADAPTER_DEPTH, resolve
+
+    base = "enigma-tiny"
+    for i in range(MAX_ADAPTER_DEPTH + 1):  # the deepest chain that loads
+        base = _adapter(tmp_path / f"a{i}", base)
+    assert len(resolve(base)[1]) == MAX_ADAPTER_DEPTH + 1
+    deeper = _adapter(tmp_path / "one-more", base)
+    with pytest.raises(InputError, match=f"sits on more than {MAX_ADAPTER_DEPTH} adapters"):
+        resolve(deeper)

@@ -117,6 +117,56 @@ def _quiet_progress_bars() -> None:
         hf_logging.disable_progress_bar()
 
 
+MAX_ADAPTER_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The full model a spec ends on: its folder (or hub id) and GGUF file, and its portable name."""
+
+    spec: str
+    path: str
+    gguf_file: str | None
+    portable: str
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One LoRA adapter of a spec's chain: its folder and the portable name of the model it sits on."""
+
+    spec: str
+    folder: str
+    base: str
+
+
+def resolve(spec: str) -> tuple[Weights, tuple[Adapter, ...]]:
+    """What `spec` points at, without reading any weights: the full model at the bottom, and the adapters on it from
+    the innermost outwards (an adapter's base may be an adapter itself, e.g. a LoRA run started from an `enigma sft
+    --lora-r` adapter)."""
+    chain: list[Adapter] = []
+    current = spec
+    path, gguf_file = model_path_for(current)
+    while _is_adapter_folder(path, gguf_file):
+        if len(chain) > MAX_ADAPTER_DEPTH:
+            raise InputError(f"Adapter '{spec}' sits on more than {MAX_ADAPTER_DEPTH} adapters; merge some of them "
+                             "(enigma sft --merge) first.")
+        base_spec = _adapter_base(current, Path(path))
+        base_path, base_gguf = model_path_for(base_spec)
+        chain.append(Adapter(current, path, portable_spec(base_spec, base_path, base_gguf)))
+        current, path, gguf_file = base_spec, base_path, base_gguf
+    return Weights(current, path, gguf_file, portable_spec(current, path, gguf_file)), tuple(reversed(chain))
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a loader reads from, for the one-sentence error when it fails."""
+
+    spec: str
+    is_local: bool
+    offline: bool
+    why_offline: str = ""
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -124,67 +174,55 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
     for_training: bool = False,
-    _depth: int = 0,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer; eval mode unless ``for_training``.
 
-    The tokenizer pads on the left and gets ``pad = eos`` when it has no pad token; the model's generation
-    config carries the same pad id. See the module docstring for the accepted specs. An adapter whose base is
-    itself an adapter (a LoRA run started from an `enigma sft --lora-r` adapter) loads its base merged first.
+    First `resolve` what the spec points at, then read in a straight line: the tokenizer (the outermost adapter's
+    own, if it ships one, else the base's), the full model's weights, then each adapter from the innermost
+    outwards — merged, except the outermost when ``for_training`` (a trainable ``PeftModel``). The tokenizer pads on
+    the left and gets ``pad = eos`` when it has no pad token; the model's generation config carries the same pad id.
+    See the module docstring for the accepted specs.
     """
     start = time.perf_counter()
     _quiet_progress_bars()
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    path, gguf_file = model_path_for(spec)
-    adapter_dir: str | None = None
-    folder = Path(path)
-    base_spec = spec
-    if _is_adapter_folder(path, gguf_file):
-        adapter_dir = path
-        base_spec = _adapter_base(spec, folder)
-        path, gguf_file = model_path_for(base_spec)
-        if _is_adapter_folder(path, gguf_file):  # the base is an adapter too: load it merged, then this one
-            if _depth >= MAX_ADAPTER_DEPTH:
-                raise InputError(f"Adapter '{spec}' sits on more than {MAX_ADAPTER_DEPTH} adapters; merge some of "
-                                 "them (enigma sft --merge) first.")
-            base = load_model(base_spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                              _depth=_depth + 1)
-            name = portable_spec(base_spec, path, gguf_file)
-            _record_name(base.model, name)
-            model = _apply_adapter(spec, base.model, adapter_dir, for_training, name)
-            tokenizer = base.tokenizer
-            if _has_tokenizer(folder):
-                tokenizer = _call_loader("tokenizer", spec, adapter_dir, True, False, "", _load_tokenizer,
-                                         {"trust_remote_code": trust_remote_code})
-            return _finish(model, tokenizer, spec, f"adapter {adapter_dir} on {base.source}", dev, torch_dtype,
-                           start, adapter_dir, for_training)
-    portable = portable_spec(base_spec, path, gguf_file)
+    weights, adapters = resolve(spec)
+    model, tokenizer, source = _read_weights(spec, weights, adapters, trust_remote_code, torch_dtype)
+    for i, adapter in enumerate(adapters):
+        model = _apply_adapter(adapter.spec, model, adapter.folder, for_training and i == len(adapters) - 1,
+                               adapter.base)
+        source = f"adapter {adapter.folder} on {source}"
+    return _finish(model, tokenizer, spec, source, dev, torch_dtype, start,
+                   adapters[-1].folder if adapters else None, for_training)
 
+
+def _read_weights(spec: str, weights: Weights, adapters: tuple[Adapter, ...], trust_remote_code: bool, torch_dtype):
+    """(model, tokenizer, source) of the full model at the bottom of `spec`, GGUF conversions cached."""
+    path, gguf_file = weights.path, weights.gguf_file
     gguf_path = Path(path) / gguf_file if gguf_file is not None else None
     gguf_cache = _gguf_cache_dir(gguf_path) if gguf_path is not None else None
     if gguf_cache is not None and (gguf_cache / _CACHE_DONE).is_file():
-        # A finished conversion of this very file: skip the GGUF parse.
-        path, gguf_file = str(gguf_cache), None
+        path, gguf_file = str(gguf_cache), None  # a finished conversion of this very file: skip the GGUF parse
 
     is_local = gguf_file is not None or Path(path).is_dir()
-    offline = hub_offline()
-    no_network = False
+    offline, no_network = hub_offline(), False
     if not is_local and not offline and not hub_reachable():
         offline = no_network = True  # still try the local cache, without a minute of retries
+    where = _Where(spec, is_local, offline, "there is no network" if no_network else
+                   "the hub is offline (HF_HUB_OFFLINE)")
     common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         common["gguf_file"] = gguf_file
     if not is_local and offline:
         common["local_files_only"] = True
 
-    tokenizer_source = path
-    if adapter_dir is not None and _has_tokenizer(Path(adapter_dir)):
-        tokenizer_source = adapter_dir
-    why_offline = "there is no network" if no_network else "the hub is offline (HF_HUB_OFFLINE)"
-    tokenizer = _call_loader(
-        "tokenizer", spec, tokenizer_source, is_local, offline, why_offline, _load_tokenizer, common
-    )
+    own = [a for a in adapters if _has_tokenizer(Path(a.folder))]
+    if own:  # an adapter that ships a tokenizer (added tokens): the outermost one's
+        tokenizer = _call_loader("tokenizer", _Where(spec, True, False), own[-1].folder, _load_tokenizer,
+                                 {"trust_remote_code": trust_remote_code})
+    else:
+        tokenizer = _call_loader("tokenizer", where, path, _load_tokenizer, common)
     weight_kwargs = {**common, "dtype": torch_dtype}
     if gguf_file is not None:
         # De-quantise every weight into a plain dense model: trainable, serialisable, hidden states as usual
@@ -195,20 +233,11 @@ def load_model(
             pass
         else:
             weight_kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
-    model = _call_loader("weights", spec, path, is_local, offline, why_offline, _load_weights, weight_kwargs)
+    model = _call_loader("weights", where, path, _load_weights, weight_kwargs)
     if gguf_file is not None and gguf_cache is not None and torch_dtype == torch.float32:
         _write_gguf_cache(model, tokenizer, gguf_cache)
-
-    _record_name(model, portable)
-    if adapter_dir is not None:
-        model = _apply_adapter(spec, model, adapter_dir, for_training, portable)
-    source = str(gguf_path) if gguf_path is not None else path
-    if adapter_dir is not None:
-        source = f"adapter {adapter_dir} on {source}"
-    return _finish(model, tokenizer, spec, source, dev, torch_dtype, start, adapter_dir, for_training)
-
-
-MAX_ADAPTER_DEPTH = 4
+    _record_name(model, weights.portable)
+    return model, tokenizer, str(gguf_path) if gguf_path is not None else path
 
 
 def _is_adapter_folder(path: str, gguf_file: str | None) -> bool:
@@ -245,20 +274,21 @@ def _load_weights(source: str, kwargs: dict[str, Any]):
     return AutoModelForCausalLM.from_pretrained(source, **kwargs)
 
 
-def _call_loader(what, spec, source, is_local, offline, why_offline, loader, kwargs):
+def _call_loader(what: str, where: _Where, source: str, loader, kwargs):
     """Run a transformers loader, turning the failures a user can fix into one-sentence InputErrors."""
+    spec = where.spec
     try:
         return loader(source, kwargs)
     except (torch.OutOfMemoryError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # transformers raises many types (OSError, ValueError, SafetensorError)
         reason = _first_line(exc)
-        if not is_local and offline:
+        if not where.is_local and where.offline:
             raise InputError(
                 f"Model '{spec}' is not a local folder, a known alias ({', '.join(ALIASES)}) or a model in the "
-                f"local Hugging Face cache, and {why_offline}."
+                f"local Hugging Face cache, and {where.why_offline}."
             ) from exc
-        if not is_local:
+        if not where.is_local:
             raise InputError(
                 f"Model '{spec}' is not a local folder or alias, and its {what} could not be loaded from the "
                 f"Hugging Face hub: {reason}"
