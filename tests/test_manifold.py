@@ -140,11 +140,11 @@ def test_sample_tokens_stays_in_completions_and_is_seeded():
     assert rows_all.tolist() == [0] * 4 + [2] * 6
 
 
-def test_resolve_layers():
-    assert manifold.resolve_layers("all", 4) == [0, 1, 2, 3, 4]
-    assert manifold.resolve_layers("4,0,-1", 4) == [0, 4]
+def test_analysed_layers():
+    assert manifold.analysed_layers("all", 4) == [0, 1, 2, 3, 4]
+    assert manifold.analysed_layers("4,0,-1", 4) == [0, 4]
     with pytest.raises(InputError, match="--layers"):
-        manifold.resolve_layers("0,5", 4)
+        manifold.analysed_layers("0,5", 4)
     with pytest.raises(InputError, match="--layers"):
         manifold.parse_layers("first,last")
 

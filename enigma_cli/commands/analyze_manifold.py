@@ -38,7 +38,7 @@ def run(cfg: ManifoldConfig, dry_run: bool) -> None:
     depth = None
     if base_shape is not None:
         depth = base_shape.num_layers
-        manifold.resolve_layers(cfg.layers, depth)
+        manifold.analysed_layers(cfg.layers, depth)
         for spec in cfg.trained:
             shape = manifold.ModelShape.peek(spec)
             if shape is not None:
@@ -84,7 +84,7 @@ def _print_plan(manifold, cfg, pset, questions, comp_path, depth) -> None:
         found = manifold.load_completions(comp_path, key, pset.ids) is not None
         verdict = "matches and will be reused" if found else "does not match and will be replaced"
         reuse = f" ({comp_path} {verdict})"
-    n_layers = len(manifold.resolve_layers(cfg.layers, depth)) if depth is not None else "?"
+    n_layers = len(manifold.analysed_layers(cfg.layers, depth)) if depth is not None else "?"
     console.print(f"set {pset.name} (K={pset.k}); {len(questions)} questions × {pset.k} principles × "
                   f"{cfg.samples} samples = {n_comp} completions (≤{cfg.max_new_tokens} tokens each), "
                   f"written once by {cfg.base}{reuse}.", highlight=False)

@@ -77,7 +77,7 @@ from .completions import (
 )
 from .config import ManifoldConfig
 from .metrics import decodability, distribution_metrics, intrinsic_metrics, reference_metrics, single_thread
-from .shape import ModelShape, check_compatible, resolve_layers
+from .shape import ModelShape, analysed_layers, check_compatible
 from .states import States, gather_states, sample_tokens
 
 METRICS = (
@@ -107,7 +107,7 @@ def analyze(settings: ManifoldConfig, pset, questions: Sequence[str], *, complet
     base_spec, trained_specs, device, dtype = settings.base, settings.trained, settings.device, settings.dtype
     base = load_model(base_spec, device=device, dtype=dtype)
     questions = fit(base, list(questions)) if fit is not None else questions
-    layer_list = resolve_layers(settings.layers, base.num_layers)
+    layer_list = analysed_layers(settings.layers, base.num_layers)
     key = completions_key(base_identity(base_spec), pset.name, [(p.id, p.text) for p in pset.principles],
                           questions, settings)
     comps = load_completions(completions_path, key, pset.ids) if (completions_path and settings.reuse) else None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..models.hidden import resolve_layers
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,13 @@ def _text_config(cfg):
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
-def resolve_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
-    """``all``/None → 0..L; a comma list (negative counts from L, as in Python) → sorted unique indices."""
+def analysed_layers(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
+    """The hidden-state indices `analyze-manifold --layers` reads: ``all``/None → 0..L; a comma list → its sorted
+    unique indices, each checked and resolved by `models.hidden.resolve_layers` (negative counts from L)."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         return list(range(num_layers + 1))
-    from ..models.hidden import resolve_layers as resolve
-
     items = parse_layers(spec) if isinstance(spec, str) else list(spec)
-    return sorted(set(resolve(num_layers, items, what="--layers").values()))
+    return sorted(set(resolve_layers(num_layers, items, what="--layers").values()))
 
 
 def parse_layers(spec: str) -> list[int] | None:

@@ -142,7 +142,7 @@ def run_study(cfg: StudyConfig, dry_run: bool) -> pd.DataFrame | None:
         console.print(f"shard {cfg.shard} done; {len(missing)} unit(s) of the study are still to do. When every "
                       f"shard is done, run the same command with --merge instead of --shard.", highlight=False)
         return None
-    from .analyze import analyze
+    from .merge import analyze
 
     return analyze(cfg, inputs, seconds=time.perf_counter() - start if not cfg.merge else None)
 

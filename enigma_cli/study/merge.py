@@ -1,4 +1,5 @@
-"""The analysis stage of `enigma study`: tables, plots and REPORT.md from a folder whose units are all done."""
+"""The last stage of `enigma study` (what `--merge` runs): from a folder whose units are all done to its tables,
+plots and REPORT.md. The statistics themselves are `analysis`, the tables `tables`, the words `report`."""
 
 from __future__ import annotations
 
