@@ -15,6 +15,14 @@ What does not fit:
 - dataset rows: skipped with one warning that counts them, since one overlong row in a file of thousands
   should not stop a run; refused when no row is left.
 
+Large files, lazily (``ContextCheck(lazy=True)``, for a loop that draws rows: `enigma train`): when more than
+`SAMPLE` rows are too long to be sure of by the byte bound below, only a seeded sample of `SAMPLE` of them is
+tokenized before anything loads. None of the sample fits (and no row is sure to): refused at once, since then at
+most 3% of the rows could fit (the 95% bound of 0 in 100). Otherwise the check returns every row but the sampled
+ones that do not fit, and `Rows.fits` decides each other row when the loop first draws it: a row that cannot fit is
+skipped, redrawn and counted (`Rows.skipped`). Tokenizing every row first cost 3 min 27 s on a 96 MB file of
+12,000 rows of 6,000 tokens (BENCHMARKS.md).
+
 Cost: a prompt's token count is at most the count of its principle's prompt with an empty question plus the
 question's UTF-8 bytes plus a small slack (a byte-level or byte-fallback tokenizer spends at most one token per
 byte; template joins cost a few). Only questions that fail that bound are tokenized, so a file of short rows
@@ -23,6 +31,7 @@ costs one tokenization per principle.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +41,8 @@ from .errors import InputError
 
 #: tokens a template may add when the question is joined to its prompt, beyond one per byte of the question
 SLACK = 16
+#: rows tokenized before a lazy start (about 2 s for rows of 6,000 tokens on enigma-tiny's tokenizer)
+SAMPLE = 100
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,9 @@ class ContextCheck:
     rows: str | None = None
     flag: str = "--max-new-tokens"
     deferred: set[str] = field(default_factory=set)
+    lazy: bool = False
+    #: (window, prompt budget, longest principle prompt) of every window whose rows are checked as drawn
+    pending: list[tuple[Window, int, int]] = field(default_factory=list)
 
     def before_load(self, specs: str | Sequence[str], questions: Sequence[str]) -> list[int]:
         """Indices of the questions to keep, checked against every model whose window can be read from disk;
@@ -137,11 +151,9 @@ class ContextCheck:
                                  f"{self.flag} {self.max_new_tokens} it cannot fit in {where}.")
         worst = max(base)
         unsure = [i for i in keep if worst + len(questions[i].encode("utf-8")) + SLACK > budget]
-        too_long: dict[int, int] = {}
-        for i in unsure:
-            lengths = _lengths(window.tokenizer, [p.text for p in principles], [questions[i]] * len(principles))
-            if max(lengths) > budget:
-                too_long[i] = max(lengths)
+        if self.lazy and self.rows is not None and len(unsure) > SAMPLE:
+            return self._sample(window, questions, keep, unsure, budget, worst)
+        too_long = {i: n for i in unsure if (n := self._longest(window, questions[i])) > budget}
         if not too_long:
             return keep
         first = min(too_long)
@@ -158,6 +170,62 @@ class ContextCheck:
         console.print(f"[yellow]warning:[/] skipped {len(too_long)} of {len(keep)} rows of {self.rows}: their "
                       f"prompts plus {self.flag} {self.max_new_tokens} exceed {where}.", highlight=False)
         return kept
+
+    def _longest(self, window: Window, question: str) -> int:
+        """Tokens of the longest prompt `question` makes with any of the principles."""
+        texts = [p.text for p in self.principles] or [None]
+        return max(_lengths(window.tokenizer, texts, [question] * len(texts)))
+
+    def _sample(self, window: Window, questions: Sequence[str], keep: list[int], unsure: list[int], budget: int,
+                worst: int) -> list[int]:
+        """The lazy check of many rows (module docstring): refuse when no sampled row fits and none is sure to;
+        else keep all rows but the sampled misfits, and check the others as they are drawn (`fits`)."""
+        where = f"the {window.positions} positions of {window.model}"
+        sample = sorted(random.Random(0).sample(unsure, SAMPLE))
+        too_long = {i: n for i in sample if (n := self._longest(window, questions[i])) > budget}
+        if len(too_long) == SAMPLE and len(unsure) == len(keep):
+            raise InputError(f"no row of {self.rows} fits: none of {SAMPLE} rows sampled from its {len(keep):,} "
+                             f"(the first one {too_long[sample[0]]:,} tokens) leaves room for {self.flag} "
+                             f"{self.max_new_tokens} in {where}, so at most 3% of its rows could.")
+        self.pending.append((window, budget, worst))
+        if too_long:
+            console.print(f"[yellow]warning:[/] {len(too_long)} of {SAMPLE} rows sampled from the {len(unsure):,} "
+                          f"longest of {self.rows} do not fit: their prompts plus {self.flag} {self.max_new_tokens} "
+                          f"exceed {where}; such rows are skipped as they are drawn, and counted.", highlight=False)
+        return [i for i in keep if i not in too_long]
+
+    def fits(self, question: str) -> bool:
+        """Whether a row left to be checked as drawn fits every window of `pending` (the byte bound first)."""
+        size = len(question.encode("utf-8")) + SLACK
+        return all(worst + size <= budget or self._longest(window, question) <= budget
+                   for window, budget, worst in self.pending)
+
+
+class Rows(list):
+    """The rows a training loop draws from, with the lazy checks still owed on them (`ContextCheck.fits`).
+
+    `fits(row)` answers once per distinct question (remembered); `skipped` counts the distinct rows found too
+    long, `known` holds every distinct row decided so far."""
+
+    def __init__(self, items=(), checks: Sequence[ContextCheck] = ()):
+        super().__init__(items)
+        self.checks = [c for c in checks if c.pending]
+        self.known: dict[str, bool] = {}
+
+    def fits(self, question: str) -> bool:
+        if not self.checks:
+            return True
+        if question not in self.known:
+            self.known[question] = all(c.fits(question) for c in self.checks)
+        return self.known[question]
+
+    @property
+    def skipped(self) -> int:
+        return sum(not ok for ok in self.known.values())
+
+    def also(self, check: ContextCheck, keep: Sequence[int]) -> Rows:
+        """These rows cut to `keep` (indices into them), owing `check`'s lazy checks too."""
+        return Rows([self[i] for i in keep], [*self.checks, check])
 
 
 def _lengths(tokenizer, principles: list[str | None], questions: list[str]) -> list[int]:

@@ -7,6 +7,7 @@ import copy
 import json
 import shutil
 
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -213,3 +214,100 @@ def test_generate_refuses_a_question_too_long_before_loading(capsys, no_weights)
     rc, out, err = run(["generate", "x" * 100_000], capsys)
     assert rc == 3 and out == "" and len(err.strip().splitlines()) == 1
     assert "QUESTION 1" in err and "100,000 characters" in err and "512 positions of enigma-tiny" in err
+
+
+# -- large files, lazily (train) -------------------------------------------------------------------------------------
+LONG = "7 " * 200  # far beyond the 128 positions of `window`
+
+
+@pytest.fixture
+def small_sample(monkeypatch):
+    monkeypatch.setattr(context, "SAMPLE", 5)
+
+
+def counting(monkeypatch):
+    """Count the questions `_lengths` tokenizes (every call renders one question per principle)."""
+    seen = []
+    real = context._lengths
+
+    def spy(tokenizer, principles, questions):
+        seen.extend(q for q in questions if q)
+        return real(tokenizer, principles, questions)
+
+    monkeypatch.setattr(context, "_lengths", spy)
+    return seen
+
+
+def test_a_large_file_of_rows_that_cannot_fit_is_refused_from_a_sample(tok, small_sample, monkeypatch):
+    seen = counting(monkeypatch)
+    check = ContextCheck(PRINCIPLES, 16, rows="dataset big.jsonl", lazy=True)
+    with pytest.raises(InputError, match=r"no row of dataset big.jsonl fits: none of 5 rows sampled from its 40"):
+        check._fit(window(tok), [LONG + str(i) for i in range(40)], list(range(40)))
+    assert len(set(seen)) == 5  # not 40
+
+
+def test_a_large_file_starts_and_its_rows_are_checked_as_drawn(tok, small_sample, monkeypatch, capsys):
+    from enigma_cli.context import Rows
+
+    questions = [LONG + str(i) if i % 4 else f"What is {i} + 1?" for i in range(40)]  # 30 long, 10 short
+    check = ContextCheck(PRINCIPLES, 16, rows="dataset big.jsonl", lazy=True)
+    seen = counting(monkeypatch)
+    keep = check._fit(window(tok), questions, list(range(40)))
+    assert len(set(seen)) == 5 and len(keep) == 35  # the 5 sampled long rows are dropped, the rest wait
+    assert "5 of 5 rows sampled from the 30 longest of dataset big.jsonl do not fit" in capsys.readouterr().err
+    rows = Rows(range(40)).also(check, keep)
+    assert [rows.fits(questions[i]) for i in keep] == [i % 4 == 0 for i in keep]
+    assert rows.skipped == 25 and len(rows.known) == 35
+    seen.clear()
+    rows.fits(questions[keep[1]])
+    assert seen == []  # remembered, not tokenized again
+
+
+def test_a_small_file_is_still_checked_whole_when_lazy(tok, capsys):
+    check = ContextCheck(PRINCIPLES, 16, rows="dataset d.jsonl", lazy=True)
+    assert check._fit(window(tok), ["short", LONG, "also short"], [0, 1, 2]) == [0, 2]
+    assert "skipped 1 of 3 rows" in capsys.readouterr().err and check.pending == []
+
+
+def test_training_draws_only_rows_that_fit_and_counts_the_others(tok, small_sample):
+    from enigma_cli.context import Rows
+    from enigma_cli.datasets import Example
+    from enigma_cli.principles import load_principle_set
+    from enigma_cli.train.episodes import draw
+
+    examples = [Example(LONG + str(i) if i % 4 else f"What is {i} + 1?", "1") for i in range(40)]
+    check = ContextCheck(PRINCIPLES, 16, rows="dataset big.jsonl", lazy=True)
+    rows = Rows(examples).also(check, check._fit(window(tok), [e.question for e in examples], list(range(40))))
+    pset = load_principle_set("stepwise-vs-oneline")
+    picks, _, redrawn = draw(rows, pset, 8, 2, seed=0, step=1)
+    assert all(not ex.question.startswith("7 ") for ex in picks) and redrawn > 0
+    again = draw(rows, pset, 8, 2, seed=0, step=1)  # a resumed run draws the same step alike
+    assert again[0] == picks and again[2] == redrawn
+
+
+@pytest.mark.parametrize("short_rows", [0, 2])
+def test_train_on_a_large_file_refuses_or_starts_before_any_weights_load(short_rows, small_sample, tmp_path, capsys,
+                                                                        no_weights):
+    data = tmp_path / "big.jsonl"
+    rows = [{"question": "1 + " * 3000 + str(i), "answer": "1"} for i in range(30)]
+    rows += [{"question": f"What is {i} + 2?", "answer": str(i + 2)} for i in range(short_rows)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, _, err = run(["train", "--dataset", data, "--output-dir", tmp_path / "run", "--dry-run"], capsys)
+    if short_rows:
+        assert rc == 0, err
+        assert f"5 of 5 rows sampled from the 30 longest of dataset {data} do not fit" in " ".join(err.split())
+    else:
+        assert rc == 3 and f"no row of dataset {data} fits: none of 5 rows sampled" in " ".join(err.split())
+
+
+def test_a_training_run_reports_the_rows_it_skipped(small_sample, tmp_path, capsys):
+    data = tmp_path / "big.jsonl"
+    rows = [{"question": "1 + " * 3000 + str(i) if i % 3 else f"What is {i} + 2?", "answer": "1"} for i in range(30)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc, _, err = run(["train", "--dataset", data, "--output-dir", tmp_path / "run", "--steps", "2",
+                        "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--device", "cpu"],
+                       capsys)
+    assert rc == 0, err
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert metrics["rows_too_long"].sum() > 0
+    assert "could not fit the context and were skipped" in " ".join(err.split())

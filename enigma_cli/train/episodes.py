@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..context import Rows
 from ..core import grpo_advantages
 from ..datasets import Example
 from ..models.rollout import encode_prompts, generate
@@ -35,6 +36,7 @@ class Episodes:
     labels: list[str | None]             # [N]
     rewards: RewardResult
     advantages: torch.Tensor             # [N]
+    redrawn: int = 0                     # rows drawn that could not fit the context (`draw`)
 
     @property
     def group_size(self) -> int:
@@ -60,17 +62,26 @@ class Episodes:
 
 
 def draw(examples: list[Example], pset: PrincipleSet, n_prompts: int, k: int, seed: int, step: int, rank: int = 0):
-    """The step's prompts and principles: a function of (seed, step, rank) alone, so a resumed run redraws them."""
+    """The step's prompts and principles and the rows redrawn: a function of (seed, step, rank) alone, so a resumed
+    run redraws them. A row that cannot fit the context (`context.Rows.fits`, checked as drawn on large files) is
+    redrawn from the same stream; the lazy check found at least one row that fits, so this ends."""
     rng = random.Random(f"{seed}:{step}:{rank}")
-    picks = [examples[rng.randrange(len(examples))] for _ in range(n_prompts)]
+    fits = examples.fits if isinstance(examples, Rows) else None
+    picks, redrawn = [], 0
+    while len(picks) < n_prompts:
+        ex = examples[rng.randrange(len(examples))]
+        if fits is None or fits(ex.prompt_text):
+            picks.append(ex)
+        else:
+            redrawn += 1
     principles = [rng.sample(list(pset.principles), k) for _ in range(n_prompts)]
-    return picks, principles
+    return picks, principles, redrawn
 
 
 def collect(model, tokenizer, examples: list[Example], pset: PrincipleSet, cfg, step: int, rank: int = 0) -> Episodes:
     """Generate the step's completions and score them (no gradient)."""
     k, m = cfg.principles_per_prompt, cfg.group_size // cfg.principles_per_prompt
-    picks, principles = draw(examples, pset, cfg.prompts_per_step, k, cfg.seed, step, rank)
+    picks, principles, redrawn = draw(examples, pset, cfg.prompts_per_step, k, cfg.seed, step, rank)
     # prompt_text: the question with its options (multiple-choice rows), as every other command renders it
     prompt_texts = [render_prompt(tokenizer, c.text, ex.prompt_text) for ex, cs in zip(picks, principles) for c in cs]
     gen = generate(model, tokenizer, prompt_texts, num_samples=m, max_new_tokens=cfg.max_new_tokens,
@@ -88,4 +99,5 @@ def collect(model, tokenizer, examples: list[Example], pset: PrincipleSet, cfg, 
         completion_ids=[list(c) for c in gen.completion_ids], texts=list(gen.texts),
         principle_ids=[c.id for cs in principles for c in cs for _ in range(m)],
         questions=[ex.question for ex in picks], labels=labels, rewards=rewards, advantages=advantages,
+        redrawn=redrawn,
     )

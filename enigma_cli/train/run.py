@@ -57,7 +57,7 @@ def plan(cfg: TrainConfig):
     """Everything that can be checked without loading weights: the model spec and its files, the principle set,
     K, the data, prompt lengths against the model's context, and the output folder (a run is never overwritten;
     --resume must name a whole checkpoint). Returns (principle set, the examples that fit)."""
-    from ..context import ContextCheck, principles_of
+    from ..context import ContextCheck, Rows, principles_of
     from ..datasets import load_examples
     from ..principles import load_principle_set
 
@@ -84,8 +84,9 @@ def plan(cfg: TrainConfig):
         from ..trl.options import check_trl_environment
 
         check_trl_environment(cfg, device)
-    check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
-    examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
+    # lazily: a large file starts at once, and the rows that cannot fit are skipped as training draws them
+    check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}", lazy=True)
+    examples = Rows(examples).also(check, check.before_load(cfg.model, [ex.prompt_text for ex in examples]))
     if cfg.ot_layers:  # against the depth on disk where it can be read; the trainer checks the loaded model again
         from ..modelfiles import depth_of, inspect
         from ..models.hidden import resolve_layers
@@ -176,7 +177,7 @@ def _remove_empty(out: Path, created: Path) -> None:
 def load(cfg: TrainConfig, pset, examples):
     """The model, and the examples whose prompts fit its context (checked on the loaded model: it could not run
     before loading for a GGUF file or a hub id)."""
-    from ..context import ContextCheck, principles_of
+    from ..context import ContextCheck, Rows, principles_of
     from ..models import prefix
     from ..models.loading import load_model
 
@@ -191,8 +192,9 @@ def load(cfg: TrainConfig, pset, examples):
         raise InputError(f"--sampler {cfg.sampler} needs a decoder-only model with a key/value cache, and "
                          f"{cfg.model} is {type(lm.model).__name__}; use --sampler auto or hf.")
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}",
-                         deferred={cfg.model})
-    return lm, [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
+                         deferred={cfg.model}, lazy=True)
+    keep = check.loaded(lm, [ex.prompt_text for ex in examples])
+    return lm, (examples.also(check, keep) if isinstance(examples, Rows) else Rows(examples).also(check, keep))
 
 
 def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
@@ -276,6 +278,10 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
             trackers.close()
     if stopped is not None:
         raise Interrupted(stopped, safe_stop_message(stopped, trainer.step_no))
+    if main and examples.known:  # rows checked as drawn (context.Rows, from `load`): say what was skipped
+        console.print(f"rows of dataset {cfg.dataset} checked as drawn: {examples.skipped:,} of the "
+                      f"{len(examples.known):,} checked could not fit the context and were skipped (redrawn; "
+                      "metrics.csv: rows_too_long per step).", highlight=False)
     if main:
         finish(out, cfg, pset, log.frame(), final)
     trainer.close()

@@ -26,6 +26,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..console import console
+from ..context import Rows
 from ..errors import EnigmaError
 
 RENAME = {"reward": "reward_mean", "completions/mean_length": "completion_len_mean",
@@ -77,6 +78,15 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     args.reward_weights = weights
     if "tensorboard" in cfg.trackers:  # where transformers' TensorBoardCallback writes, as the native loop does
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / TENSORBOARD_DIR)
+    # TRL samples rows itself, so rows still owing a context check (context.Rows: a large file) are checked here,
+    # all of them: only the native loop starts before they are
+    if isinstance(examples, Rows) and examples.checks:
+        rows = examples
+        examples = [ex for ex in rows if rows.fits(ex.prompt_text)]
+        if main and rows.skipped:
+            console.print(f"[yellow]warning:[/] skipped {rows.skipped:,} of {len(rows):,} rows of dataset "
+                          f"{cfg.dataset}: their prompts plus --max-new-tokens {cfg.max_new_tokens} exceed the "
+                          "model's context.", highlight=False)
     # prompt_text: a multiple-choice row's question with its options, as the native loop renders it
     questions = Dataset.from_list([{"question": ex.prompt_text, "answer": ex.answer} for ex in examples])
     trainer = EnigmaGRPOTrainer(model=lm.model, reward_funcs=funcs, args=args, train_dataset=questions,
