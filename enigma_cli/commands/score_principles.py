@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
 from contextlib import nullcontext
+from dataclasses import replace
 
 from ..cli_options import command
 from ..console import console, show_progress
@@ -27,13 +29,23 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
     if cfg.pool:
         return _run_pool(cfg, dry_run)
     sets = resolve_sets(list(cfg.principles) or None)
-    examples = load_examples(cfg.dataset, n=cfg.prompts, seed=cfg.seed, question_column=cfg.question_column,
-                             answer_column=cfg.answer_column)
+    plan = cfg.plan() if cfg.until_decided else None
+    if cfg.rank and len(sets) < 2:
+        raise InputError(f"--rank needs two principle sets or more; {len(sets)} given.")
+    examples = load_examples(cfg.dataset, n=plan.max_prompts if plan else cfg.prompts, seed=cfg.seed,
+                             question_column=cfg.question_column, answer_column=cfg.answer_column)
     if not examples:
         raise InputError(f"dataset {cfg.dataset} has no prompts.")
+    if plan is not None:  # rounds take prompts in this order: a seeded shuffle, not a file's (sorted) row order
+        random.Random(cfg.seed).shuffle(examples)
     check = ContextCheck(principles_of(*sets), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}")
     examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
     n, m = len(examples), cfg.samples
+    if plan is not None and dry_run:
+        console.print(f"--until-decided: {plan.describe()}; {len(sets)} sets, {m} samples per principle and "
+                      f"prompt, {n} prompts available.", highlight=False)
+        console.print(f"model {cfg.model}; nothing loaded (--dry-run).", highlight=False)
+        return
     if dry_run:
         for s in sets:
             console.print(f"{s.name}: K={s.k}, {n} prompts × {s.k} principles × {m} samples = {n * s.k * m} "
@@ -52,7 +64,9 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
     questions = [ex.prompt_text for ex in examples]
     results = []
     with console.status("scoring", spinner="dots") if show_progress() else nullcontext() as status:
-        for s in sets:
+        if plan is not None:
+            results = _until_decided(lm, sets, examples, cfg, plan, status)
+        for s in sets if plan is None else ():
             if status is not None:
                 status.update(f"scoring {s.name} (K={s.k})")
             results.append(score_set(lm, s, examples, cfg, checks=check_principles(lm, s, questions)))
@@ -64,6 +78,37 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
     write_table(report_frame(results, cfg), cfg.out, cfg.format)
     if cfg.out is not None:
         write_resolved(cfg, f"{cfg.out}.config.yaml")
+
+
+def _until_decided(lm, sets, examples, cfg: ScoreConfig, plan, status) -> list:
+    """--until-decided: rounds of prompts until every interval is decided or the budget runs out
+    (`score.sequential`); each row gains `confidence` (its interval's level), `looks`, `stopped` and, with --rank,
+    its lead over the next row, paired over the prompts both hold."""
+    from ..score.rounds import Rounds
+    from ..score.sequential import Plan, run_rounds
+    from ..score.trust import check_principles
+
+    if len(examples) < plan.max_prompts:  # a small file: the rounds stop where its rows do
+        console.print(f"[yellow]note:[/] dataset {cfg.dataset} gives {len(examples)} prompts, fewer than "
+                      f"--max-prompts {plan.max_prompts}.", highlight=False)
+        plan = Plan(min(plan.round, len(examples)), len(examples), plan.max_seconds, plan.alpha)
+    questions = [ex.prompt_text for ex in examples]
+    checks = [check_principles(lm, s, questions) for s in sets]
+    rounds = Rounds(lm, sets, examples, cfg, checks, plan, rank_sets=cfg.rank, status=status)
+    stopped = run_rounds(plan, rounds)
+    results = rounds.results
+    for r in results:
+        r.row.update(confidence=plan.level, looks=stopped.looks, stopped=stopped.reason)
+    if cfg.rank:
+        ranked = rank(results)
+        for r, after in zip(ranked, [*ranked[1:], None]):
+            gap = rounds.lead(r, after) if after is not None else None
+            r.row.update(lead=gap.value if gap else math.nan, lead_low=gap.low if gap else math.nan,
+                         lead_high=gap.high if gap else math.nan)
+    named = replace(stopped, look=rounds.named(stopped.look))
+    colour = "green" if stopped.reason == "decided" else "yellow"
+    console.print(f"[{colour}]--until-decided:[/] {named.sentence(plan)}", highlight=False)
+    return results
 
 
 def _warn(ranked) -> None:
@@ -83,7 +128,8 @@ def _print_table(ranked, what: str = "principle sets") -> None:
     critic = ranked[0].row["critic"] if ranked else ""
     table = Table(title=f"{what} by Sufficiency Index ({critic} critic; ⚠ = see below, dim = not trusted)",
                   title_justify="left")
-    for col in ("", "set", "K", "SI", "95% CI", "mi_sym", "log K", "acc_col", "format"):
+    ci = f"{100 * ranked[0].row.get('confidence', 0.95):.4g}% CI" if ranked else "95% CI"
+    for col in ("", "set", "K", "SI", ci, "mi_sym", "log K", "acc_col", "format"):
         table.add_column(col, justify="left" if col in ("", "set") else "right", no_wrap=True)
     def num(x, digits=3):
         return f"{x:.{digits}f}" if math.isfinite(x) else "-"  # a missing (NaN) value

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..errors import require
 from ..options import Options, device_opt, dtype_opt, opt
 from ..report import FORMATS
+from .sequential import MAX_LOOKS, MAX_PROMPTS, ROUND_PROMPTS, Plan
 
 CRITICS = ("mean", "sum")  # the critic of the main SI columns (enigma_cli.score.scoring)
 SATURATION = 0.95  # mi_sym at this fraction of log K is saturated (enigma_cli.score.trust)
@@ -40,6 +41,19 @@ class ScoreConfig(Options):
     choose: int | None = opt(None, "With --pool: K, the number of principles per subset.", ge=2, metavar="K")
     top: int | None = opt(None, "With --pool: report only the best T subsets (default: every subset scored).",
                           ge=1, metavar="T")
+    until_decided: bool = opt(False, "Add prompts in rounds until every set's SI interval excludes 0 (and, with "
+                                     "--rank, the leader's lead over the runner-up), or until --max-prompts or "
+                                     "--max-minutes runs out; replaces --prompts. Intervals are t intervals "
+                                     "Bonferroni-adjusted over the planned rounds, so stopping early keeps their "
+                                     "95% coverage (method.md §4).")
+    round_prompts: int | None = opt(None, f"With --until-decided: prompts added per round (default "
+                                          f"{ROUND_PROMPTS}).", ge=2, metavar="R")
+    max_prompts: int | None = opt(None, f"With --until-decided: the most prompts per set (default {MAX_PROMPTS}).",
+                                  ge=2, metavar="P")
+    max_minutes: float | None = opt(None, "With --until-decided: start no round that would end after this many "
+                                          "minutes (predicted from the slowest round so far).", gt=0)
+    rank: bool = opt(False, "With --until-decided: also go on until the leader's SI lead over the runner-up "
+                            "excludes 0 (needs two sets or more).")
     seed: int = opt(0, "Seed for prompts, sampling and bootstrap.")
     device: str = device_opt()
     dtype: str = dtype_opt()
@@ -51,3 +65,19 @@ class ScoreConfig(Options):
                 "--pool needs --choose K, the number of principles per subset.")
         require(self.pool or self.choose is None, "--choose needs --pool (it picks K principles from a pool).")
         require(self.pool or self.top is None, "--top needs --pool (it limits the pool's subsets).")
+        for name in ("round_prompts", "max_prompts", "max_minutes", "rank"):
+            require(self.until_decided or getattr(self, name) in (None, False),
+                    f"--{name.replace('_', '-')} needs --until-decided (it shapes its rounds).")
+        if self.until_decided:
+            require(not self.pool, "--until-decided scores principle sets; it does not work with --pool yet.")
+            plan = self.plan()
+            require(plan.round <= plan.max_prompts, f"--round-prompts {plan.round} exceeds --max-prompts "
+                                                    f"{plan.max_prompts}; a round cannot be larger than the budget.")
+            require(plan.looks <= MAX_LOOKS, f"--max-prompts {plan.max_prompts} in rounds of --round-prompts "
+                                             f"{plan.round} plans {plan.looks} looks; at most {MAX_LOOKS} (the "
+                                             "adjusted intervals would be too wide to decide anything).")
+
+    def plan(self) -> Plan:
+        """The rounds of --until-decided, defaults filled in (`sequential.Plan`)."""
+        return Plan(self.round_prompts or ROUND_PROMPTS, self.max_prompts or MAX_PROMPTS,
+                    None if self.max_minutes is None else 60.0 * self.max_minutes)

@@ -35,6 +35,7 @@ larger pool's (`enigma_cli.score.pool`), and `set_score` turns either into the s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +50,7 @@ from . import trust
 from .config import CRITICS, SATURATION, ScoreConfig
 
 CRITIC_VARIANTS = ("mean", "sum", "pmi_mean", "pmi_sum")
+Interval = Callable[[torch.Tensor], tuple[float, float]]  # per-prompt values [N] → (low, high)
 SI_COLUMNS = {"mean": "si_mean", "sum": "si_sum", "pmi_mean": "pmi_si_mean", "pmi_sum": "pmi_si_sum"}
 __all__ = ["CRITICS", "CRITIC_VARIANTS", "SATURATION", "CriticScores", "SetScore", "critic_matrices",
            "score_set", "set_score"]
@@ -130,14 +132,20 @@ def critic_matrices(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreC
     return CriticScores(S, marginal.float(), lengths, list(gen.texts))
 
 
-def _variant(S: torch.Tensor, n: int, m: int, cfg: ScoreConfig) -> dict:
-    """Bounds, SI, its bootstrap interval over prompts, and the per-principle and per-prompt SI of one critic
-    matrix. The bootstrap's resamples depend only on (prompts, ``cfg.bootstrap``, ``cfg.seed``), so every set
-    scored on the same prompts is resampled alike: ``per_prompt`` differences give paired intervals."""
+def _variant(S: torch.Tensor, n: int, m: int, cfg: ScoreConfig, interval: Interval | None = None) -> dict:
+    """Bounds, SI, its interval over prompts, and the per-principle and per-prompt SI of one critic matrix.
+
+    The interval is the 95% percentile bootstrap unless `interval` (per-prompt SI → (low, high)) replaces it
+    (`--until-decided`'s adjusted level, `sequential.t_interval`). The bootstrap's resamples depend only on
+    (prompts, ``cfg.bootstrap``, ``cfg.seed``), so every set scored on the same prompts is resampled alike:
+    ``per_prompt`` differences give paired intervals."""
     bounds = infonce_bounds(S)
     si = sufficiency_index(S)
     per_prompt = torch.as_tensor(si["per_prompt"], dtype=torch.float64).view(n, m).mean(dim=1)
-    low, high = bootstrap_si(per_prompt, n_boot=cfg.bootstrap, seed=cfg.seed)
+    if interval is None:
+        low, high = bootstrap_si(per_prompt, n_boot=cfg.bootstrap, seed=cfg.seed)
+    else:
+        low, high = interval(per_prompt)
     return {**{key: bounds[key] for key in ("mi_row", "mi_col", "mi_sym", "acc_row", "acc_col")},
             "si": float(si["si"]), "si_low": float(low), "si_high": float(high),
             "per_principle": [float(v) for v in si["per_principle"]], "per_prompt": per_prompt}
@@ -162,12 +170,14 @@ def score_set(lm, pset: PrincipleSet, examples: list[Example], cfg: ScoreConfig,
 
 
 def set_score(pset: PrincipleSet, scores: CriticScores, cfg: ScoreConfig,
-              checks: list[trust.PrincipleCheck] | None = None) -> SetScore:
+              checks: list[trust.PrincipleCheck] | None = None, interval: Interval | None = None,
+              level: float = 0.95) -> SetScore:
     """The report row of `pset` (and its per-principle rows) from its scores: `critic_matrices`' for the set, or
-    the set's rows and columns of a pool's (`enigma_cli.score.pool.PoolScores.subset`)."""
+    the set's rows and columns of a pool's (`enigma_cli.score.pool.PoolScores.subset`). `interval` and its
+    `level` replace the 95% bootstrap interval (`_variant`)."""
     k, m = pset.k, cfg.samples
     n = scores.mean.shape[0] // m
-    variants = {name: _variant(S, n, m, cfg) for name, S in scores.matrices().items()}
+    variants = {name: _variant(S, n, m, cfg, interval) for name, S in scores.matrices().items()}
     chosen, pmi = variants[cfg.critic], variants[f"pmi_{cfg.critic}"]
     format_rate, principle_format = _format_rates(scores.texts, n, k, m)
     log_k = math.log(k)
@@ -202,7 +212,7 @@ def set_score(pset: PrincipleSet, scores: CriticScores, cfg: ScoreConfig,
             "format_rate": principle_format[j], "prompts": n, "samples": m, "trusted": trusted, "reason": reason,
         })
     saturation = trust.saturation_finding(row["mi_sym"], log_k, cfg.saturation)
-    findings = [f for f in (set_format, trust.interval_finding(row["si_low"], row["si_high"]), saturation) if f]
+    findings = [f for f in (set_format, trust.interval_finding(row["si_low"], row["si_high"], level), saturation) if f]
     row["trusted"], row["reason"] = trust.join(findings + principle_findings)
     return SetScore(pset.name, k, row, per_principle, saturated=saturation is not None, trusted=row["trusted"],
                     variants=variants)

@@ -78,12 +78,12 @@ def format_finding(rate: float, threshold: float, principle: str | None = None) 
                    f"{rate:.2f})")
 
 
-def interval_finding(low: float, high: float) -> Finding | None:
-    """The bootstrap interval of SI touches or falls below 0: not told apart from chance."""
+def interval_finding(low: float, high: float, level: float = 0.95) -> Finding | None:
+    """The interval of SI (at `level`) touches or falls below 0: not told apart from chance."""
     if low > 0:
         return None
-    return Finding(f"the 95% interval of SI ({low:.3f}..{high:.3f}) reaches 0, so the principles are not told "
-                   "apart better than chance")
+    return Finding(f"the {100 * level:.4g}% interval of SI ({low:.3f}..{high:.3f}) reaches 0, so the principles "
+                   "are not told apart better than chance")
 
 
 def saturation_finding(mi_sym: float, log_k: float, fraction: float) -> Finding | None:

@@ -1,0 +1,189 @@
+"""SI sampled until it is decided (`score-principles --until-decided`): prompts added in rounds, with intervals that
+stay valid whatever look the stopping rule stops at (method.md §4).
+
+Plan (our choice: fixed rounds, Bonferroni over the planned looks). Rounds of R prompts up to P, so at most
+L = ⌈P / R⌉ looks, after R, 2R, … prompts. At every look each interval (a set's SI, and with ``--rank`` the
+leader's paired lead over the runner-up) is the usual percentile bootstrap over prompts, at level
+
+    1 − α / L        (α = 0.05; L = 12 looks: 99.58%)
+
+For any rule that picks the stopping look from the data, P(the interval at the stopping look misses the true
+value) ≤ P(some look's interval misses it) ≤ Σ_ℓ α / L = α: the reported interval keeps its 95% coverage. A 95%
+interval re-checked at every look would not (with SI truly 0, stopping at the first look whose interval excludes
+0 declares a difference far more often than 5% of the time; `tests/test_sequential.py` measures both).
+Bonferroni is conservative (the looks are correlated), the price of a rule that is valid for any stopping time
+and needs nothing but the planned number of looks. Stopping early because of ``--max-minutes`` only skips looks.
+
+A look is *decided* when every set's interval excludes 0 and, when ranking, the lead's interval excludes 0. Each
+round scores only what is still open (undecided sets, and the leader and runner-up while their order is), so a
+set decided early keeps the prompts it had; every set sees the same prompts in the same order, so a set's first
+n prompts are the same whoever else is scored, and a lead is paired over the prompts both sets share.
+
+The interval is Student's t over the per-prompt values (a set's per-prompt SI, or a pair's per-prompt difference),
+
+    mean ± t_{n−1, 1 − α/2L} · sd / √n,
+
+not the percentile bootstrap of the fixed-size report (measured, `tests/test_sequential.py`'s synthetic critics:
+at 8 prompts the 99.4% percentile bootstrap missed SI 5.5% of the time against 0.6% nominal, since resampled
+means cannot reach beyond the few values drawn; the t interval missed 0.75%).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+ALPHA = 0.05
+ROUND_PROMPTS = 8    # default R: a first look after 8 prompts (SmolLM2: ~146 s per set at 8 × 2, BENCHMARKS.md)
+MAX_PROMPTS = 96     # default P: four times the fixed default of 24 prompts
+MAX_LOOKS = 50       # beyond this each look's level (99.9%) makes the intervals too wide to decide anything
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Rounds of `round` prompts up to `max_prompts`, within `max_seconds` (None: no time budget)."""
+
+    round: int = ROUND_PROMPTS
+    max_prompts: int = MAX_PROMPTS
+    max_seconds: float | None = None
+    alpha: float = ALPHA
+
+    @property
+    def looks(self) -> int:
+        """L = ⌈P / R⌉, the planned looks."""
+        return math.ceil(self.max_prompts / self.round)
+
+    @property
+    def level(self) -> float:
+        """1 − α / L: each look's interval level (Bonferroni over the planned looks)."""
+        return 1.0 - self.alpha / self.looks
+
+    def sizes(self) -> list[int]:
+        """Prompts per set after each look: R, 2R, …, P."""
+        return [min((i + 1) * self.round, self.max_prompts) for i in range(self.looks)]
+
+    def interval(self, values: torch.Tensor) -> tuple[float, float]:
+        """`t_interval` at this plan's level."""
+        return t_interval(values, self.level)
+
+    def describe(self) -> str:
+        budget = f", at most {self.max_seconds / 60:g} minutes" if self.max_seconds is not None else ""
+        return (f"rounds of {self.round} prompts up to {self.max_prompts} ({self.looks} looks{budget}); each "
+                f"interval at {100 * self.level:.2f}% (95% Bonferroni-adjusted over the {self.looks} looks)")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A value and its interval at the plan's level; `prompts` it rests on."""
+
+    name: str
+    value: float
+    low: float
+    high: float
+    prompts: int
+
+    @property
+    def decided(self) -> bool:
+        """The interval excludes 0 (either side)."""
+        return self.low > 0 or self.high < 0
+
+
+@dataclass(frozen=True)
+class Look:
+    """Every set's SI interval after one round, and the leader's lead over the runner-up when ranking."""
+
+    sets: tuple[Interval, ...]
+    lead: Interval | None = None
+    rank: bool = False
+
+    @property
+    def decided(self) -> bool:
+        """Every set's interval excludes 0 and, when ranking, so does the lead's."""
+        sets = all(s.decided for s in self.sets)
+        return sets and (not self.rank or (self.lead is not None and self.lead.decided))
+
+    def open(self) -> list[str]:
+        """What is still undecided, in words."""
+        out = [f"{s.name} ({s.low:.3f}..{s.high:.3f})" for s in self.sets if not s.decided]
+        if self.rank and (self.lead is None or not self.lead.decided):
+            out.append(f"the lead {self.lead.name} ({self.lead.low:.3f}..{self.lead.high:.3f})" if self.lead
+                       else "the lead")
+        return out
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The last look, how many looks ran, why the rounds stopped and the seconds they took.
+
+    `reason`: "decided", "max-prompts" (the planned prompts ran out first) or "max-minutes" (the next round would
+    have passed the time budget)."""
+
+    look: Look
+    looks: int
+    reason: str
+    seconds: float
+
+    def sentence(self, plan: Plan) -> str:
+        used = ", ".join(f"{s.name} {s.prompts}" for s in self.look.sets)
+        head = (f"decided after {self.looks} of {plan.looks} looks in {self.seconds:.0f} s"
+                if self.reason == "decided" else
+                f"not decided: the budget ran out first (--{self.reason} "
+                f"{plan.max_prompts if self.reason == 'max-prompts' else f'{plan.max_seconds / 60:g}'}, "
+                f"{self.looks} of {plan.looks} looks, {self.seconds:.0f} s); still open: "
+                f"{'; '.join(self.look.open())}")
+        return f"{head}. Prompts per set: {used}; intervals at {100 * plan.level:.2f}% (Bonferroni over {plan.looks} looks)."
+
+
+def t_interval(values: torch.Tensor, level: float) -> tuple[float, float]:
+    """Student's t interval of the mean of `values` [n]: mean ± t_{n−1, (1+level)/2} · sd / √n (sd with n − 1);
+    a single value gives the point itself."""
+    from scipy import stats  # here, not at the top: scipy.stats adds ~0.5 s to every `enigma --help`
+
+    x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    mean = float(x.mean())
+    if x.numel() < 2:
+        return mean, mean
+    half = float(stats.t.ppf((1.0 + level) / 2.0, x.numel() - 1)) * float(x.std()) / math.sqrt(x.numel())
+    return mean - half, mean + half
+
+
+def paired(name: str, a: torch.Tensor, b: torch.Tensor, level: float) -> Interval:
+    """The lead mean(a − b) over the prompts both hold (their common first n: every set sees the prompts in the
+    same order) with its `t_interval`."""
+    n = min(len(a), len(b))
+    diff = torch.as_tensor(a[:n], dtype=torch.float64) - torch.as_tensor(b[:n], dtype=torch.float64)
+    low, high = t_interval(diff, level)
+    return Interval(name, float(diff.mean()), low, high, n)
+
+
+def run_rounds(plan: Plan, score: Callable[[int], Look], clock: Callable[[], float] = time.monotonic) -> Stopped:
+    """Call ``score(n)`` for n in `Plan.sizes` until its look is decided, the sizes run out, or the next round would
+    pass ``plan.max_seconds`` (predicted from the longest round so far). At least one round always runs."""
+    start = clock()
+    slowest = 0.0
+    sizes = plan.sizes()
+    for i, n in enumerate(sizes):
+        before = clock()
+        look = score(n)
+        slowest = max(slowest, clock() - before)
+        elapsed = clock() - start
+        if look.decided:
+            return Stopped(look, i + 1, "decided", elapsed)
+        if i + 1 < len(sizes) and plan.max_seconds is not None and elapsed + slowest > plan.max_seconds:
+            return Stopped(look, i + 1, "max-minutes", elapsed)
+    return Stopped(look, len(sizes), "max-prompts", clock() - start)
+
+
+def active(look: Look | None, names: Sequence[str], ranked: Sequence[str]) -> list[str]:
+    """The sets the next round scores: every set before the first look; then the undecided ones, plus the first
+    two of `ranked` while the lead between them is undecided."""
+    if look is None:
+        return list(names)
+    open_ = {s.name for s in look.sets if not s.decided}
+    if look.rank and (look.lead is None or not look.lead.decided):
+        open_.update(ranked[:2])
+    return [name for name in names if name in open_]
