@@ -15,7 +15,7 @@ from enigma_cli.cli import main
 from enigma_cli.errors import InputError
 from enigma_cli.principle_pool import pool_members, subsets
 from enigma_cli.principles import load_principle_set
-from enigma_cli.study import stages
+from enigma_cli.study import pilot, stages
 from enigma_cli.study.draw import spread
 
 COMMON = ["--steps", "2", "--no-probe", "--eval-prompts", "8", "--score-prompts", "4", "--seeds", "0,1"]
@@ -109,18 +109,29 @@ def test_a_study_may_gain_sets_but_not_lose_any(tmp_path, monkeypatch):
     assert rc == 3 and out == "" and "a study may gain sets but not lose any" in err
 
 
+def pilot_dir(tmp_path):
+    return tmp_path / "pilot"
+
+
 def test_the_dry_run_prints_the_power_from_a_pilot_folder(tmp_path, monkeypatch):
     Fake(monkeypatch)
-    pilot = tmp_path / "pilot"
-    assert run("--pool", "principles", "--sets", "6", *COMMON, "--output-dir", pilot)[0] == 0
-    rc, out, err = run("--pool", "principles", "--sets", "12", *COMMON, "--dry-run", "--noise-from", pilot,
+    folder = pilot_dir(tmp_path)
+    assert run("--pool", "principles", "--sets", "6", *COMMON, "--output-dir", folder)[0] == 0
+    rc, out, err = run("--pool", "principles", "--sets", "12", *COMMON, "--dry-run", "--noise-from", folder,
                        "--output-dir", tmp_path / "next")
     assert rc == 0 and out == "", err
-    assert f"measured in {pilot} (--noise-from)" in err
+    assert f"measured in {folder} (--noise-from)" in err
     assert "accuracy gain over GRPO-only:" in err and "at ρ = 0.8" in err
     assert not (tmp_path / "next").exists()
+    monkeypatch.setattr(pilot, "SHIPPED", tmp_path / "nothing-shipped")
     rc, _out, err = run("--pool", "principles", "--sets", "12", *COMMON, "--dry-run", "--output-dir", tmp_path / "n")
     assert rc == 0 and "no pilot" in err and "if the set effect's SD were 1 × the seed noise" in err
+    # a pilot the project measured and ships for the model is the next best thing to your own
+    monkeypatch.setattr(pilot, "SHIPPED", tmp_path / "shipped")
+    pilot.write_shipped(pilot_folder := pilot_dir(tmp_path), "enigma-tiny", "of a test study")
+    rc, _out, err = run("--pool", "principles", "--sets", "12", *COMMON, "--dry-run", "--output-dir", tmp_path / "n")
+    assert rc == 0 and "spread of a test study (shipped; --noise-from for yours)" in err, err
+    assert pilot.shipped_pilot("enigma-tiny")[0] == pilot.pilot_noise(pilot_folder)
 
 
 def test_spread_takes_evenly_spaced_ranks_of_si():

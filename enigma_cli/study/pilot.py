@@ -20,6 +20,8 @@ from .tables import noises, outcome_runs, runs_table, sets_table, si_error
 
 #: λ = σ_set / σ_seed assumed when no pilot exists (said so in the output)
 ASSUMED_RATIOS = (0.5, 1.0, 2.0)
+#: pilots measured by this project and shipped with it, one JSON file per model alias (`write_shipped`)
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "pilots"
 
 
 def _results(folder: Path, pattern: str) -> list[dict]:
@@ -50,6 +52,30 @@ def pilot_noise(folder: Path, main: str = "enigma") -> list[Noise]:
     scores = _results(folder, "score/*.json")
     tau = si_error(sets_table(scores, runs, main)) if scores else 0.0
     return noises(table, tau)
+
+
+def shipped_pilot(model: str) -> tuple[list[Noise], str] | None:
+    """The noise a study of this project measured on `model` (an alias such as enigma-tiny), and where it comes
+    from; None when none is shipped."""
+    path = SHIPPED / f"{model}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return [Noise(**row) for row in data["outcomes"]], data["source"]
+
+
+def write_shipped(folder: Path, model: str, source: str, main: str = "enigma") -> Path:
+    """Ship the noise the study in `folder` measured as `model`'s pilot (a maintainer's step, after a study)."""
+    found = pilot_noise(folder, main)
+    if not found:
+        raise InputError(f"{folder} has too few finished runs to measure noise.")
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    path = SHIPPED / f"{model}.json"
+    rows = [{"outcome": n.outcome, "seed_sd": n.seed_sd, "set_sd": n.set_sd, "set_sd_high": n.set_sd_high,
+             "si_error": n.si_error} for n in found]
+    path.write_text(json.dumps({"source": source, "outcomes": rows}, indent=1) + "\n")
+    return path
 
 
 def check_pilot(folder: str) -> Path:

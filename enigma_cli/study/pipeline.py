@@ -228,7 +228,7 @@ def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
 def power_lines(cfg: StudyConfig, inputs: Inputs) -> None:
     """The plan's power, from --noise-from, else this folder's finished runs, else assumed set effects."""
     from .outcomes import claim_outcomes
-    from .pilot import pilot_noise, plan_power
+    from .pilot import pilot_noise, plan_power, shipped_pilot
 
     found, source = [], ("no pilot (give --noise-from DIR, a finished study on this model, for power from measured "
                          "noise), so for assumed set effects")
@@ -236,6 +236,10 @@ def power_lines(cfg: StudyConfig, inputs: Inputs) -> None:
         if folder is not None and (found := pilot_noise(Path(folder), cfg.variants[0])):
             source = f"the seed noise and set spread measured in {folder} ({what})"
             break
+    else:
+        shipped = shipped_pilot(cfg.model)
+        if shipped is not None:
+            found, source = shipped[0], f"the seed noise and set spread {shipped[1]} (shipped; --noise-from for yours)"
     n_tests = len(claim_outcomes(downstream=bool(cfg.outcome_tasks)))
     for line in plan_power(len(inputs.sets), len(cfg.seeds), found, source, n_tests):
         console.print(line, highlight=False)
