@@ -49,6 +49,7 @@ from enigma_cli.models.loading import load_model
 from enigma_cli.prompts import render_prompt
 from enigma_cli.train import terms
 from enigma_cli.train.config import TrainConfig
+from enigma_cli.train.defaults import for_model
 from enigma_cli.train.objective import sami_matrices, sami_prompts
 from enigma_cli.train.run import plan
 
@@ -59,7 +60,8 @@ def update_tokens(ep, cfg) -> int:
     """Prompt + completion tokens of every sequence the update forwards (the diagonal, plus SAMI's off-diagonal)."""
     n = sum(len(ep.prompt_ids[ep.prompt_of(i)]) + len(c) for i, c in enumerate(ep.completion_ids))
     if cfg.use_sami:
-        for p, s, i, j in ep.off_diagonal(range(sami_prompts(cfg, ep.n_prompts)), sami_matrices(cfg, ep.m)):
+        for p, s, i, j in ep.off_diagonal(range(sami_prompts(cfg.sami_prompts, ep.n_prompts)),
+                                         sami_matrices(cfg.sami_matrices, ep.m)):
             n += len(ep.prompt_ids[p * ep.k + i]) + len(ep.completion_ids[ep.completion_index(p, j, s)])
     return n
 
@@ -103,8 +105,9 @@ def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -
     for n, (label, options) in enumerate(variants):
         cfgs[label] = _config(args, model_dir, f"{tmp}/v{n}", **options)
         pset, examples = plan(cfgs[label])
-        trainers[label] = trainer_mod.Trainer(load_model(str(model_dir), device=args.device, dtype=args.dtype,
-                                                         for_training=True), examples, pset, cfgs[label])
+        lm = load_model(str(model_dir), device=args.device, dtype=args.dtype, for_training=True)
+        cfgs[label] = for_model(cfgs[label], lm.model)
+        trainers[label] = trainer_mod.Trainer(lm, examples, pset, cfgs[label])
     shared: dict = {}
     acc: dict[str, float] = {}
     real = (trainer_mod.collect, trainer_mod.reference_pass, terms.sinkhorn_divergence)

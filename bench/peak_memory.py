@@ -99,6 +99,7 @@ def child(case: str, args) -> dict:
             after_load = loaded[0]
         else:
             from enigma_cli.train.config import TrainConfig
+            from enigma_cli.train.defaults import for_model
             from enigma_cli.train.run import plan
             from enigma_cli.train.trainer import Trainer
 
@@ -111,7 +112,7 @@ def child(case: str, args) -> dict:
             pset, examples = plan(cfg)
             lm = load_model(cfg.model, device="cpu", dtype="float32", for_training=True)
             after_load = _rss_gib()
-            trainer = Trainer(lm, examples, pset, cfg)
+            trainer = Trainer(lm, examples, pset, for_model(cfg, lm.model))
             del lm
             for _ in range(args.steps):
                 trainer.step()

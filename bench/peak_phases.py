@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     from enigma_cli.train import memory
     from enigma_cli.train import trainer as trainer_mod
     from enigma_cli.train.config import TrainConfig
+    from enigma_cli.train.defaults import for_model
     from enigma_cli.train.run import plan
 
     sampler = PhaseSampler()
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         pset, examples = plan(cfg)
         sampler.label = "loading"
         lm = load_model(cfg.model, device="cpu", dtype="float32", for_training=True)
-        trainer = trainer_mod.Trainer(lm, examples, pset, cfg)
+        trainer = trainer_mod.Trainer(lm, examples, pset, for_model(cfg, lm.model))
         del lm
 
         def on_output(module, name):

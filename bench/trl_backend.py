@@ -60,8 +60,8 @@ def native(args, out: str, options: dict) -> list[tuple[float, float]]:
 
     cfg = _config(args, out, **options)
     pset, examples = plan(cfg)
-    trainer = Trainer(load_model(args.model, device=args.device, dtype=args.dtype, for_training=True), examples,
-                      pset, cfg)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, for_training=True)
+    trainer = Trainer(lm, examples, pset, resolve_for_model(cfg, parameter_count(lm.model)))
     steps = []
     for _ in range(args.repeats + 1):
         _sync(args.device)

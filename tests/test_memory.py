@@ -80,13 +80,15 @@ def test_nothing_is_hooked_without_malloc_trim(monkeypatch):
 def test_the_trainer_releases_inside_its_backward(calls, model_dir, tmp_path):
     from enigma_cli.models.loading import load_model
     from enigma_cli.train.config import TrainConfig
+    from enigma_cli.train.defaults import for_model
     from enigma_cli.train.run import plan
     from enigma_cli.train.trainer import Trainer
 
     cfg = TrainConfig(model=str(model_dir), steps=1, prompts_per_step=2, group_size=4, max_new_tokens=8,
                       device="cpu", output_dir=str(tmp_path / "run"))
     pset, examples = plan(cfg)
-    trainer = Trainer(load_model(cfg.model, device="cpu", for_training=True), examples, pset, cfg)
+    lm = load_model(cfg.model, device="cpu", for_training=True)
+    trainer = Trainer(lm, examples, pset, for_model(cfg, lm.model))
     assert trainer.model.get_input_embeddings().sparse  # the tiny model's embedding is tied
     trainer.step()
     assert calls.count(True) == memory.RELEASES_PER_BACKWARD  # inside the backward

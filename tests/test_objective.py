@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from enigma_cli.core import grpo_loss, sinkhorn_divergence
 from enigma_cli.train import terms
 from enigma_cli.train.config import TrainConfig
 from enigma_cli.train.episodes import Episodes
+from enigma_cli.train.params import from_train_config
 from enigma_cli.train.rewards import RewardResult
 
 ABLATIONS = {"grpo": {"sami": False, "ot": False}, "grpo+sami": {"ot": False}, "grpo+ot": {"sami": False},
@@ -52,7 +54,7 @@ def test_grpo_term_is_grpo_loss_and_logs_the_batch_loss(loss_type, accum_steps):
     mask = (torch.arange(5)[None] < torch.tensor([5, 3, 1, 4])[:, None]).float()
     adv = torch.tensor([1.0, -0.5, 0.25, -0.75])
     cfg = TrainConfig(loss_type=loss_type, importance_level="sequence")
-    loss, metrics = terms.grpo_term(logp, mask, adv, cfg, accum_steps=accum_steps, num_items=40)
+    loss, metrics = terms.grpo_term(logp, mask, adv, from_train_config(cfg).grpo, accum_steps=accum_steps, num_items=40)
     # sequence level, on-policy: the clip is inactive and every token of sequence i carries −A_i
     per_seq = -adv
     full = per_seq.mean() if loss_type == "grpo" else (per_seq * mask.sum(1)).sum() / 40
@@ -76,9 +78,41 @@ def test_sami_term_is_the_symmetric_cross_entropy():
 
 def test_critic_metrics_of_a_perfect_critic_reach_log_k():
     S = torch.full((2, 3, 3), -50.0) + 50.0 * torch.eye(3)
-    metrics = terms.critic_metrics(S)
-    assert metrics["mi_sym"] == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-6)
+    metrics = terms.critic_metrics(S, torch.full((2, 3), 4.0))
+    for key in ("mi_sym", "sami_mi_sym"):
+        assert metrics[key] == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-6), key
     assert metrics["si"] == pytest.approx(1.0, abs=1e-6) and metrics["sami_acc_row"] == 1.0
+
+
+def test_training_logs_the_si_that_score_principles_reports():
+    """One SI: `si`, `mi_sym` and `mi_row` of a training step are score-principles' (its default sum critic) on the
+    same mean-token scores and lengths; SAMI's own mean-token bound keeps a name of its own."""
+    from enigma_cli.core.infonce import infonce_bounds
+    from enigma_cli.score.config import ScoreConfig
+    from enigma_cli.score.scoring import CriticScores, _variant
+
+    g = torch.Generator().manual_seed(5)
+    S = -2 + 0.3 * torch.randn(6, 3, 3, generator=g) + 0.2 * torch.eye(3)
+    lengths = torch.randint(3, 40, (6, 3), generator=g).float()
+    metrics = terms.critic_metrics(S, lengths)
+    scores = CriticScores(S, torch.zeros(6, 3), lengths, [""] * 18)
+    reported = _variant(scores.matrix("sum"), 3, 2, ScoreConfig(bootstrap=10))
+    for key in ("si", "mi_sym", "mi_row"):
+        assert metrics[key] == pytest.approx(reported[key], abs=1e-6), key
+    own = infonce_bounds(S)
+    assert metrics["sami_mi_sym"] == pytest.approx(own["mi_sym"]) and metrics["sami_mi_row"] == own["mi_row"]
+    assert abs(metrics["si"] - own["mi_sym"] / torch.log(torch.tensor(3.0)).item()) > 1e-3  # two scales
+
+
+def test_critic_lengths_follow_the_critic_matrix_columns():
+    """Column j of matrix (p, s) is completion (p, j, s): its length scales that column of the sum critic."""
+    ep = hand_episodes(n_prompts=3, k=3, m=2)
+    lengths = terms.critic_lengths(ep, range(1, 3), 2)
+    assert lengths.shape == (4, 3)
+    for a, p in enumerate(range(1, 3)):
+        for s in range(2):
+            for j in range(3):
+                assert lengths[a * 2 + s, j] == len(ep.completion_ids[ep.completion_index(p, j, s)])
 
 
 @pytest.mark.parametrize("matrices", [1, 2])
@@ -174,7 +208,7 @@ def test_micro_loss_equals_a_brute_force_enigma_objective(tiny_lm):
 
     model, _, cfg, ep, layers, ref, old = _setup(tiny_lm, "enigma", beta=0.1, sami_matrices=0,
                                                    lambda_sami=0.7, lambda_ot=2.0)
-    loss, metrics = micro_loss(model, ep, range(2), cfg, layers=layers, ref=ref, old=old,
+    loss, metrics = micro_loss(model, ep, range(2), from_train_config(cfg), layers=layers, ref=ref, old=old,
                                num_items=sum(map(len, ep.completion_ids)))
     got = _grads(model, loss)
 
@@ -216,6 +250,7 @@ def test_micro_loss_equals_a_brute_force_enigma_objective(tiny_lm):
     assert g == k * m
 
 
+RENAMED = {"mi_sym": "sami_mi_sym", "mi_row": "sami_mi_row"}  # the mean-token bound's names since the one SI
 LEGACY = "d84f742"  # the last commit with the monolithic grpo_loss and micro_loss
 
 
@@ -273,7 +308,7 @@ def test_micro_loss_equals_the_replaced_objective(ablation, loss_type, accum, be
     num_items = sum(map(len, ep.completion_ids))
     for a in range(accum):
         prompts = range(a * 2 // accum, (a + 1) * 2 // accum)
-        new_loss, new_metrics = micro_loss(model, ep, prompts, cfg, layers=layers, ref=ref, old=old,
+        new_loss, new_metrics = micro_loss(model, ep, prompts, from_train_config(cfg), layers=layers, ref=ref, old=old,
                                            num_items=num_items, accum_steps=accum)
         new_grads = _grads(model, new_loss)
         old_loss, old_metrics = legacy(model, ep, prompts, cfg, pad_id=pad, layers=layers, ref=ref, old=old,
@@ -291,7 +326,10 @@ def test_micro_loss_equals_the_replaced_objective(ablation, loss_type, accum, be
             # (and ot_unconverged: whether a nearly-converged Sinkhorn solve crosses its tolerance before max_iter
             # turns on the last digits of its inputs, which the two forwards sum in different orders)
             if not (key == "loss_grpo" and loss_type == "dapo") and key != "ot_unconverged":
-                assert new_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+                got = new_metrics[RENAMED.get(key, key)]
+                if key == "si":  # the old si was SAMI's mean-token bound over log K; si is now score-principles'
+                    got = new_metrics["sami_mi_sym"] / math.log(ep.k)
+                assert got == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 def test_sami_prompts_is_an_unbiased_subsample_of_the_sami_loss(tiny_lm):
@@ -308,9 +346,9 @@ def test_sami_prompts_is_an_unbiased_subsample_of_the_sami_loss(tiny_lm):
     num_items = sum(map(len, ep.completion_ids))
 
     def sami_part(config, episodes):
-        loss_all, _ = micro_loss(model, episodes, range(episodes.n_prompts), config, layers=layers, ref=ref,
+        loss_all, _ = micro_loss(model, episodes, range(episodes.n_prompts), from_train_config(config), layers=layers, ref=ref,
                                  old=old, num_items=num_items)
-        loss_grpo, _ = micro_loss(model, episodes, range(episodes.n_prompts), grpo_only, layers=layers, ref=ref,
+        loss_grpo, _ = micro_loss(model, episodes, range(episodes.n_prompts), from_train_config(grpo_only), layers=layers, ref=ref,
                                   old=old, num_items=num_items)
         return float(loss_all - loss_grpo)
 
@@ -322,9 +360,9 @@ def test_sami_prompts_is_an_unbiased_subsample_of_the_sami_loss(tiny_lm):
     assert max(estimates) - min(estimates) > 1e-6  # a subsample, not the exact term
     # gradient accumulation: two micro-batches, the first holding the only scored prompt, give the same total
     acc = dataclasses.replace(one, grad_accum=2)
-    shares = [micro_loss(model, ep, range(a, a + 1), acc, layers=layers, ref=ref, old=old, num_items=num_items,
+    shares = [micro_loss(model, ep, range(a, a + 1), from_train_config(acc), layers=layers, ref=ref, old=old, num_items=num_items,
                          accum_steps=2)[0] for a in range(2)]
-    whole, _ = micro_loss(model, ep, range(2), one, layers=layers, ref=ref, old=old, num_items=num_items)
+    whole, _ = micro_loss(model, ep, range(2), from_train_config(one), layers=layers, ref=ref, old=old, num_items=num_items)
     assert float(sum(shares)) == pytest.approx(float(whole), rel=1e-5)
 
 

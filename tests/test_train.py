@@ -352,13 +352,15 @@ def _first_update(model_dir, out: Path, **options) -> tuple[dict[str, torch.Tens
     """Gradients handed to the optimizer at step 1 (after clipping, which is off here), the row, the episodes."""
     from enigma_cli.models.loading import load_model
     from enigma_cli.train.config import TrainConfig
+    from enigma_cli.train.defaults import for_model
     from enigma_cli.train.run import plan
     from enigma_cli.train.trainer import Trainer
 
     cfg = TrainConfig(model=str(model_dir), steps=1, prompts_per_step=2, group_size=4, principles_per_prompt=2,
                       max_new_tokens=16, device="cpu", output_dir=str(out), max_grad_norm=1e9, **options)
     pset, examples = plan(cfg)
-    trainer = Trainer(load_model(cfg.model, device="cpu", for_training=True), examples, pset, cfg)
+    lm = load_model(cfg.model, device="cpu", for_training=True)
+    trainer = Trainer(lm, examples, pset, for_model(cfg, lm.model))
     grads: dict[str, torch.Tensor] = {}
 
     def capture(optimizer, args, kwargs):
@@ -381,10 +383,11 @@ def _mean_logprob(model, prompt: list[int], completion: list[int]) -> float:
 
 @pytest.mark.parametrize("sami, sami_matrices, grad_accum", [(True, 0, 1), (True, 1, 1), (True, 1, 2), (False, 0, 2)])
 def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami, sami_matrices, grad_accum, model_dir, tmp_path):
-    """loss_sami and mi_sym of a step equal the core functions on S[p,s][i,j] = mean log π(y_(p,j,s) | c_i, x_p),
+    """loss_sami and sami_mi_sym of a step equal the core functions on S[p,s][i,j] = mean log π(y_(p,j,s) | c_i, x_p),
     each entry scored by an independent unpadded forward; --sami-matrices m' keeps matrices s < m' only. Without
     SAMI the critic is still logged (from a no-grad forward of its off-diagonal)."""
     from enigma_cli.core import infonce_bounds, sami_loss
+    from enigma_cli.core.infonce import posterior_critic, sufficiency_index, sum_critic
     from enigma_cli.models.loading import load_model
 
     _, row, ep = _first_update(model_dir, tmp_path / "run", sami=sami, ot=False, sami_matrices=sami_matrices,
@@ -403,10 +406,16 @@ def test_sami_term_is_the_infonce_of_the_within_prompt_critic(sami, sami_matrice
     else:
         assert "loss_sami" not in row
     bounds = infonce_bounds(S)
-    assert row["mi_sym"] == pytest.approx(bounds["mi_sym"], abs=5e-6)
+    assert row["sami_mi_sym"] == pytest.approx(bounds["mi_sym"], abs=5e-6)
     # the row bound is not symmetric in (i, j): it catches a transposed critic, which the symmetric terms cannot
-    assert row["mi_row"] == pytest.approx(bounds["mi_row"], abs=5e-6)
+    assert row["sami_mi_row"] == pytest.approx(bounds["mi_row"], abs=5e-6)
     assert abs(bounds["mi_row"] - bounds["mi_col"]) > 4 * 5e-6
+    # one SI: score-principles' sum critic, from the same scores and the completions' lengths
+    lengths = torch.tensor([[len(ep.completion_ids[ep.completion_index(p, j, s)]) for j in range(ep.k)]
+                            for p in range(ep.n_prompts) for s in range(m_used)], dtype=torch.float64)
+    centred = posterior_critic(sum_critic(S, lengths))
+    assert row["si"] == pytest.approx(sufficiency_index(centred)["si"], abs=5e-5)
+    assert row["mi_row"] == pytest.approx(infonce_bounds(centred)["mi_row"], abs=5e-5)
 
 
 @pytest.mark.parametrize("sami", [False, True])

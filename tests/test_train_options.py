@@ -27,13 +27,15 @@ TRUE_GRPO = {"sami": False, "ot": False, "ref_metrics": False, "critic_metrics":
 def _trainer(model_dir, out, **options):
     from enigma_cli.models.loading import load_model
     from enigma_cli.train.config import TrainConfig
+    from enigma_cli.train.defaults import for_model
     from enigma_cli.train.run import plan
 
     options = {"prompts_per_step": 2, "group_size": 4, "principles_per_prompt": 2, "max_new_tokens": 12,
                "max_grad_norm": 1e9, **options}
     cfg = TrainConfig(model=str(model_dir), steps=2, device="cpu", output_dir=str(out), **options)
     pset, examples = plan(cfg)
-    return trainer_mod.Trainer(load_model(cfg.model, device="cpu", for_training=True), examples, pset, cfg)
+    lm = load_model(cfg.model, device="cpu", for_training=True)
+    return trainer_mod.Trainer(lm, examples, pset, for_model(cfg, lm.model))
 
 
 def _grads_at_first_step(trainer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -174,9 +176,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_dir, tmp_path, mo
     # a layer's MLP calls in the update: during micro_loss (the forward) and after it (the backward's replay)
     calls = {(ckpt, phase): 0 for ckpt in (False, True) for phase in ("forward", "backward")}
     real = trainer_mod.micro_loss
+    checkpointing = [False]  # which trainer is running (micro_loss reads only the terms' parameters)
 
-    def counted(model, ep, prompts, cfg, **kwargs):
-        key, mlp = cfg.gradient_checkpointing, model.model.layers[0].mlp
+    def counted(model, ep, prompts, params, **kwargs):
+        key, mlp = checkpointing[0], model.model.layers[0].mlp
         forward = mlp.forward  # (a forward hook would not do: torch's checkpoint replays the forward without hooks)
         phase = ["forward"]
 
@@ -186,12 +189,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_dir, tmp_path, mo
 
         mlp.forward = spy
         try:
-            return real(model, ep, prompts, cfg, **kwargs)
+            return real(model, ep, prompts, params, **kwargs)
         finally:
             phase[0] = "backward"
 
     monkeypatch.setattr(trainer_mod, "micro_loss", counted)
     plain, row1 = _grads_at_first_step(_trainer(model_dir, tmp_path / "a"))
+    checkpointing[0] = True
     checkpointed, row2 = _grads_at_first_step(_trainer(model_dir, tmp_path / "b", gradient_checkpointing=True))
     assert calls[(False, "forward")] > 0 and calls[(False, "backward")] == 0
     # the checkpointed layer ran again in the backward, once per forward call

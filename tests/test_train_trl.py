@@ -59,6 +59,24 @@ def test_a_trl_run_keeps_enigmas_run_folder(model_dir, tmp_path):
     assert loaded.model.config.num_hidden_layers > 0
 
 
+def test_sami_prompts_runs_on_the_trl_backend(model_dir, tmp_path):
+    """--sami-prompts reaches EnigmaGRPOTrainer (once refused there): one of the step's two prompts is scored, in
+    the first of two micro-batches, so SAMI is logged as the mean over the micro-steps that scored it."""
+    import torch
+
+    from enigma_cli.train.config import TrainConfig
+    from enigma_cli.trl.mapping import grpo_args
+
+    cfg = TrainConfig(backend="trl", prompts_per_step=2, group_size=4, grad_accum=2, sami_prompts=1, lr=1e-3)
+    assert grpo_args(cfg, dtype=torch.float32, device=torch.device("cpu")).sami_prompts == 1
+    out = tmp_path / "run"
+    rc, _, err = train("--model", model_dir, "--steps", "1", *TRL, "--sami-prompts", "1", "--grad-accum", "2",
+                       "--output-dir", out)
+    assert rc == 0, err
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["loss_sami"].notna().all() and metrics["si"].notna().all()
+
+
 def test_stream_and_the_trained_weights(model_dir, tmp_path):
     """--format streams one row per step to stdout; SAMI and OT move the weights even when GRPO has no signal."""
     from safetensors.torch import load_file

@@ -20,6 +20,7 @@ from enigma_cli.principles import load_principle_set
 from enigma_cli.train.config import TrainConfig
 from enigma_cli.train.episodes import collect
 from enigma_cli.train.objective import micro_loss, reference_pass
+from enigma_cli.train.params import from_train_config
 from enigma_cli.train.trainer import default_layers
 from enigma_cli.trl import EnigmaGRPOConfig, EnigmaGRPOTrainer
 from enigma_cli.trl.data import PrincipleGroupSampler, check_layout, principle_rows
@@ -97,7 +98,7 @@ def _native(native, start, ep, cfg, pad_id):
     native.zero_grad(set_to_none=True)
     layers = default_layers(native.config.num_hidden_layers)
     ref = reference_pass(start, ep, layers, cfg.temperature)
-    loss, metrics = micro_loss(native, ep, range(ep.n_prompts), cfg, layers=layers, ref=ref,
+    loss, metrics = micro_loss(native, ep, range(ep.n_prompts), from_train_config(cfg), layers=layers, ref=ref,
                                old=None, num_items=sum(map(len, ep.completion_ids)))
     loss.backward()
     return float(loss.detach()), metrics, _grads(native)
@@ -124,7 +125,8 @@ def test_the_sami_and_ot_terms_match_enigma_train_on_the_same_batch(backends, la
     pad = trainer._tokenizer.pad_token_id
     n_loss, n_metrics, n_grad = _native(native, start, ep, cfg, pad)
     t_loss, t_metrics, t_grad = _trl(trainer, inputs)
-    keys = ["mi_sym", "mi_row", "si", "sami_acc_row", "ot_divergence", "kl_ref", "loss_grpo"]
+    keys = ["mi_sym", "mi_row", "si", "sami_mi_sym", "sami_mi_row", "sami_acc_row", "ot_divergence", "kl_ref",
+            "loss_grpo"]
     keys += ["loss_sami"] if lambda_sami else []
     for key in keys:
         assert t_metrics[key] == pytest.approx(n_metrics[key], rel=1e-4, abs=1e-6), key
@@ -132,6 +134,39 @@ def test_the_sami_and_ot_terms_match_enigma_train_on_the_same_batch(backends, la
     assert t_loss == pytest.approx(n_loss, rel=1e-4, abs=1e-6)
     assert n_grad.norm() > 0
     torch.testing.assert_close(t_grad, n_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_sami_prompts_on_trl_scores_the_same_critic_as_enigma_train(backends):
+    """--sami-prompts 1 under two micro-batches: both backends score the critic of the step's first prompt only
+    (in the first micro-batch, at the same share), so metrics and the summed gradient agree."""
+    trainer, native, start, ep, inputs, cfg = backends
+    trainer.args.lambda_sami, trainer.args.sami_prompts = 0.5, 1
+    cfg = dataclasses.replace(cfg, lambda_sami=0.5, sami_prompts=1, grad_accum=2)
+    params, layers = from_train_config(cfg), default_layers(native.config.num_hidden_layers)
+    ref = reference_pass(start, ep, layers, cfg.temperature)
+    native.zero_grad(set_to_none=True)
+    n_metrics = []
+    for a in range(2):
+        loss, metrics = micro_loss(native, ep, range(a, a + 1), params, layers=layers, ref=ref, old=None,
+                                   num_items=sum(map(len, ep.completion_ids)), accum_steps=2)
+        loss.backward()
+        n_metrics.append(metrics)
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.current_gradient_accumulation_steps = 2
+    t_metrics = []
+    for a in range(2):
+        trainer._step = a  # TRL counts its micro-steps after each one
+        rows = torch.arange(a * G, (a + 1) * G)
+        micro = {key: value[rows] if isinstance(value, torch.Tensor) and value.ndim and len(value) == P * G else value
+                 for key, value in inputs.items()}
+        trainer._metrics["train"].clear()
+        trainer.compute_loss(trainer.model, micro).backward()
+        t_metrics.append({key: values[-1] for key, values in trainer._metrics["train"].items()})
+    assert "loss_sami" in n_metrics[0] and "loss_sami" in t_metrics[0]
+    assert "loss_sami" not in n_metrics[1] and "loss_sami" not in t_metrics[1] and "si" not in t_metrics[1]
+    for key in ("loss_sami", "mi_sym", "si", "sami_mi_sym"):
+        assert t_metrics[0][key] == pytest.approx(n_metrics[0][key], rel=1e-4, abs=1e-6), key
+    torch.testing.assert_close(_grads(trainer.model), _grads(native), rtol=1e-4, atol=1e-6)
 
 
 def test_each_term_moves_the_gradient(backends):

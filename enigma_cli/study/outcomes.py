@@ -7,8 +7,10 @@ From the run's `metrics.csv` (one row per step):
 - ``reward_change``: mean |Δ reward_mean| from step to step after the burn-in — the steadiness of training;
 - ``grad_norm_sd``: standard deviation of the gradient norm after the burn-in;
 - ``reward_final``, ``kl_final``, ``drift_final``, ``mi_final``: means over the last 10% of steps of the mean
-  reward, the k3 KL to the reference, the Sinkhorn drift of hidden states and the in-training MI bound (the last is
-  SI measured again, not an outcome the claim is about; it is reported for completeness).
+  reward, the k3 KL to the reference, the Sinkhorn drift of hidden states and the in-training MI bound ``mi_sym``
+  (the last is SI measured again, on score-principles' scale: the sum critic of `train.terms.critic_metrics`; not
+  an outcome the claim is about, it is reported for completeness). Runs logged before the one SI wrote SAMI's
+  mean-token bound under ``mi_sym``, about a tenth of the sum critic's; do not pool ``mi_final`` across the two.
 
 From the evaluation (with and without the set's principles in the prompt) and the post-training SI: accuracy,
 majority-vote accuracy and format rate on held-out questions, and ``post_si``.

@@ -37,6 +37,11 @@ def resolve_for_model(cfg, n_params: int):
     return dataclasses.replace(cfg, lr=lr, lora_r=lora_r)
 
 
+def for_model(cfg, model):
+    """`resolve_for_model` for a loaded model (its parameter count)."""
+    return resolve_for_model(cfg, parameter_count(model))
+
+
 class Watch:
     """Warns once when the reward has no spread in any group (saying whether the --saturated-reward fallback
     gives GRPO a signal there), and once when the KL to the reference passes `kl_warn`; each warning says what to

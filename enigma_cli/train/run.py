@@ -201,13 +201,15 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     from .. import options as cfgmod
     from ..interrupt import Interrupted, SafeStop, signum_of
     from .checkpoint import rotate_checkpoints
-    from .defaults import Watch
+    from .defaults import Watch, for_model
     from .tracking import Trackers
     from .trainer import Trainer
 
     stream = cfg.format
     out = Path(cfg.output_dir)
     lm, examples = load(cfg, pset, examples)
+    # the learning rate and LoRA rank for this model's size, said once, before either backend builds its trainer
+    cfg = for_model(cfg, lm.model)
     if cfg.backend == "trl":
         from ..trl.backend import train_trl
 
@@ -218,7 +220,6 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
 
     resume = str(start.checkpoint) if start.checkpoint is not None else None
     trainer = Trainer(lm, examples, pset, cfg, resume=resume, write_config=write_config)
-    cfg = trainer.cfg  # with the learning rate and LoRA rank resolved for this model
     main = dist_utils.is_main()
     log = None
     trackers = None

@@ -1,7 +1,7 @@
 """The terms of the ENIGMA objective, each a function of tensors that one micro-batch's forward produced.
 
-L = L_GRPO + λ_SAMI·L_SAMI + λ_OT·S_ε (method.md §2-5). `objective.micro_loss` runs the forwards and adds the
-terms; here each term (and each metric that only logs) is computed on its own, so it can be tested alone on a
+L = L_GRPO + λ_SAMI·L_SAMI + λ_OT·S_ε (method.md §2-5). `objective.enigma_objective` adds the terms (for both
+backends); here each term (and each metric that only logs) is computed on its own, so it can be tested alone on a
 hand-built batch. Every loss returned here is the micro-batch's **share** of the batch loss under gradient
 accumulation (`core.aggregation`): the trainer adds the shares of the ``accum_steps`` micro-batches and never
 rescales them. SAMI and OT are means over the micro-batch's matrices and points, so their share is ``1/accum``.
@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core import SinkhornConvergenceWarning, grpo_loss, infonce_bounds, sami_loss, sinkhorn_divergence
+from ..core.infonce import posterior_critic, sufficiency_index, sum_critic
 from ..core.kl import k3_kl, masked_token_mean
+from .params import GrpoParams
 
 #: Sinkhorn tolerance in training (L1 error of the plan's marginal): 1e-4 gives the regulariser's gradient to
 #: ~1e-4 relative, plenty for SGD, and stops policy-vs-reference clouds (nearly a permutation plan, Sinkhorn's
@@ -28,21 +30,21 @@ from ..core.kl import k3_kl, masked_token_mean
 OT_TOL = 1e-4
 
 
-def grpo_term(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, cfg, *,
+def grpo_term(logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, p: GrpoParams, *,
               old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None, accum_steps: int = 1,
               num_items: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """The policy term: `core.grpo_loss` with the run's surrogate, aggregation and clip range.
+    """The policy term: `core.grpo_loss` with the run's surrogate, aggregation and clip range (`GrpoParams`).
 
-    ``ref_logp`` enters the loss only when ``cfg.beta > 0``. Logged: ``loss_grpo`` (the batch loss, i.e. the share
+    ``ref_logp`` enters the loss only when ``p.beta > 0``. Logged: ``loss_grpo`` (the batch loss, i.e. the share
     times ``accum_steps``, so that the mean over micro-batches is the batch loss for every aggregation) and
     ``grpo_<stat>`` for each statistic of `grpo_loss`.
     """
-    loss, stats = grpo_loss(logp, old_logp, advantages, mask, surrogate=cfg.surrogate, loss_type=cfg.loss_type,
-                            importance_level=cfg.importance_level, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high,
-                            ref_logp=ref_logp if cfg.beta > 0 else None, beta=cfg.beta,
-                            max_completion_length=cfg.max_new_tokens, num_items_in_batch=num_items,
-                            accum_steps=accum_steps, sapo_temperature_pos=cfg.sapo_temperature_pos,
-                            sapo_temperature_neg=cfg.sapo_temperature_neg)
+    loss, stats = grpo_loss(logp, old_logp, advantages, mask, surrogate=p.surrogate, loss_type=p.loss_type,
+                            importance_level=p.importance_level, eps_low=p.epsilon, eps_high=p.epsilon_high,
+                            ref_logp=ref_logp if p.beta > 0 else None, beta=p.beta,
+                            max_completion_length=p.max_completion_length, num_items_in_batch=num_items,
+                            accum_steps=accum_steps, sapo_temperature_pos=p.sapo_temperature_pos,
+                            sapo_temperature_neg=p.sapo_temperature_neg)
     metrics = {"loss_grpo": float(loss.detach()) * accum_steps}
     metrics.update({f"grpo_{key}": float(v) for key, v in stats.items()})
     return loss, metrics
@@ -60,11 +62,29 @@ def sami_term(S: torch.Tensor, accum_steps: int = 1, share: float | None = None)
     return loss * weight, {"loss_sami": float(loss.detach())}
 
 
-def critic_metrics(S: torch.Tensor) -> dict[str, float]:
-    """The InfoNCE bounds of the critic matrices (no gradient): MI (nats), SI = MI/log K, row accuracy."""
-    bounds = infonce_bounds(S.detach())
-    return {"mi_sym": bounds["mi_sym"], "mi_row": bounds["mi_row"], "si": bounds["mi_sym"] / bounds["log_k"],
-            "sami_acc_row": bounds["acc_row"]}
+def critic_metrics(S: torch.Tensor, lengths: torch.Tensor) -> dict[str, float]:
+    """The critic's InfoNCE bounds (no gradient), on the scale `enigma score-principles` reports them.
+
+    ``mi_sym``, ``mi_row`` (nats) and ``si`` = Î_sym / log K come from the sum-token critic centred on the K
+    principles' mixture (method.md §4, score-principles' default ``--critic sum``), built from the mean-token
+    scores ``S`` [B, K, K] and the completions' ``lengths`` [B, K] (`critic_lengths`): the same SI as
+    score-principles, measured on the step's completions. SAMI's own mean-token bound, the one its loss
+    tightens (``loss_sami`` = log K − ``sami_mi_sym``), is logged as ``sami_mi_sym``, ``sami_mi_row`` and
+    ``sami_acc_row``.
+    """
+    S = S.detach()
+    own = infonce_bounds(S)
+    centred = posterior_critic(sum_critic(S.float(), lengths))
+    bounds = infonce_bounds(centred)
+    return {"mi_sym": bounds["mi_sym"], "mi_row": bounds["mi_row"], "si": float(sufficiency_index(centred)["si"]),
+            "sami_mi_sym": own["mi_sym"], "sami_mi_row": own["mi_row"], "sami_acc_row": own["acc_row"]}
+
+
+def critic_lengths(ep, prompts: range, matrices: int) -> torch.Tensor:
+    """[B, K] completion lengths in tokens of the critic matrices of `critic_matrix`: entry [(p, s), j] is
+    |y_(p,j,s)|, the column j of matrix (p, s)."""
+    return torch.tensor([[len(ep.completion_ids[ep.completion_index(p, j, s)]) for j in range(ep.k)]
+                         for p in prompts for s in range(matrices)], dtype=torch.float32).reshape(-1, ep.k)
 
 
 def ot_term(policy: dict[int, torch.Tensor], reference: dict[int, torch.Tensor], eps: float,

@@ -32,7 +32,8 @@ from . import distributed as dist_utils
 from .checkpoint import find_checkpoint, load_state, save_checkpoint, set_rng_state
 from .episodes import Episodes, collect
 from .memory import release_during_backward, release_freed_memory, sparse_tied_embedding_grad
-from .objective import micro_loss, needs_reference, reference_pass
+from .objective import Forward, micro_loss, needs_reference, reference_pass
+from .params import from_train_config
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -44,10 +45,13 @@ class Trainer:
     """Holds the policy, reference, optimizer and step counter; `step()` returns one metrics row."""
 
     def __init__(self, lm, examples, pset, cfg, *, resume: str | None = None, write_config=None):
-        from .defaults import parameter_count, resolve_for_model
-
-        cfg = resolve_for_model(cfg, parameter_count(lm.model))  # auto lr and LoRA rank, per model size
+        """``cfg`` must have its per-model defaults resolved (`defaults.resolve_for_model`): the trainer uses its
+        configuration as given and changes none of it."""
+        if cfg.lr is None or cfg.lora_r is None:
+            raise ValueError("Trainer needs a TrainConfig with lr and lora_r chosen: resolve the per-model defaults "
+                             "first with train.defaults.resolve_for_model(cfg, parameter_count(model)).")
         self.cfg, self.examples, self.pset = cfg, examples, pset
+        self.objective = from_train_config(cfg)  # what each term of the loss reads
         self.tokenizer, self.device = lm.tokenizer, lm.device
         self.rank, self.world = dist_utils.init(lm.device)
         torch.manual_seed(cfg.seed)
@@ -145,75 +149,103 @@ class Trainer:
             yield self.reference
 
     def step(self) -> dict:
-        cfg = self.cfg
+        """One optimisation step: generate and reward the step's completions, score them under the reference (and
+        the old policy, when ``--updates-per-generation`` > 1), update the policy, and return the step's metrics
+        row (`_metrics`).
+
+        A non-finite loss or gradient skips the update (`_update`), is counted, and raises `EnigmaError` after
+        ``--max-nonfinite`` in a row (`_count_nonfinite`).
+        """
         step = self.step_no + 1
         t0 = time.perf_counter()
-        self.model.eval()
-        ep: Episodes = collect(self.model, self.tokenizer, self.examples, self.pset, cfg, step, self.rank)
-        release_freed_memory()  # the sampler's transient buffers
+        ep = self._generate(step)
         t_gen = time.perf_counter() - t0
-
         t1 = time.perf_counter()
+        ref, old = self._score(ep)
+        t_score = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        metrics, grad_norm, skipped = self._update(ep, ref, old)
+        self._count_nonfinite(skipped, step, metrics, grad_norm)
+        self.scheduler.step()
+        t_update = time.perf_counter() - t2
+        self.step_no = step
+        row = self._metrics(ep, metrics, grad_norm, t_gen, t_score, t_update, skipped)
+        self._last_episodes = ep
+        return row
+
+    def _generate(self, step: int) -> Episodes:
+        """The step's completions, rewards and advantages, sampled from the policy in eval mode."""
+        self.model.eval()
+        ep = collect(self.model, self.tokenizer, self.examples, self.pset, self.cfg, step, self.rank)
+        release_freed_memory()  # the sampler's transient buffers
+        return ep
+
+    def _score(self, ep: Episodes) -> tuple[Forward | None, Forward | None]:
+        """The reference's pass (when anything needs π_ref) and the old policy's (only with μ > 1), no graph."""
+        cfg = self.cfg
         ref = None
         if needs_reference(cfg):
             with self._reference_model() as ref_model:
                 ref = reference_pass(ref_model, ep, self.layers, cfg.temperature)
-        old = (reference_pass(self.model, ep, None, cfg.temperature)
-               if cfg.updates_per_generation > 1 else None)
+        old = reference_pass(self.model, ep, None, cfg.temperature) if cfg.updates_per_generation > 1 else None
         release_freed_memory()
-        t_score = time.perf_counter() - t1
+        return ref, old
 
-        t2 = time.perf_counter()
+    def _update(self, ep: Episodes, ref: Forward | None, old: Forward | None) -> tuple[dict, float, bool]:
+        """μ policy updates on the step's episodes: (the metrics' mean over every micro-step, the last gradient
+        norm, whether the update was skipped). The first non-finite loss or gradient norm stops the updates, and no
+        optimizer step is taken with it."""
         self.model.train()
-        num_items = sum(len(c) for c in ep.completion_ids)
-        per_micro = cfg.prompts_per_step // cfg.grad_accum
-        metrics_acc: dict[str, float] = {}
-        seen: dict[str, int] = {}  # micro-steps that logged each key (--sami-prompts leaves some without a critic)
-        skipped = False
+        totals = MetricMean()
         grad_norm = float("nan")
-        for _ in range(cfg.updates_per_generation):
-            self.optimizer.zero_grad(set_to_none=True)
-            for a in range(cfg.grad_accum):
-                prompts = range(a * per_micro, (a + 1) * per_micro)
-                sync = nullcontext() if (self.world == 1 or a == cfg.grad_accum - 1) else self.wrapped.no_sync()
-                with sync:
-                    loss, metrics = micro_loss(self.wrapped, ep, prompts, cfg, layers=self.layers,
-                                               ref=ref, old=old, num_items=num_items,
-                                               accum_steps=cfg.grad_accum)
-                    # logged even when non-finite, so a skipped step's row has the same columns as the others
-                    for key, v in metrics.items():  # the mean over every micro-step of every update
-                        metrics_acc[key] = metrics_acc.get(key, 0.0) + v
-                        seen[key] = seen.get(key, 0) + 1
-                    if not dist_utils.all_ranks_true(bool(torch.isfinite(loss))):
-                        skipped = True  # on every rank at once: a rank that went on to backward() would hang
-                        break
-                    loss.backward()
-            if skipped:
-                break
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            if not math.isfinite(grad_norm):
-                skipped = True
-                break
+        for _ in range(self.cfg.updates_per_generation):
+            finite = self._accumulate(ep, ref, old, totals)
+            if finite:
+                grad_norm = self._clip_gradients()
+                finite = math.isfinite(grad_norm)
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                return totals.mean(), grad_norm, True
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)  # free the gradients now, not at the next step's update
             release_freed_memory()
-        metrics_acc = {key: v / seen[key] for key, v in metrics_acc.items()}
-        if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_in_row += 1
-            self.nonfinite_total += 1
-            if self.nonfinite_in_row >= cfg.max_nonfinite:
-                raise EnigmaError(f"{self.nonfinite_in_row} steps in a row had a non-finite loss or gradient "
-                                  f"(last at step {step}: {nonfinite_cause(cfg, metrics_acc, grad_norm)}).")
-        else:
+        return totals.mean(), grad_norm, False
+
+    def _accumulate(self, ep: Episodes, ref: Forward | None, old: Forward | None, totals: MetricMean) -> bool:
+        """Forward and backward of every micro-batch, the gradients summed over them (their loss shares add up to
+        the batch loss). False, before that micro-batch's backward, when its loss is non-finite on any rank."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        num_items = sum(len(c) for c in ep.completion_ids)
+        per_micro = cfg.prompts_per_step // cfg.grad_accum
+        for a in range(cfg.grad_accum):
+            prompts = range(a * per_micro, (a + 1) * per_micro)
+            # DDP syncs gradients only in the last micro-batch's backward
+            sync = nullcontext() if (self.world == 1 or a == cfg.grad_accum - 1) else self.wrapped.no_sync()
+            with sync:
+                loss, metrics = micro_loss(self.wrapped, ep, prompts, self.objective, layers=self.layers, ref=ref,
+                                           old=old, num_items=num_items, accum_steps=cfg.grad_accum)
+                totals.add(metrics)  # even when non-finite, so a skipped step's row has the same columns
+                if not dist_utils.all_ranks_true(bool(torch.isfinite(loss))):
+                    return False  # on every rank at once: a rank that went on to backward() would hang
+                loss.backward()
+        return True
+
+    def _clip_gradients(self) -> float:
+        """Clip the gradient to ``--max-grad-norm``; returns its norm before clipping."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+
+    def _count_nonfinite(self, skipped: bool, step: int, metrics: dict, grad_norm: float) -> None:
+        """Count a skipped step; ``--max-nonfinite`` in a row abort the run, naming the term that went non-finite."""
+        if not skipped:
             self.nonfinite_in_row = 0
-        self.scheduler.step()
-        t_update = time.perf_counter() - t2
-        self.step_no = step
-        row = self._metrics(ep, metrics_acc, grad_norm, t_gen, t_score, t_update, skipped)
-        self._last_episodes = ep
-        return row
+            return
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite:
+            raise EnigmaError(f"{self.nonfinite_in_row} steps in a row had a non-finite loss or gradient "
+                              f"(last at step {step}: {nonfinite_cause(self.cfg, metrics, grad_norm)}).")
 
     def _metrics(self, ep: Episodes, acc: dict, grad_norm, t_gen, t_score, t_update, skipped) -> dict:
         r = ep.rewards
@@ -253,6 +285,23 @@ class Trainer:
                                     if any(lab is not None for lab in labels) else float("nan"))
         row = dist_utils.mean_over_ranks(row)
         return {"step": self.step_no, **row}
+
+
+class MetricMean:
+    """The mean of each metric over the micro-steps that logged it (``--sami-prompts`` leaves some micro-steps
+    without a critic, so a key's count can be smaller than the number of micro-steps)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def mean(self) -> dict[str, float]:
+        return {key: value / self.counts[key] for key, value in self.sums.items()}
 
 
 # -- reliability: which term went non-finite (named in the abort message) ----------------------------------------

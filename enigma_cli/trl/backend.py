@@ -52,7 +52,6 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     from .. import options as cfgmod
     from ..interrupt import Interrupted, SafeStop, signum_of
     from ..train import distributed as dist_utils
-    from ..train.defaults import parameter_count, resolve_for_model
     from ..train.folder import (
         COMPLETIONS,
         CONFIG,
@@ -69,7 +68,6 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
     from .rewards import enigma_reward_funcs
     from .trainer import EnigmaGRPOTrainer
 
-    cfg = resolve_for_model(cfg, parameter_count(lm.model))
     out, main = Path(cfg.output_dir), dist_utils.is_main()
     args = grpo_args(cfg, dtype=lm.dtype, device=lm.device)
     funcs, weights = enigma_reward_funcs(cfg.reward, cfg.group_size, format_weights=cfg.format_weights,

@@ -29,8 +29,9 @@ class EnigmaGRPOConfig(GRPOConfig):
         The principles themselves, instead of a set.
     principles_per_prompt : int
         K, the principles each question is asked under (drawn per question from the set); G = K·num_generations.
-    lambda_sami, sami_matrices : float, int
-        Weight of SAMI's symmetric InfoNCE and how many of the G/K critic matrices per question it scores (0: all).
+    lambda_sami, sami_matrices, sami_prompts : float, int, int
+        Weight of SAMI's symmetric InfoNCE, how many of the G/K critic matrices per question it scores (0: all), and
+        how many questions per optimizer step (per process) get critic matrices (0: all).
     lambda_ot, ot_layers, ot_eps : float, list of int, float
         Weight of the debiased Sinkhorn divergence between the policy's and the reference's pooled hidden states,
         its layers (None: one middle layer and the last) and its ε.
@@ -53,6 +54,7 @@ class EnigmaGRPOConfig(GRPOConfig):
     principles_per_prompt: int = field(default=2, metadata={"help": "K principles per question."})
     lambda_sami: float = field(default=0.1, metadata={"help": "Weight of the SAMI InfoNCE term (0: off)."})
     sami_matrices: int = field(default=1, metadata={"help": "Critic matrices per question SAMI scores (0: all)."})
+    sami_prompts: int = field(default=0, metadata={"help": "Questions per optimizer step SAMI scores (0: all)."})
     lambda_ot: float = field(default=1.0, metadata={"help": "Weight of the Sinkhorn OT term (0: off)."})
     ot_layers: list[int] | None = field(default=None, metadata={"help": "Hidden-state layers of the OT term."})
     ot_eps: float = field(default=0.05, metadata={"help": "Entropic regularisation of the OT term."})
@@ -77,6 +79,8 @@ class EnigmaGRPOConfig(GRPOConfig):
             problems.append("lambda_sami and lambda_ot must be at least 0")
         if not 0 <= self.sami_matrices <= m:
             problems.append(f"sami_matrices must lie in [0, num_generations = {m}], not {self.sami_matrices}")
+        if self.sami_prompts < 0:
+            problems.append(f"sami_prompts must be at least 0, not {self.sami_prompts}")
         if self.ot_eps <= 0:
             problems.append(f"ot_eps must be greater than 0, not {self.ot_eps}")
         if self.advantage_grouping not in ADVANTAGE_GROUPINGS:

@@ -25,6 +25,7 @@ enigma                                     TRL
 --reward, --format-weights, ...            reward_funcs (enigma's, one per term) and reward_weights
 --saturated-reward                         one more reward_func, ``saturated`` (weight 1: the fallback term)
 --sami/--lambda-sami, --sami-matrices      lambda_sami (0 with --no-sami), sami_matrices
+--sami-prompts                             sami_prompts (per process and optimizer step, as enigma's)
 --ot/--lambda-ot, --ot-layers, --ot-eps    lambda_ot (0 with --no-ot), ot_layers, ot_eps
 --critic-metrics, --ref-metrics            critic_metrics, ref_metrics; --ref-dtype: ref_dtype
 --gradient-checkpointing, --keep-dropout   gradient_checkpointing, disable_dropout = not --keep-dropout
@@ -83,8 +84,9 @@ def _config(cfg, k, layers, vllm, dtype, device) -> EnigmaGRPOConfig:
         use_liger_kernel=cfg.use_liger_kernel, top_entropy_quantile=cfg.top_entropy_quantile,
         # ENIGMA
         principles=cfg.principles, principles_per_prompt=k, lambda_sami=cfg.lambda_sami if cfg.use_sami else 0.0,
-        sami_matrices=cfg.sami_matrices, lambda_ot=cfg.lambda_ot if cfg.use_ot else 0.0, ot_layers=layers,
-        ot_eps=cfg.ot_eps, critic_metrics=cfg.critic_metrics, ref_metrics=cfg.ref_metrics, ref_dtype=cfg.ref_dtype,
+        sami_matrices=cfg.sami_matrices, sami_prompts=cfg.sami_prompts,
+        lambda_ot=cfg.lambda_ot if cfg.use_ot else 0.0, ot_layers=layers, ot_eps=cfg.ot_eps,
+        critic_metrics=cfg.critic_metrics, ref_metrics=cfg.ref_metrics, ref_dtype=cfg.ref_dtype,
         completions_jsonl=True,
         # the run
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_every or cfg.steps,

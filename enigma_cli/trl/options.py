@@ -26,9 +26,6 @@ def check_trl_options(cfg) -> None:
     if cfg.surrogate == "sapo" and cfg.loss_type != "grpo":
         raise InputError("--surrogate sapo runs under --backend trl as TRL's loss_type sapo, which aggregates like "
                          "grpo; pass --loss-type grpo.")
-    if cfg.sami_prompts:
-        raise InputError("--sami-prompts is a native-loop option; --backend trl scores every prompt's critic "
-                         "matrices (use --sami-matrices to make SAMI cheaper).")
     if cfg.sampler in ("shared", "lean"):
         raise InputError(f"--sampler {cfg.sampler} is enigma's own sampler; --backend trl generates with transformers "
                          "or with vLLM (--use-vllm): use --sampler auto.")

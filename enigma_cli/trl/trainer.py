@@ -15,17 +15,18 @@ Where the loss differs from TRL's, and where it matches `enigma train`
   `core.grpo_advantages`, exactly as `enigma train` does (TRL's per-prompt ones: ``"principle"``).
 - **GRPO term.** TRL's own `_compute_loss` (its fused LM head, its loss types, clipping, KL with β > 0, vLLM
   importance correction): not re-implemented.
-- **SAMI and OT terms.** The same functions as `enigma train` (`train.terms.sami_term`, `critic_matrix`,
-  `critic_metrics`, `ot_term`, `kl_metric`; `core`): the critic's diagonal entries and the policy's hidden states come
-  from TRL's training forward (hooked, see `batch.capture_hidden`), the off-diagonal entries from
-  `train.objective.forward`, the reference's pooled hidden states from one reference pass per generation. Both
-  terms are divided by the gradient-accumulation steps like TRL's loss. TRL left-pads prompts where `enigma train`
-  right-pads; the values agree to float rounding (tests/test_trl_trainer.py).
+- **SAMI and OT terms.** Composed by `enigma train`'s own `train.objective.enigma_objective`, with TRL's GRPO loss
+  as its policy term: `enigma_terms` only fills its inputs from TRL's batch. The critic's diagonal entries and the
+  policy's hidden states come from TRL's training forward (hooked, see `batch.capture_hidden`), the off-diagonal
+  entries from `train.objective.score_off_diagonal`, the reference's pooled hidden states from one reference pass
+  per generation. Both terms are divided by the gradient-accumulation steps like TRL's loss. TRL left-pads prompts
+  where `enigma train` right-pads; the values agree to float rounding (tests/test_trl_trainer.py).
 - **Reference.** The frozen starting model: TRL's ``ref_model`` when β > 0, the base model with the adapter switched
   off under PEFT, else a frozen copy of the model passed in (``ref_dtype``).
 - **Metrics** go through TRL's logging (``self._metrics``, so ``report_to`` sees them) under `enigma train`'s
-  names: ``loss_grpo``, ``loss_sami``, ``mi_sym``, ``mi_row``, ``si``, ``sami_acc_row``, ``ot_divergence``,
-  ``ot_unconverged``, ``kl_ref``, ``format_rate``, ``accuracy``, ``advantage_std``.
+  names: ``loss_grpo``, ``loss_sami``, ``mi_sym``, ``mi_row``, ``si``, ``sami_mi_sym``, ``sami_mi_row``,
+  ``sami_acc_row``, ``ot_divergence``, ``ot_unconverged``, ``kl_ref``, ``format_rate``, ``accuracy``,
+  ``advantage_std``.
 
 Not supported (a clear error): evaluation datasets, streaming datasets, tools/environments, multimodal prompts,
 ``mask_truncated_completions``.
@@ -47,9 +48,15 @@ from ..core.saturated import saturated_groups
 from ..models.logprobs import mean_pool
 from ..models.rollout import encode_prompts
 from ..prompts import render_prompt
-from ..train import terms
 from ..train.memory import release_during_backward, release_freed_memory
-from ..train.objective import forward
+from ..train.objective import (
+    PolicyOutputs,
+    ReferenceOutputs,
+    enigma_objective,
+    plan_critic,
+    score_off_diagonal,
+)
+from ..train.params import GrpoParams, ObjectiveParams, OtParams, SamiParams
 from ..train.rewards import SATURATED_TERM, compute_rewards
 from .batch import backbone, batch_episodes, capture_hidden, completion_mask_full
 from .config import EnigmaGRPOConfig
@@ -259,54 +266,41 @@ class EnigmaGRPOTrainer(GRPOTrainer):
         finally:
             self._enigma_capture = None
         accum = self.current_gradient_accumulation_steps if mode == "train" else 1
-        extra, metrics = self.enigma_terms(model, inputs, logps, cap.hidden(), accum)
-        metrics["loss_grpo"] = float(loss.detach()) * accum
+        total, metrics = self.enigma_terms(model, inputs, logps, cap.hidden(), accum, loss)
         self._log_enigma(mode, metrics)
-        return loss + extra
+        return total
 
     def enigma_terms(self, model, inputs: dict, logps: torch.Tensor, hidden: dict[int, torch.Tensor],
-                     accum: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
-        """λ_SAMI·L_SAMI + λ_OT·S_ε of a micro-batch (its share under ``accum`` micro-batches) and their metrics.
+                     accum: int = 1, grpo_loss: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """TRL's GRPO loss ``grpo_loss`` (0 if None) + λ_SAMI·L_SAMI + λ_OT·S_ε of a micro-batch (its share under
+        ``accum`` micro-batches) and their metrics: TRL's batch as `train.objective.enigma_objective`'s inputs.
 
         ``logps`` [B, C] are the policy's completion-token log-probs from TRL's forward (with graph), ``hidden`` its
-        hidden states [B, P+C, H] per OT layer.
+        hidden states [B, P+C, H] per OT layer. The micro-batch is micro-step ``_step % accum`` of its optimizer step
+        (TRL counts ``_step`` after each micro-step), so ``--sami-prompts`` keeps the critic of the step's first
+        prompts, as `enigma train` does.
         """
-        args, k, m = self.args, self.args.principles_per_prompt, self.num_generations
+        params = objective_params(self.args, self.temperature)
         mask = inputs["completion_mask"]
-        total, metrics = logps.new_zeros(()), {}
-        ep = batch_episodes(inputs, k, m)
-        prompts = range(ep.n_prompts)
+        ep = batch_episodes(inputs, self.args.principles_per_prompt, self.num_generations)
+        micro = self._step % accum
+        critic = plan_critic(ep, range(ep.n_prompts), params.sami, ep.n_prompts * accum, micro * ep.n_prompts)
+        off_logp = None
+        if critic is not None and critic.pairs:
+            off_logp = score_off_diagonal(model, ep, critic.pairs, self.temperature, graph=params.sami.on,
+                                          bare=self.accelerator.unwrap_model(model))
         seq = (logps * mask).sum(1) / mask.sum(1).clamp(min=1)
-        if args.use_sami or args.critic_metrics:
-            m_sami = min(args.sami_matrices or m, m)
-            off = ep.off_diagonal(prompts, m_sami)
-            rows = [ep.completion_index(p, j, s) for p, s, i, j in off]
-            cols = [p * k + i for p, s, i, j in off]
-            if args.use_sami:
-                off_logp = forward(model, ep, rows, cols, None, self.temperature).seq_logp
-            else:  # only logged: no graph, and the bare module (a DDP wrapper would sync buffers mid-step)
-                with torch.no_grad():
-                    off_logp = forward(self.accelerator.unwrap_model(model), ep, rows, cols, None,
-                                       self.temperature).seq_logp
-            S = terms.critic_matrix(ep, prompts, m_sami, seq if args.use_sami else seq.detach(), off, off_logp)
-            if args.use_sami:
-                loss_sami, sami_metrics = terms.sami_term(S, accum)
-                total = total + args.lambda_sami * loss_sami
-                metrics.update(sami_metrics)
-            metrics.update(terms.critic_metrics(S))
+        pooled = {}
         if "enigma_ref_pooled" in inputs:
             full = completion_mask_full(inputs)
-            policy = {layer: mean_pool(h.float(), full) for layer, h in hidden.items()}
-            policy = {layer: x if args.use_ot else x.detach() for layer, x in policy.items()}
-            ref = {layer: inputs["enigma_ref_pooled"][:, n] for n, layer in enumerate(self.enigma_layers)}
-            loss_ot, ot_metrics = terms.ot_term(policy, ref, args.ot_eps, accum)
-            if args.use_ot and loss_ot is not None:
-                total = total + args.lambda_ot * loss_ot
-            metrics.update(ot_metrics)
-        ref_logps = inputs.get("ref_per_token_logps", inputs.get("enigma_ref_logps"))
-        if ref_logps is not None:
-            metrics.update(terms.kl_metric(logps, ref_logps, mask))
-        return total, metrics
+            pooled = {layer: mean_pool(h.float(), full) for layer, h in hidden.items()}
+        policy = PolicyOutputs(logps, mask, seq, pooled, off_logp)
+        ref_pooled = ({layer: inputs["enigma_ref_pooled"][:, n] for n, layer in enumerate(self.enigma_layers)}
+                      if "enigma_ref_pooled" in inputs else None)
+        reference = ReferenceOutputs(inputs.get("ref_per_token_logps", inputs.get("enigma_ref_logps")), ref_pooled)
+        loss = grpo_loss if grpo_loss is not None else logps.new_zeros(())
+        return enigma_objective(ep, critic, policy, reference, (loss, {"loss_grpo": float(loss.detach()) * accum}),
+                                params, accum)
 
     def _log_enigma(self, mode: str, metrics: dict[str, float]) -> None:
         """Each metric's mean over processes, into TRL's ``self._metrics`` (the same keys on every rank)."""
@@ -362,6 +356,14 @@ def _principles(args: EnigmaGRPOConfig, principle_set=None) -> tuple[list[str], 
 
     pset = load_principle_set(args.principles)
     return list(pset.texts), list(pset.ids)
+
+
+def objective_params(args: EnigmaGRPOConfig, temperature: float) -> ObjectiveParams:
+    """The ENIGMA terms' parameters from an `EnigmaGRPOConfig` (the GRPO term is TRL's own, so its parameters are
+    TRL's and only the defaults stand here)."""
+    sami = SamiParams(weight=args.lambda_sami, matrices=args.sami_matrices, prompts=args.sami_prompts,
+                      log_critic=args.critic_metrics)
+    return ObjectiveParams(GrpoParams(), sami, OtParams(weight=args.lambda_ot, eps=args.ot_eps), temperature)
 
 
 def _frozen_copy(model, ref_dtype: str):
