@@ -209,11 +209,21 @@ class Rows(list):
 
     def __init__(self, items=(), checks: Sequence[ContextCheck] = ()):
         super().__init__(items)
-        self.checks = [c for c in checks if c.pending]
+        self.checks = list(checks)
         self.known: dict[str, bool] = {}
 
+    @property
+    def deferred(self) -> set[str]:
+        """Models whose window could not be read before loading: their check is still owed (`ContextCheck.loaded`)."""
+        return set().union(*(c.deferred for c in self.checks))
+
+    @property
+    def lazy(self) -> bool:
+        """Whether some rows are still to be checked as drawn."""
+        return any(c.pending for c in self.checks)
+
     def fits(self, question: str) -> bool:
-        if not self.checks:
+        if not self.lazy:
             return True
         if question not in self.known:
             self.known[question] = all(c.fits(question) for c in self.checks)

@@ -311,3 +311,4 @@ def test_a_training_run_reports_the_rows_it_skipped(small_sample, tmp_path, caps
     metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert metrics["rows_too_long"].sum() > 0
     assert "could not fit the context and were skipped" in " ".join(err.split())
+    assert err.count("rows sampled from") == 1  # checked before loading, not again on the loaded model

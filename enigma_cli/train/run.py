@@ -175,9 +175,9 @@ def _remove_empty(out: Path, created: Path) -> None:
 
 
 def load(cfg: TrainConfig, pset, examples):
-    """The model, and the examples whose prompts fit its context (checked on the loaded model: it could not run
-    before loading for a GGUF file or a hub id)."""
-    from ..context import ContextCheck, Rows, principles_of
+    """The model, and `plan`'s rows (`context.Rows`) with the context check that could not run before loading (a
+    GGUF file, a hub id) now run on the loaded model."""
+    from ..context import ContextCheck, principles_of
     from ..models import prefix
     from ..models.loading import load_model
 
@@ -191,10 +191,11 @@ def load(cfg: TrainConfig, pset, examples):
     if cfg.sampler in ("shared", "lean") and not prefix.supports(lm.model):
         raise InputError(f"--sampler {cfg.sampler} needs a decoder-only model with a key/value cache, and "
                          f"{cfg.model} is {type(lm.model).__name__}; use --sampler auto or hf.")
+    # only what `plan` could not check (a GGUF file not yet converted, a hub id): a second sample would double
+    # the start-up cost and every row's check
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}",
-                         deferred={cfg.model}, lazy=True)
-    keep = check.loaded(lm, [ex.prompt_text for ex in examples])
-    return lm, (examples.also(check, keep) if isinstance(examples, Rows) else Rows(examples).also(check, keep))
+                         deferred=examples.deferred, lazy=True)
+    return lm, examples.also(check, check.loaded(lm, [ex.prompt_text for ex in examples]))
 
 
 def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:

@@ -78,7 +78,7 @@ def train_trl(cfg, pset, examples, lm, start, *, progress: bool = False) -> Path
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / TENSORBOARD_DIR)
     # TRL samples rows itself, so rows still owing a context check (context.Rows: a large file) are checked here,
     # all of them: only the native loop starts before they are
-    if isinstance(examples, Rows) and examples.checks:
+    if isinstance(examples, Rows) and examples.lazy:
         rows = examples
         examples = [ex for ex in rows if rows.fits(ex.prompt_text)]
         if main and rows.skipped:
