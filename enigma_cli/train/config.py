@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core import grpo
 from ..errors import InputError, require
 from ..options import Options, device_opt, dtype_opt, opt
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
+# the choices of the GRPO term are its registries' names in core (a new surrogate or aggregation is a flag value
+# as soon as it is registered there)
+LOSS_TYPES = grpo.LOSS_TYPES  # core.aggregation.AGGREGATIONS
 TRL_LOSS_TYPES = ("vespo",)  # TRL 1.16's loss types that no --loss-type/--surrogate of the native loop names
-SURROGATES = ("clip", "cispo", "sapo")
+SURROGATES = grpo.SURROGATE_NAMES  # core.surrogates.SURROGATES
 REF_DTYPES = ("auto", "float32", "bfloat16", "float16")
-IMPORTANCE_LEVELS = ("token", "sequence")
-SCALES = ("group", "batch", "none")
+IMPORTANCE_LEVELS = grpo.IMPORTANCE_LEVELS
+SCALES = grpo.REWARD_SCALES
 SAMPLERS = ("auto", "shared", "hf", "lean")  # models.sampler.ENGINES, plus the old name "lean" (= shared)
 STREAM_FORMATS = ("csv", "jsonl")
 BACKENDS = ("native", "trl")
