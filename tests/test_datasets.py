@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from enigma_cli.datasets import DEFAULT_SYNTHETIC_N, Example, load_examples
+from enigma_cli.datasets import DEFAULT_SYNTHETIC_N, Example, _column, load_examples
 from enigma_cli.errors import InputError
 from enigma_cli.tasks.synthetic import generate_problems, is_heldout
 
@@ -192,3 +192,16 @@ def test_hub_specs_name_a_subset_and_a_split():
     for bad in ("gsm8k:", "gsm8k@", ":main"):
         with pytest.raises(InputError, match="NAME:SUBSET@SPLIT"):
             parse_hub_spec(bad, "train")
+
+
+def test_plain_columns_read_through_arrow_equal_datasets_own_reading(tmp_path):
+    """`_column` skips `datasets`' row-by-row formatter for plain columns (2M rows: 65 s -> 0.2 s); same values,
+    missing cells and row order (an index mapping from `select` included)."""
+    import datasets
+
+    rows = [{"question": "Q1", "answer": 3, "score": 1.5}, {"question": "Q2", "answer": None, "score": None},
+            {"question": "Q3", "answer": 10, "score": 2.0}]
+    ds = datasets.load_dataset("json", data_files=str(write_jsonl(tmp_path / "d.jsonl", rows)), split="train")
+    for view in (ds, ds.select([2, 0])):
+        for name in view.column_names:
+            assert _column(view, name) == list(view[name])
