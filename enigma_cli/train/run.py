@@ -131,6 +131,12 @@ def start_point(cfg: TrainConfig, *, locked: bool = False) -> Start:
 
 
 def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
+    """Train in ``cfg.output_dir`` with `plan`'s principle set and rows; returns the run folder.
+
+    Locks the folder (rank 0), settles where the run starts under the lock (`start_point`), removes what killed
+    saves left, then loads the model and trains on the chosen backend (`_train`). A run whose checkpoint already
+    reached ``--steps`` does nothing; a failure before anything was written leaves no folder behind.
+    """
     from ..runlock import RunLock
     from .checkpoint import clean_partial_saves
 
