@@ -20,6 +20,7 @@ import json
 import shutil
 import zlib
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -226,7 +227,8 @@ def _same_run(a: Path, b: Path, step: int) -> None:
 
 
 def test_resume_reproduces_the_uninterrupted_run(model_dir, tmp_path):
-    common = ["--model", model_dir, *SMALL, "--seed", 3]
+    # a warm-up longer than the run: every step's learning rate differs, so a scheduler not restored shows
+    common = ["--model", model_dir, *SMALL, "--seed", 3, "--warmup-steps", 6]
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     assert train(*common, "--steps", 4, "--save-every", 2, "--output-dir", a)[0] == 0
     assert (a / "checkpoint-2").is_dir() and (a / "checkpoint-4").is_dir()
@@ -246,6 +248,60 @@ def test_resume_reproduces_the_uninterrupted_run(model_dir, tmp_path):
     assert rc == 0, stderr
     _same_run(a, c, 4)
     assert pd.read_csv(c / "metrics.csv")["step"].tolist() == [1, 2, 3, 4]
+
+
+def test_resume_restores_the_rng_states(model_dir, tmp_path):
+    """--resume puts back torch's, Python's and NumPy's generators as they were at the save: whatever draws from them
+    (dropout under --keep-dropout, a custom reward) continues as in the uninterrupted run."""
+    import random
+
+    from enigma_cli.models.loading import load_model
+    from enigma_cli.train.config import TrainConfig
+    from enigma_cli.train.defaults import for_model
+    from enigma_cli.train.run import plan
+
+    cfg = TrainConfig(model=str(model_dir), steps=2, prompts_per_step=2, group_size=4, max_new_tokens=8,
+                      device="cpu", output_dir=str(tmp_path / "run"))
+    pset, examples = plan(cfg)
+
+    def trainer(resume=None):
+        lm = load_model(cfg.model, device="cpu", for_training=True)
+        return trainer_mod.Trainer(lm, examples, pset, for_model(cfg, lm.model), resume=resume)
+
+    first = trainer()
+    first.step()
+    torch.rand(3), random.random(), np.random.rand()  # the generators move on from the trainer's own seeding
+    saved = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    path = first.save()
+    torch.manual_seed(99), random.seed(99), np.random.seed(99)
+    trainer(resume=str(path))
+    assert torch.equal(torch.get_rng_state(), saved[0])
+    assert random.getstate() == saved[1]
+    assert np.array_equal(np.random.get_state()[1], saved[2])
+
+
+def test_each_step_and_rank_samples_with_its_own_seed(tiny_lm, monkeypatch):
+    """The sampler's seed is a function of (seed, step, rank): another step or rank draws afresh, and the same
+    (seed, step, rank) again (a resumed run) draws the same completions."""
+    from enigma_cli.datasets import load_examples
+    from enigma_cli.models.rollout import Generation
+    from enigma_cli.principles import load_principle_set
+    from enigma_cli.train.config import TrainConfig
+
+    seeds = []
+
+    def fake_generate(model, tokenizer, prompts, *, num_samples, seed, **kwargs):
+        seeds.append(seed)
+        n = len(prompts) * num_samples
+        return Generation([[1]] * n, [[2, 3]] * n, ["x"] * n, [i // num_samples for i in range(n)], [True] * n,
+                          num_samples)
+
+    monkeypatch.setattr(episodes_mod, "generate", fake_generate)
+    cfg = TrainConfig(prompts_per_step=1, group_size=4, max_new_tokens=4, seed=7)
+    examples, pset = load_examples(None, seed=0, split="train"), load_principle_set(cfg.principles)
+    for step, rank in [(1, 0), (2, 0), (1, 1), (1, 0)]:
+        episodes_mod.collect(None, tiny_lm[1], examples, pset, cfg, step, rank)
+    assert len(set(seeds[:3])) == 3 and seeds[3] == seeds[0]
 
 
 # -- 3. bad input ----------------------------------------------------------------------------------------------
@@ -474,24 +530,42 @@ class _NanGrad(torch.autograd.Function):
         return grad * float("nan")
 
 
-def _poison(monkeypatch, bad_steps: set[int] | None, where: str) -> None:
-    """Make the loss (or only its gradient) non-finite at the given steps (every step when None)."""
+class _Backward(torch.autograd.Function):
+    """Identity that records each backward through it: a non-finite loss must never be backpropagated."""
+
+    calls: ClassVar[list[int]] = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _Backward.calls.append(1)
+        return grad
+
+
+def _poison(monkeypatch, bad_steps: set[int] | None, where: str) -> list[int]:
+    """Make the loss (or only its gradient) non-finite at the given steps (every step when None); returns the list
+    that records every backward of a non-finite loss."""
     real = trainer_mod.micro_loss
     calls = {"n": 0}
+    _Backward.calls = []
 
     def micro_loss(*args, **kwargs):
         loss, metrics = real(*args, **kwargs)
         calls["n"] += 1  # one micro-batch per step here (grad_accum = updates_per_generation = 1)
         if bad_steps is None or calls["n"] in bad_steps:
-            loss = loss * float("nan") if where == "loss" else _NanGrad.apply(loss)
+            loss = _Backward.apply(loss * float("nan")) if where == "loss" else _NanGrad.apply(loss)
         return loss, metrics
 
     monkeypatch.setattr(trainer_mod, "micro_loss", micro_loss)
+    return _Backward.calls
 
 
 @pytest.mark.parametrize("where", ["loss", "grad"])
 def test_non_finite_step_is_skipped_and_counted(where, model_dir, start_weights, tmp_path, monkeypatch):
-    _poison(monkeypatch, {1, 3}, where)
+    backwards = _poison(monkeypatch, {1, 3}, where)
     out = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text("max_nonfinite: 2\n")
@@ -500,6 +574,7 @@ def test_non_finite_step_is_skipped_and_counted(where, model_dir, start_weights,
     assert rc == 0, stderr  # never two in a row
     df = pd.read_csv(out / "metrics.csv")
     assert df["skipped"].tolist() == [1, 0, 1]
+    assert backwards == []  # a non-finite loss stops before its backward (under DDP the others would wait for it)
     assert df["nonfinite_total"].tolist() == [1, 1, 2]
     assert np.isnan(df["grad_norm"][0]) and np.isfinite(df["grad_norm"][1])
     assert changed(start_weights, weights(out / "checkpoint-1")) == []  # the skipped step changed nothing
