@@ -5,12 +5,19 @@ from __future__ import annotations
 from ..cli_options import command
 from ..console import console, show_progress
 from ..train.config import TrainConfig
+from ..trl.options import check_trl_environment, check_trl_options
 
 
 def run(cfg: TrainConfig, dry_run: bool) -> None:
+    """Check, plan, and train on the chosen backend: ``--backend trl``'s own checks come first (the options TRL
+    cannot run, then what the machine lacks for them), before `plan` reads any data."""
+    from ..models.loading import resolve_device
     from ..train.run import plan
     from ..train.run import run as train_run
 
+    if cfg.backend == "trl":
+        check_trl_options(cfg)
+        check_trl_environment(cfg, resolve_device(cfg.device))
     pset, examples = plan(cfg)
     if dry_run:
         from ..train.run import start_point
@@ -26,7 +33,12 @@ def run(cfg: TrainConfig, dry_run: bool) -> None:
                       f"available; model {cfg.model}; output {cfg.output_dir}. Nothing loaded (--dry-run).",
                       highlight=False)
         return
-    train_run(cfg, pset, examples, progress=show_progress())
+    loop = None
+    if cfg.backend == "trl":
+        from ..trl.backend import train_trl  # here: TRL's import costs seconds that --dry-run and native skip
+
+        loop = train_trl
+    train_run(cfg, pset, examples, progress=show_progress(), loop=loop)
 
 
 train = command(TrainConfig, "train", run,

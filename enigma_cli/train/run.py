@@ -14,13 +14,15 @@ The run folder's life (our choices):
 - A failure before anything was written removes the folder again if this run created it.
 - `RUN_INFO` (run.json) records how the run was launched: backend, world size, ranks per node, launcher.
 - Under DDP every rank's completions reach `completions.jsonl` (gathered to rank 0, with their rank).
-- ``--backend trl`` shares all of the above (lock, start point, logs, plot) and trains in `enigma_cli.trl.backend`.
+- ``--backend trl`` shares all of the above (lock, start point, logs, plot) and trains in `enigma_cli.trl.backend`,
+  the loop that `commands/train.py` hands to `run` (train/ never imports trl/, which imports train/).
 """
 
 from __future__ import annotations
 
 import signal
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,10 @@ from .folder import (
     write_run_info,
 )
 from .records import MetricsLog, completion_records, dump_completions, truncate_dump
+
+#: a backend's training loop: (cfg resolved for the model, principle set, rows, loaded model, `Start`,
+#: progress=bool) -> the run folder
+Loop = Callable[..., Path]
 
 
 @dataclass(frozen=True)
@@ -80,10 +86,6 @@ def plan(cfg: TrainConfig):
     from .tracking import check_trackers
 
     check_trackers(cfg.trackers)  # a tracker's library missing: now, with its pip command
-    if cfg.backend == "trl":
-        from ..trl.options import check_trl_environment
-
-        check_trl_environment(cfg, device)
     # lazily: a large file starts at once, and the rows that cannot fit are skipped as training draws them
     check = ContextCheck(principles_of(pset), cfg.max_new_tokens, rows=f"dataset {cfg.dataset}", lazy=True)
     examples = Rows(examples).also(check, check.before_load(cfg.model, [ex.prompt_text for ex in examples]))
@@ -130,13 +132,18 @@ def start_point(cfg: TrainConfig, *, locked: bool = False) -> Start:
     return Start(checkpoint, step if step is not None else -1)
 
 
-def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
+def run(cfg: TrainConfig, pset, examples, *, progress: bool = False, loop: Loop | None = None) -> Path:
     """Train in ``cfg.output_dir`` with `plan`'s principle set and rows; returns the run folder.
 
     Locks the folder (rank 0), settles where the run starts under the lock (`start_point`), removes what killed
-    saves left, then loads the model and trains on the chosen backend (`_train`). A run whose checkpoint already
-    reached ``--steps`` does nothing; a failure before anything was written leaves no folder behind.
+    saves left, then loads the model and trains (`_train`): with the native `Trainer`, or with ``loop`` for
+    another backend (``--backend trl``: `trl.backend.train_trl`, which the command passes, so that nothing here
+    imports the layer above). A run whose checkpoint already reached ``--steps`` does nothing; a failure before
+    anything was written leaves no folder behind.
     """
+    if (cfg.backend != "native") != (loop is not None):
+        raise ValueError(f"--backend {cfg.backend} needs its training loop (commands/train.py passes it), and only "
+                         "a backend other than native takes one.")
     from ..runlock import RunLock
     from .checkpoint import clean_partial_saves
 
@@ -156,7 +163,7 @@ def run(cfg: TrainConfig, pset, examples, *, progress: bool = False) -> Path:
             return out
         if start.note and main:
             console.print(start.note, highlight=False)
-        return _train(cfg, pset, examples, start, progress=progress)
+        return _train(cfg, pset, examples, start, progress=progress, loop=loop)
     except BaseException:
         if main and fresh and [p.name for p in out.iterdir()] == [".enigma.lock"]:
             _remove_empty(out, created)  # nothing of the run was written: leave no folder behind
@@ -204,7 +211,7 @@ def load(cfg: TrainConfig, pset, examples):
     return lm, examples.also(check, check.loaded(lm, [ex.prompt_text for ex in examples]))
 
 
-def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) -> Path:
+def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool, loop: Loop | None) -> Path:
     from .. import options as cfgmod
     from ..interrupt import Interrupted, SafeStop, signum_of
     from .checkpoint import rotate_checkpoints
@@ -217,10 +224,8 @@ def _train(cfg: TrainConfig, pset, examples, start: Start, *, progress: bool) ->
     lm, examples = load(cfg, pset, examples)
     # the learning rate and LoRA rank for this model's size, said once, before either backend builds its trainer
     cfg = for_model(cfg, lm.model)
-    if cfg.backend == "trl":
-        from ..trl.backend import train_trl
-
-        return train_trl(cfg, pset, examples, lm, start, progress=progress)
+    if loop is not None:
+        return loop(cfg, pset, examples, lm, start, progress=progress)
 
     def write_config(path: Path) -> None:
         cfgmod.write_resolved(cfg, path)
