@@ -25,7 +25,7 @@ from enigma_cli.core import grpo_loss, sinkhorn_divergence
 from enigma_cli.train import terms
 from enigma_cli.train.config import TrainConfig
 from enigma_cli.train.episodes import Episodes
-from enigma_cli.train.params import from_train_config
+from enigma_cli.train.params import from_train_config, rollout_from_train_config
 from enigma_cli.train.rewards import RewardResult
 
 ABLATIONS = {"grpo": {"sami": False, "ot": False}, "grpo+sami": {"ot": False}, "grpo+ot": {"sami": False},
@@ -171,7 +171,7 @@ def _setup(tiny_lm, ablation, **options):
     cfg = TrainConfig(prompts_per_step=2, group_size=4, principles_per_prompt=2, max_new_tokens=10, device="cpu",
                       **ABLATIONS[ablation], **options)
     ep = collect(model, tokenizer, load_examples(None, seed=0, split="train"), load_principle_set(cfg.principles),
-                 cfg, step=1)
+                 rollout_from_train_config(cfg), step=1)
     ep.advantages = torch.randn(len(ep.completion_ids), generator=torch.Generator().manual_seed(4))
     layers = [1, 4]
     ref = reference_pass(model, ep, layers)

@@ -33,6 +33,7 @@ from enigma_cli.plots import grid_plot as _real_grid_plot
 from enigma_cli.train import episodes as episodes_mod
 from enigma_cli.train import trainer as trainer_mod
 from enigma_cli.train.episodes import Episodes
+from enigma_cli.train.params import rollout_from_train_config
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Sinkhorn did not converge:RuntimeWarning"),
@@ -300,7 +301,7 @@ def test_each_step_and_rank_samples_with_its_own_seed(tiny_lm, monkeypatch):
     cfg = TrainConfig(prompts_per_step=1, group_size=4, max_new_tokens=4, seed=7)
     examples, pset = load_examples(None, seed=0, split="train"), load_principle_set(cfg.principles)
     for step, rank in [(1, 0), (2, 0), (1, 1), (1, 0)]:
-        episodes_mod.collect(None, tiny_lm[1], examples, pset, cfg, step, rank)
+        episodes_mod.collect(None, tiny_lm[1], examples, pset, rollout_from_train_config(cfg), step, rank)
     assert len(set(seeds[:3])) == 3 and seeds[3] == seeds[0]
 
 
@@ -614,7 +615,7 @@ def test_reference_pass_equals_the_padded_forward(tiny_lm, model_dir, tmp_path):
     cfg = TrainConfig(model=str(model_dir), prompts_per_step=3, group_size=4, max_new_tokens=12, device="cpu",
                       output_dir=str(tmp_path / "run"))
     pset, examples = plan(cfg)
-    ep = collect(model, tokenizer, examples, pset, cfg, step=1)
+    ep = collect(model, tokenizer, examples, pset, rollout_from_train_config(cfg), step=1)
     assert len({tuple(p) for p in ep.prompt_ids}) < len(ep.completion_ids)  # prompts shared by several rows
     layers = [0, 2, 4]
     lean = objective.reference_pass(model, ep, layers)

@@ -18,11 +18,13 @@ EXAMPLE = Example(QUESTION, "B", None, ("three", "seventeen"))
 
 def test_native_rollout_prompts_show_the_options(tiny_lm, tmp_path):
     from enigma_cli.train.episodes import collect
+    from enigma_cli.train.params import rollout_from_train_config
 
     model, tokenizer = tiny_lm
     cfg = TrainConfig(prompts_per_step=1, group_size=2, max_new_tokens=2, device="cpu",
                       output_dir=str(tmp_path / "run"))
-    ep = collect(model, tokenizer, [EXAMPLE], load_principle_set(cfg.principles), cfg, step=1)
+    ep = collect(model, tokenizer, [EXAMPLE], load_principle_set(cfg.principles), rollout_from_train_config(cfg),
+                 step=1)
     text = tokenizer.decode(ep.prompt_ids[0])
     assert QUESTION in text and "A) three" in text and "B) seventeen" in text
 

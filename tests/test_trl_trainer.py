@@ -20,7 +20,7 @@ from enigma_cli.principles import load_principle_set
 from enigma_cli.train.config import TrainConfig
 from enigma_cli.train.episodes import collect
 from enigma_cli.train.objective import micro_loss, reference_pass
-from enigma_cli.train.params import from_train_config
+from enigma_cli.train.params import from_train_config, rollout_from_train_config
 from enigma_cli.train.trainer import default_layers
 from enigma_cli.trl import EnigmaGRPOConfig, EnigmaGRPOTrainer
 from enigma_cli.trl.data import PrincipleGroupSampler, check_layout, principle_rows
@@ -87,7 +87,7 @@ def backends(tiny_lm, tmp_path):
     cfg = TrainConfig(prompts_per_step=P, group_size=G, principles_per_prompt=K, max_new_tokens=10, loss_type="grpo",
                       importance_level="token", sampler="hf", lora_r=0, lr=1e-3, output_dir=str(tmp_path / "n"))
     examples = load_examples("synthetic", seed=0, split="train", purpose="train")
-    ep = collect(native, tok, examples, load_principle_set(cfg.principles), cfg, step=1)
+    ep = collect(native, tok, examples, load_principle_set(cfg.principles), rollout_from_train_config(cfg), step=1)
     ep.advantages = torch.randn(len(ep.completion_ids), generator=gen)  # a GRPO gradient to compare as well
     inputs = _trl_inputs(ep, tok.pad_token_id)
     inputs.update(trainer._reference_pass(inputs))

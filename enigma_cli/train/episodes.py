@@ -18,6 +18,7 @@ from ..datasets import Example
 from ..models.rollout import encode_prompts, generate
 from ..principles import PrincipleSet
 from ..prompts import render_prompt
+from .params import RolloutParams
 from .rewards import RewardResult, compute_rewards
 
 
@@ -78,21 +79,23 @@ def draw(examples: list[Example], pset: PrincipleSet, n_prompts: int, k: int, se
     return picks, principles, redrawn
 
 
-def collect(model, tokenizer, examples: list[Example], pset: PrincipleSet, cfg, step: int, rank: int = 0) -> Episodes:
-    """Generate the step's completions and score them (no gradient)."""
-    k, m = cfg.principles_per_prompt, cfg.group_size // cfg.principles_per_prompt
-    picks, principles, redrawn = draw(examples, pset, cfg.prompts_per_step, k, cfg.seed, step, rank)
+def collect(model, tokenizer, examples: list[Example], pset: PrincipleSet, rollout: RolloutParams, step: int,
+            rank: int = 0) -> Episodes:
+    """Generate the step's completions and score them (no gradient); ``rollout`` says how many and how
+    (`params.rollout_from_train_config`)."""
+    k, m, r = rollout.k, rollout.m, rollout.reward
+    picks, principles, redrawn = draw(examples, pset, rollout.prompts, k, rollout.seed, step, rank)
     # prompt_text: the question with its options (multiple-choice rows), as every other command renders it
     prompt_texts = [render_prompt(tokenizer, c.text, ex.prompt_text) for ex, cs in zip(picks, principles) for c in cs]
-    gen = generate(model, tokenizer, prompt_texts, num_samples=m, max_new_tokens=cfg.max_new_tokens,
-                   temperature=cfg.temperature, engine=cfg.sampler,
-                   seed=(cfg.seed * 1_000_003 + step * 7_919 + rank) % 2**31)
+    gen = generate(model, tokenizer, prompt_texts, num_samples=m, max_new_tokens=rollout.max_new_tokens,
+                   temperature=rollout.temperature, engine=rollout.sampler,
+                   seed=(rollout.seed * 1_000_003 + step * 7_919 + rank) % 2**31)
     labels = [ex.answer for ex in picks for _ in range(k * m)]
-    rewards = compute_rewards(gen.texts, labels, k * m, cfg.reward, format_weights=cfg.format_weights,
-                              gamma=cfg.coherence_gamma, gibbs_beta=cfg.gibbs_beta, numeric=cfg.numeric_answers,
-                              saturated=cfg.saturated_reward, prompts=[p for p in prompt_texts for _ in range(m)],
+    rewards = compute_rewards(gen.texts, labels, k * m, r.spec, format_weights=r.format_weights, gamma=r.gamma,
+                              gibbs_beta=r.gibbs_beta, numeric=r.numeric, saturated=r.saturated,
+                              prompts=[p for p in prompt_texts for _ in range(m)],
                               columns={"question": [ex.question for ex in picks for _ in range(k * m)]})
-    advantages = grpo_advantages(rewards.total, k * m, scale=cfg.scale_rewards)
+    advantages = grpo_advantages(rewards.total, k * m, scale=rollout.scale_rewards)
     return Episodes(
         n_prompts=len(picks), k=k, m=m,
         prompt_ids=encode_prompts(tokenizer, prompt_texts),

@@ -1,8 +1,10 @@
-"""The parameters of each ENIGMA term, apart from the run's whole configuration.
+"""The parameters of the rollout and of each ENIGMA term, apart from the run's whole configuration.
 
 A term reads only its own small frozen object, so a reader of `terms.py` or `objective.py` sees what each term
 depends on, and both backends build the same objects: `enigma train` from its `TrainConfig` (`from_train_config`),
-the TRL backend from its `EnigmaGRPOConfig` (`trl.trainer.objective_params`).
+the TRL backend from its `EnigmaGRPOConfig` (`trl.trainer.objective_params`). The rollout (`episodes.collect`)
+reads `RolloutParams` (`rollout_from_train_config`); the sampling temperature is read from the config here only,
+so that the sampler and the log-probs of the objective use one value.
 """
 
 from __future__ import annotations
@@ -70,6 +72,47 @@ class ObjectiveParams:
     temperature: float = 1.0
 
 
+@dataclass(frozen=True)
+class RewardParams:
+    """The reward of a rollout (method.md §1, §7, §8): `rewards.compute_rewards`' spec and its settings."""
+
+    spec: str = "format"
+    format_weights: tuple[float, ...] = (1.0, 0.5, 0.5)
+    gamma: float = 2.0
+    gibbs_beta: float = 1.0
+    numeric: bool = True
+    saturated: str = "coherence"
+
+
+@dataclass(frozen=True)
+class RolloutParams:
+    """One generation (`episodes.collect`): ``prompts`` per step, K principles each, G completions per prompt."""
+
+    prompts: int
+    k: int
+    group_size: int
+    max_new_tokens: int
+    temperature: float
+    sampler: str
+    seed: int
+    scale_rewards: str
+    reward: RewardParams
+
+    @property
+    def m(self) -> int:
+        """G/K: completions per principle."""
+        return self.group_size // self.k
+
+
+def rollout_from_train_config(cfg) -> RolloutParams:
+    """`enigma train`'s `TrainConfig` as the rollout's parameters."""
+    reward = RewardParams(spec=cfg.reward, format_weights=tuple(cfg.format_weights), gamma=cfg.coherence_gamma,
+                          gibbs_beta=cfg.gibbs_beta, numeric=cfg.numeric_answers, saturated=cfg.saturated_reward)
+    return RolloutParams(prompts=cfg.prompts_per_step, k=cfg.principles_per_prompt, group_size=cfg.group_size,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, sampler=cfg.sampler,
+                         seed=cfg.seed, scale_rewards=cfg.scale_rewards, reward=reward)
+
+
 def from_train_config(cfg) -> ObjectiveParams:
     """`enigma train`'s `TrainConfig` as the terms' parameters (an ablated term gets weight 0)."""
     grpo = GrpoParams(surrogate=cfg.surrogate, loss_type=cfg.loss_type, importance_level=cfg.importance_level,
@@ -79,4 +122,4 @@ def from_train_config(cfg) -> ObjectiveParams:
     sami = SamiParams(weight=cfg.lambda_sami if cfg.use_sami else 0.0, matrices=cfg.sami_matrices,
                       prompts=cfg.sami_prompts, log_critic=cfg.critic_metrics)
     ot = OtParams(weight=cfg.lambda_ot if cfg.use_ot else 0.0, eps=cfg.ot_eps)
-    return ObjectiveParams(grpo, sami, ot, cfg.temperature)
+    return ObjectiveParams(grpo, sami, ot, rollout_from_train_config(cfg).temperature)

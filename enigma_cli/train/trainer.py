@@ -33,7 +33,7 @@ from .checkpoint import find_checkpoint, load_state, save_checkpoint, set_rng_st
 from .episodes import Episodes, collect
 from .memory import release_during_backward, release_freed_memory, sparse_tied_embedding_grad
 from .objective import Forward, micro_loss, needs_reference, reference_pass
-from .params import from_train_config
+from .params import from_train_config, rollout_from_train_config
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -52,6 +52,7 @@ class Trainer:
                              "first with train.defaults.resolve_for_model(cfg, parameter_count(model)).")
         self.cfg, self.examples, self.pset = cfg, examples, pset
         self.objective = from_train_config(cfg)  # what each term of the loss reads
+        self.rollout = rollout_from_train_config(cfg)  # what a generation reads
         self.tokenizer, self.device = lm.tokenizer, lm.device
         self.rank, self.world = dist_utils.init(lm.device)
         torch.manual_seed(cfg.seed)
@@ -176,18 +177,18 @@ class Trainer:
     def _generate(self, step: int) -> Episodes:
         """The step's completions, rewards and advantages, sampled from the policy in eval mode."""
         self.model.eval()
-        ep = collect(self.model, self.tokenizer, self.examples, self.pset, self.cfg, step, self.rank)
+        ep = collect(self.model, self.tokenizer, self.examples, self.pset, self.rollout, step, self.rank)
         release_freed_memory()  # the sampler's transient buffers
         return ep
 
     def _score(self, ep: Episodes) -> tuple[Forward | None, Forward | None]:
         """The reference's pass (when anything needs π_ref) and the old policy's (only with μ > 1), no graph."""
-        cfg = self.cfg
+        cfg, temperature = self.cfg, self.objective.temperature
         ref = None
         if needs_reference(cfg):
             with self._reference_model() as ref_model:
-                ref = reference_pass(ref_model, ep, self.layers, cfg.temperature)
-        old = reference_pass(self.model, ep, None, cfg.temperature) if cfg.updates_per_generation > 1 else None
+                ref = reference_pass(ref_model, ep, self.layers, temperature)
+        old = reference_pass(self.model, ep, None, temperature) if cfg.updates_per_generation > 1 else None
         release_freed_memory()
         return ref, old
 
