@@ -44,20 +44,39 @@ def test_too_few_sets_or_a_constant_give_nan_not_a_number_that_looks_real():
 
 
 def test_noise_table_separates_seed_noise_from_set_differences():
-    # 6 sets × 2 seeds: pure seed noise of ±0.05 around one mean, and a real set effect on top of it
+    # 6 sets × 2 seeds: seed noise of ±0.05 that differs between sets (half the sets +, half −, so the seeds' own
+    # effects are 0), around one mean, and a real set effect on top of it
     rows = []
     for s in range(6):
         for seed, sign in ((0, 1), (1, -1)):
+            sign *= 1 if s % 2 else -1
             rows.append({"set": f"s{s}", "seed": seed, "noise_only": 0.5 + sign * 0.05,
                          "with_effect": 0.1 * s + sign * 0.05})
     table = noise_table(pd.DataFrame(rows), ["noise_only", "with_effect"]).set_index("outcome")
-    within = math.sqrt(6 * 2 * 0.05 ** 2 / 6)  # pooled: each set contributes 2·0.05² over 1 degree of freedom
+    # each set contributes 2·0.05² to the error, which has (6 − 1)(2 − 1) = 5 degrees of freedom once the seeds'
+    # main effects (here 0) are taken out
+    within = math.sqrt(6 * 2 * 0.05 ** 2 / 5)
     assert table.loc["noise_only", "seed_noise_sd"] == pytest.approx(within)
     assert table.loc["noise_only", "between_set_sd"] == pytest.approx(0.0)
     assert table.loc["with_effect", "between_set_sd"] == pytest.approx(np.std(0.1 * np.arange(6), ddof=1))
     assert table.loc["with_effect", "variance_ratio"] > 10
-    groups = [[0.1 * s + 0.05, 0.1 * s - 0.05] for s in range(6)]
-    assert table.loc["with_effect", "anova_p"] == pytest.approx(stats.f_oneway(*groups).pvalue)
+    msb = 2 * np.var(0.1 * np.arange(6), ddof=1)
+    assert table.loc["with_effect", "anova_p"] == pytest.approx(stats.f.sf(msb / within ** 2, 5, 5))
+
+
+def test_a_seed_effect_every_set_shares_is_not_noise_between_sets():
+    """Runs with the same seed see the same prompts and sampling streams: a shift that seed gives every set cancels
+    between the set means, so it must not count as noise (a one-way analysis would call it 0.05 of noise and make
+    the sets look no more different than reruns)."""
+    rows = [{"set": f"s{s}", "seed": seed, "y": 0.01 * s + (0.05 if seed else -0.05) + 0.001 * ((s * 7 + seed) % 3)}
+            for s in range(8) for seed in (0, 1, 2)]
+    row = noise_table(pd.DataFrame(rows), ["y"]).iloc[0]
+    assert row["seed_effects_removed"]
+    assert row["seed_noise_sd"] < 0.002
+    assert row["variance_ratio"] > 10 and row["anova_p"] < 1e-6
+    # sets that did not all run the same seeds: no seed effect can be taken out
+    uneven = pd.DataFrame(rows[:-1])
+    assert not noise_table(uneven, ["y"]).iloc[0]["seed_effects_removed"]
 
 
 def test_paired_test_pairs_by_set_and_seed():

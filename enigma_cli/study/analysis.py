@@ -85,53 +85,82 @@ def fieller_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, fl
     return math.tanh(z - half), math.tanh(z + half)
 
 
-def set_effect(groups: list[np.ndarray], level: float = 0.95) -> tuple[float, float]:
-    """(σ̂_a, upper bound) of the between-set SD in the one-way random-effects model (module docstring); NaN when
-    there are fewer than 2 sets or no replicate runs."""
+def set_effect(groups: list[np.ndarray], level: float = 0.95, dof: int | None = None) -> tuple[float, float]:
+    """(σ̂_a, upper bound) of the between-set SD in the random-effects model (module docstring); NaN when there are
+    fewer than 2 sets or no replicate runs. `dof`: the error's degrees of freedom when the groups are residuals of a
+    crossed design (default N − a, one-way)."""
     from scipy.stats import f as f_dist
 
     groups = [g for g in groups if len(g)]
     a, sizes = len(groups), np.array([len(g) for g in groups], dtype=float)
     total = sizes.sum()
-    if a < 2 or total - a < 1:
+    dof = int(total - a) if dof is None else dof
+    if a < 2 or dof < 1:
         return math.nan, math.nan
     grand = np.concatenate(groups).mean()
     msb = float(sum(n * (g.mean() - grand) ** 2 for n, g in zip(sizes, groups)) / (a - 1))
-    msw = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / (total - a))
+    msw = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)
     n0 = float((total - (sizes ** 2).sum() / total) / (a - 1))
     estimate = math.sqrt(max(0.0, (msb - msw) / n0))
     if msw <= 0:
         return estimate, (math.inf if msb > 0 else 0.0)
-    lower_quantile = f_dist.ppf(1 - level, a - 1, total - a)
+    lower_quantile = f_dist.ppf(1 - level, a - 1, dof)
     theta_high = max(0.0, (msb / msw / lower_quantile - 1) / n0)
     return estimate, math.sqrt(theta_high * msw)
 
 
+def without_seed_effects(runs: pd.DataFrame, outcome: str, by: str = "set", seed: str = "seed"
+                         ) -> tuple[list[np.ndarray], int | None]:
+    """Each set's runs of `outcome`, and the error's degrees of freedom.
+
+    When every set ran the same seeds (a crossed design, as `enigma study` runs it), runs that share a seed share
+    more than their seed number — the training prompts and the sampling streams are a function of it — so part of
+    the seed-to-seed noise is common to every set and cancels from the comparison between sets. Then each run is
+    taken less its seed's main effect (ȳ_·r − ȳ_··), the set means stay what they were, and the error is the
+    set × seed interaction with (a − 1)(b − 1) degrees of freedom (two-way ANOVA without replication). Otherwise the
+    plain groups and None (one-way: N − a)."""
+    d = runs[[by, seed, outcome]].dropna() if seed in runs else runs[[by, outcome]].dropna()
+    plain = [g[outcome].to_numpy(float) for _, g in d.groupby(by, sort=False)]
+    if seed not in d or d.empty:
+        return plain, None
+    seeds = d.groupby(by, sort=False)[seed].apply(lambda s: tuple(sorted(s)))
+    b = len(seeds.iloc[0])
+    if seeds.nunique() != 1 or b < 2 or len(set(seeds.iloc[0])) != b or len(seeds) < 2:
+        return plain, None
+    shifted = d[outcome] - d.groupby(seed)[outcome].transform("mean") + d[outcome].mean()
+    groups = [shifted[g.index].to_numpy(float) for _, g in d.groupby(by, sort=False)]
+    return groups, (len(groups) - 1) * (b - 1)
+
+
 def noise_table(runs: pd.DataFrame, outcomes: list[str], *, by: str = "set") -> pd.DataFrame:
-    """Per outcome: seed noise (pooled within-set SD), between-set SD of the set means, their variance ratio
-    (between-set variance over the variance seed noise alone gives the means), and a one-way ANOVA p-value."""
-    from scipy.stats import f_oneway
+    """Per outcome: seed noise (the SD of a run around its set's mean, seed effects shared by every set removed —
+    `without_seed_effects`), between-set SD of the set means, their variance ratio (between-set variance over the
+    variance seed noise alone gives the means), the ANOVA p-value of the set effect, and the set effect's SD with
+    its upper bound (`set_effect`)."""
+    from scipy.stats import f as f_dist
 
     rows = []
     for outcome in outcomes:
-        groups = [g[outcome].dropna().to_numpy(float) for _, g in runs.groupby(by, sort=False)]
+        groups, crossed_dof = without_seed_effects(runs, outcome, by)
         groups = [g for g in groups if len(g)]
         sizes = np.array([len(g) for g in groups])
         row = {"outcome": outcome, "sets": len(groups), "seed_noise_sd": math.nan, "between_set_sd": math.nan,
                "variance_ratio": math.nan, "anova_p": math.nan, "set_effect_sd": math.nan,
-               "set_effect_sd_high": math.nan}
+               "set_effect_sd_high": math.nan, "seed_effects_removed": crossed_dof is not None}
         if len(groups) >= 2:
             means = np.array([g.mean() for g in groups])
             row["between_set_sd"] = float(means.std(ddof=1))
-            dof = int((sizes - 1).sum())
+            dof = int((sizes - 1).sum()) if crossed_dof is None else crossed_dof
             if dof > 0:
                 within = float(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof)
                 row["seed_noise_sd"] = math.sqrt(within)
                 expected = within * float(np.mean(1.0 / sizes))  # Var of a set mean: σ²/n, averaged over sets
                 row["variance_ratio"] = float(means.var(ddof=1) / expected) if expected > 0 else math.inf
                 if all(len(g) >= 2 for g in groups) and within > 0:
-                    row["anova_p"] = float(f_oneway(*groups).pvalue)
-                row["set_effect_sd"], row["set_effect_sd_high"] = set_effect(groups)
+                    msb = float(sum(len(g) * (g.mean() - np.concatenate(groups).mean()) ** 2 for g in groups)
+                                / (len(groups) - 1))
+                    row["anova_p"] = float(f_dist.sf(msb / within, len(groups) - 1, dof))
+                row["set_effect_sd"], row["set_effect_sd_high"] = set_effect(groups, dof=dof)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -106,7 +106,8 @@ def plan_power(n_sets: int, seeds: int, found: list[Noise], source: str, n_tests
         if n.ratio == 0 and math.isfinite(n.ratio_high):
             high = power(n_sets, seeds, RHOS[-1], n.ratio_high, si_error=n.si_error, n_tests=n_tests)
             text += (f"; the pilot shows no set effect at all, and at the largest one it allows ({n.ratio_high:.2f} × "
-                     f"the seed noise) the power at ρ = {RHOS[-1]} would be {high:.2f}")
+                     f"the seed noise) the power at ρ = {RHOS[-1]} would be {high:.2f}"
+                     + _needed(n.ratio_high, n.si_error, n_tests, seeds).replace("; ", ", where ", 1))
         lines.append(text)
     return lines
 

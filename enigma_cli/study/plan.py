@@ -114,6 +114,9 @@ def check_or_write_study_file(cfg: StudyConfig, set_names: list[str], root: Path
             theirs = None
         if not isinstance(theirs, dict):
             raise InputError(f"{path} is unreadable; is {root} a study folder?")
+        # an option added since the folder was started holds its default there: what the study ran with
+        defaults = result_options(StudyConfig(), set_names)
+        theirs = {**{k: v for k, v in defaults.items() if k not in theirs}, **theirs}
         diff = sorted(k for k in set(mine) | set(theirs) if k != "sets" and mine.get(k) != theirs.get(k))
         if diff:
             key = diff[0]

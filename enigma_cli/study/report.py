@@ -59,8 +59,16 @@ def verdict(row: pd.Series, min_rho: float = MIN_RHO) -> str:
     set_high, noise = _num(row, "set_effect_sd_high"), _num(row, "seed_noise_sd")
     if noise > 0 and set_high < NEGLIGIBLE_SET_EFFECT * noise:
         return f"rules out (no set effect: SD ≤ {set_high:.2g})"
-    power = _num(row, "power_0.8")
-    return "inconclusive" + (f" (power {power:.2f} at ρ = 0.8)" if math.isfinite(power) else "")
+    power, bound = _num(row, "power_0.8"), _num(row, "power_0.8_at_bound")
+    if not math.isfinite(power):
+        return "inconclusive"
+    at_bound = f"; at most {bound:.2f} if the sets differ as much as the data allow" if bound > power + 0.005 else ""
+    return f"inconclusive (power {power:.2f} at ρ = 0.8{at_bound})"
+
+
+def _range(values: pd.Series) -> str:
+    low, high = float(values.min()), float(values.max())
+    return f"{low:.2f}" if abs(high - low) < 0.005 else f"{low:.2f}–{high:.2f}"
 
 
 def _fmt(x, spec=".2f") -> str:
@@ -98,11 +106,17 @@ def overall(table: pd.DataFrame, min_rho: float = MIN_RHO) -> str:
         return (f"**The claim does not hold here**: for every outcome it is about, the data rule out a correlation "
                 f"with pre-training SI of {min_rho:g} or more in the claimed direction, or show that the sets do not "
                 "differ in the outcome at all.")
-    power = table.loc[table["outcome"].isin(claim), "power_0.8"] if "power_0.8" in table else pd.Series(dtype=float)
-    power = power.dropna()
-    had = (f" The design had a power of {power.min():.2f}–{power.max():.2f} to detect ρ = 0.8 on these outcomes "
-           "(the same analysis run on simulated studies with this one's seed noise and set spread)."
-           if len(power) else "")
+    mine = table[table["outcome"].isin(claim)]
+    power = mine["power_0.8"].dropna() if "power_0.8" in mine else pd.Series(dtype=float)
+    bound = mine["power_0.8_at_bound"].dropna() if "power_0.8_at_bound" in mine else pd.Series(dtype=float)
+    had = (f" The design had a power of {_range(power)} to detect ρ = 0.8 on these outcomes at the set spread it "
+           "measured (the same analysis run on simulated studies with this one's seed noise and set spread)"
+           + (f", and at most {_range(bound)} had the sets differed as much as the upper bound of their spread "
+              "allows" if len(bound) else "") + "." if len(power) else "")
+    ratios = mine["variance_ratio"].dropna() if "variance_ratio" in mine else pd.Series(dtype=float)
+    if len(power) and len(ratios) and (ratios < NOISE_RATIO).all():
+        had += (" For every one of them the sets differ no more than reruns of one set do, so no correlation with "
+                "SI could show: more sets would not help unless the sets differ more (longer or stronger training).")
     partly = (f" Ruled out: {', '.join(LABELS.get(o, o) for o in ruled)}." if ruled else "")
     return ("**We cannot tell whether the claim holds here**: no outcome it is about correlates with pre-training SI "
             "beyond chance, and not every one is ruled out; a missed correlation is not evidence against the claim."

@@ -120,6 +120,13 @@ def add_power(table: pd.DataFrame, *, n_sets: int, seeds: int, si_error: float) 
             power(n_sets, seeds, rho * abs(EXPECTED[o]), by_outcome[o].ratio, si_error=min(si_error, 1e3),
                   n_tests=n_tests) if o in by_outcome and EXPECTED.get(o) is not None else math.nan
             for o in table["outcome"]]
+    # the same at the largest set effect the data allow (its upper 95% bound): what the design could have done if
+    # the sets differ as much as the noise still permits
+    top = RHOS[-1]
+    table[f"power_{top}_at_bound"] = [
+        power(n_sets, seeds, top, by_outcome[o].ratio_high, si_error=min(si_error, 1e3), n_tests=n_tests)
+        if o in by_outcome and EXPECTED.get(o) is not None and math.isfinite(by_outcome[o].ratio_high) else math.nan
+        for o in table["outcome"]]
     return table
 
 
