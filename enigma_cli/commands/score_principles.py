@@ -177,20 +177,13 @@ def _run_pool(cfg: ScoreConfig, dry_run: bool) -> None:
 
     from ..models.loading import load_model
     from ..score.confusion import confusion, heatmap
-    from ..score.pool import choose_subsets, score_pool
-    from ..score.trust import check_principles
+    from ..score.pool import choose_subsets, readable_members, score_pool
 
     lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
-    checks = check_principles(lm, pool_set, [ex.prompt_text for ex in examples])
-    readable = [i for i, c in enumerate(checks) if not any(f.blocks for f in c.findings)]
-    for c in checks:
-        for f in c.findings:
-            console.print(f"[yellow]⚠ left out of the pool:[/] {f.text}.", highlight=False)
-    if len(readable) <= k:
-        raise InputError(f"--choose {k} needs more than {k} principles the model can read; the pool holds "
-                         f"{len(readable)} of {size}.")
-    members, checks = [members[i] for i in readable], [checks[i] for i in readable]
+    members, checks, left_out = readable_members(lm, members, [ex.prompt_text for ex in examples], k)
+    for text in left_out:
+        console.print(f"[yellow]⚠ left out of the pool:[/] {text}.", highlight=False)
     with console.status("scoring the pool", spinner="dots") if show_progress() else nullcontext():
         pool = score_pool(lm, members, examples, cfg)
         found, ranked = choose_subsets(pool, k, cfg, checks, cfg.top)

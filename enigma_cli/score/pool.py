@@ -29,13 +29,14 @@ import torch
 
 from ..core import bootstrap_si, sufficiency_index
 from ..datasets import Example
+from ..errors import InputError
 from ..principle_pool import as_set
 from ..principles import Principle
 from .choose import Search, search
 from .config import ScoreConfig
 from .report import rank
 from .scoring import CriticScores, SetScore, critic_matrices, set_score
-from .trust import PrincipleCheck
+from .trust import PrincipleCheck, check_principles
 
 #: subsets whose SI is computed at once when many are ranked (bounds the stacked tensors)
 CHUNK = 2048
@@ -97,6 +98,19 @@ def score_pool(lm, principles: Sequence[Principle], examples: list[Example], cfg
     with torch.no_grad():
         scores = critic_matrices(lm, as_set(tuple(principles)), examples, cfg, progress)
     return PoolScores(tuple(principles), scores, cfg.samples)
+
+
+def readable_members(lm, members: Sequence[Principle], questions: list[str], k: int
+                     ) -> tuple[list[Principle], list[PrincipleCheck], list[str]]:
+    """The pool's members the model can read, their checks (`trust.check_principles`), and one sentence per member
+    left out; refuses when K or fewer remain, since no K-subset could be formed."""
+    checks = check_principles(lm, as_set(tuple(members)), questions)
+    keep = [i for i, c in enumerate(checks) if not any(f.blocks for f in c.findings)]
+    left_out = [f.text for i, c in enumerate(checks) if i not in keep for f in c.findings if f.blocks]
+    if len(keep) <= k:
+        raise InputError(f"--choose {k} needs more than {k} principles the model can read; the pool holds "
+                         f"{len(keep)} of {len(members)}.")
+    return [members[i] for i in keep], [checks[i] for i in keep], left_out
 
 
 def lead(better: SetScore, other: SetScore, cfg: ScoreConfig) -> tuple[float, float, float]:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..console import console
 from ..errors import InputError
-from ..principle_pool import as_set
 
 #: the largest C(N, K) a spread draw scores (every subset's row is built)
 MAX_SUBSETS = 100_000
@@ -44,20 +43,14 @@ def check_spread(n_members: int, k: int, n_sets: int | None) -> None:
 def draw_spread(cfg, members, examples, lm, root: Path) -> list[str]:
     """The names of the `cfg.sets` subsets at evenly spaced SI, from one scoring pass over the pool with `lm`."""
     from ..report import write_table
-    from ..score.pool import choose_subsets, score_pool
+    from ..score.pool import choose_subsets, readable_members, score_pool
     from ..score.report import report_frame
-    from ..score.trust import check_principles
     from .stages import score_config
 
     scfg = score_config(cfg, cfg.model)
-    checks = check_principles(lm, as_set(tuple(members)), [ex.prompt_text for ex in examples])
-    readable = [i for i, c in enumerate(checks) if not any(f.blocks for f in c.findings)]
-    for i in sorted(set(range(len(members))) - set(readable)):
-        console.print(f"[yellow]left out of the pool:[/] {checks[i].findings[0].text}", highlight=False)
-    if len(readable) <= cfg.choose:
-        raise InputError(f"the model can read {len(readable)} of the pool's {len(members)} principles, too few for "
-                         f"sets of {cfg.choose}.")
-    members, checks = [members[i] for i in readable], [checks[i] for i in readable]
+    members, checks, left_out = readable_members(lm, members, [ex.prompt_text for ex in examples], cfg.choose)
+    for text in left_out:
+        console.print(f"[yellow]⚠ left out of the pool:[/] {text}.", highlight=False)
     console.print(f"scoring the pool once: {len(members)} principles, {math.comb(len(members), cfg.choose)} "
                   f"{cfg.choose}-subsets, to choose {cfg.sets} that spread SI.", highlight=False)
     pool = score_pool(lm, members, examples, scfg)
