@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from clirun import refused
 
 from enigma_cli.cli import main
 from enigma_cli.constitution import build_sets, parse_rules, stable_ids
@@ -96,15 +97,6 @@ def test_near_duplicates_are_named(tmp_path, capsys):
     assert "show-every-step-on-its" in err and "nearly the same text" in err
 
 
-def _refused(rc, out, err, *needles):
-    assert rc == 3, err
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 @pytest.mark.parametrize("doc, extra, needles", [
     (None, [], ["missing.md", "does not exist"]),
     ("- Only one rule here.\n", [], ["found 1 rule", "at least 2"]),
@@ -124,7 +116,7 @@ def test_bad_input_exits_3_and_writes_nothing(doc, extra, needles, tmp_path, cap
                         *[a.format(tmp=tmp_path) for a in extra]] if "--out" not in extra and "--sets-by-heading"
                        not in extra else ["principles", "from-text", path, *[a.format(tmp=tmp_path) for a in extra]],
                        capsys)
-    _refused(rc, out, err, *needles)
+    refused(rc, out, err, *needles)
     assert sorted(tmp_path.iterdir()) == before
 
 

@@ -3,14 +3,12 @@ one sentence for every way such a function can be broken, before anything is wri
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 
 import pandas as pd
 import pytest
+from clirun import invoke
 
-from enigma_cli.cli import main
 from enigma_cli.errors import InputError
 from enigma_cli.train.rewards import compute_rewards, parse_reward_spec
 from enigma_cli.trl.rewards import enigma_reward_funcs
@@ -92,10 +90,7 @@ def test_a_module_works_like_a_file(tmp_path, monkeypatch, rewards_file):
 
 
 def train(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["train", *map(str, argv)])
-    return rc, out.getvalue(), " ".join(err.getvalue().split())
+    return invoke("train", *argv)
 
 
 def test_training_logs_the_reward_under_its_name(tmp_path, rewards_file):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from clirun import refused
 
 from enigma_cli.cli import main
 from enigma_cli.evaluate import harness
@@ -131,15 +132,6 @@ def test_tidy_rows_one_row_per_task_metric_and_filter():
     ]
 
 
-def _refused(rc, out, err, *needles):
-    assert rc == 3, err
-    assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
 @pytest.mark.parametrize("extra, needles", [
     (["--lm-eval", "{tmp}/missing.yaml"], ["missing.yaml", "does not exist"]),
     (["--lm-eval", "{bad}"], ["could not load the task", "bad.yaml"]),
@@ -156,7 +148,7 @@ def test_bad_input_is_refused_before_any_model_loads(extra, needles, task, tmp_p
     monkeypatch.setattr("enigma_cli.models.loading.load_model", lambda *a, **k: loads.append(a))
     argv = [a.format(tmp=tmp_path, bad=bad, yaml=task[1]) for a in extra]
     rc, out, err = run(["evaluate", "--out", tmp_path / "r.csv", *argv], capsys)
-    _refused(rc, out, err, *needles)
+    refused(rc, out, err, *needles)
     assert not loads
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no report, no lm-eval folder
 
@@ -164,7 +156,7 @@ def test_bad_input_is_refused_before_any_model_loads(extra, needles, task, tmp_p
 def test_missing_lm_eval_is_one_sentence(task, capsys, monkeypatch):
     monkeypatch.setattr(harness, "lm_eval_available", lambda: False)
     rc, out, err = run(["evaluate", "--lm-eval", task[1]], capsys)
-    _refused(rc, out, err, "enigma-cli[lm-eval]")
+    refused(rc, out, err, "enigma-cli[lm-eval]")
 
 
 @pytest.mark.slow
@@ -229,5 +221,5 @@ def test_study_refuses_a_bad_outcome_task_before_any_model_loads(tmp_path, capsy
     monkeypatch.setattr("enigma_cli.models.loading.load_model", lambda *a, **k: loads.append(a))
     rc, out, err = run(["study", "--output-dir", tmp_path / "study", "--no-probe", "--dry-run", "--outcome-tasks",
                         tmp_path / "nope.yaml"], capsys)
-    _refused(rc, out, err, "--outcome-tasks", "nope.yaml")
+    refused(rc, out, err, "--outcome-tasks", "nope.yaml")
     assert not loads

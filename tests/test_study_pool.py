@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import zlib
 
 import pandas as pd
 import pytest
+from clirun import invoke
 
-from enigma_cli.cli import main
 from enigma_cli.errors import InputError
 from enigma_cli.principle_pool import pool_members, subsets
 from enigma_cli.principles import load_principle_set
@@ -24,10 +22,7 @@ SHIPPED_IDS = {"show-steps", "one-line", "say-operation", "check-inverse", "answ
 
 
 def run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(["study", *map(str, argv)])
-    return rc, out.getvalue(), " ".join(err.getvalue().split())
+    return invoke("study", *argv)
 
 
 def _u(*parts) -> float:
