@@ -54,12 +54,24 @@ def subsets(members: list[Principle], k: int, n: int | None = None, seed: int = 
     if k >= len(members):
         raise InputError(f"--choose {k} needs a pool of more than {k} principles; the pool holds {len(members)}.")
     total = math.comb(len(members), k)
-    if n is not None and n < total:
-        chosen = set(random.Random(seed).sample(range(total), n))
-        combos = [c for i, c in enumerate(itertools.combinations(range(len(members)), k)) if i in chosen]
+    if n is not None and n < total:  # the drawn ranks, decoded without listing every subset
+        combos = [_combination(i, len(members), k) for i in sorted(random.Random(seed).sample(range(total), n))]
     else:
         combos = list(itertools.combinations(range(len(members)), k))
     return [as_set(tuple(members[i] for i in combo)) for combo in combos]
+
+
+def _combination(rank: int, n: int, k: int) -> tuple[int, ...]:
+    """The `rank`-th K-subset of range(n) in the order `itertools.combinations` lists them (combinatorial
+    number system)."""
+    out, x = [], 0
+    for slots in range(k, 0, -1):
+        while (below := math.comb(n - x - 1, slots - 1)) <= rank:  # subsets that start with x: skip past them
+            rank -= below
+            x += 1
+        out.append(x)
+        x += 1
+    return tuple(out)
 
 
 def as_set(principles: tuple[Principle, ...]) -> PrincipleSet:

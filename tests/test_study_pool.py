@@ -184,3 +184,12 @@ def test_bad_pool_input_stops_before_any_work(tmp_path, argv, needle):
     rc, out, err = run(*argv, *COMMON, "--output-dir", folder, "--dry-run")
     assert rc == 3 and out == "" and needle in err, err
     assert not folder.exists()
+
+
+def test_a_drawn_rank_decodes_to_the_subset_combinations_lists_at_that_rank():
+    import itertools
+
+    from enigma_cli.principle_pool import _combination
+
+    for n, k in ((10, 2), (7, 3), (12, 5)):
+        assert [_combination(i, n, k) for i in range(math.comb(n, k))] == list(itertools.combinations(range(n), k))

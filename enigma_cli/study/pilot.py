@@ -15,6 +15,7 @@ from ..console import counted
 from ..errors import InputError
 from .analysis import noise_table
 from .outcomes import EXPECTED, LABELS
+from .plan import read_json
 from .power import RHOS, TARGET, Noise, design_needed, power
 from .tables import noises, outcome_runs, runs_table, sets_table, si_error
 
@@ -25,15 +26,8 @@ SHIPPED = Path(__file__).resolve().parent.parent / "data" / "pilots"
 
 
 def _results(folder: Path, pattern: str) -> list[dict]:
-    out = []
-    for path in sorted(folder.glob(pattern)):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # a torn result is a unit not done
-        if isinstance(data, dict):
-            out.append(data)
-    return out
+    """The finished units' results under `folder` (torn files are units not done)."""
+    return [data for path in sorted(folder.glob(pattern)) if (data := read_json(path)) is not None]
 
 
 def pilot_noise(folder: Path, main: str = "enigma") -> list[Noise]:

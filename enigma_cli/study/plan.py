@@ -69,14 +69,18 @@ def my_share(cfg: StudyConfig, all_units: list[Unit]) -> list[Unit]:
     return all_units[i - 1::n]
 
 
-def read_result(unit: Unit, root: Path) -> dict | None:
-    """The unit's result, or None when it is not done (a torn or unreadable file counts as not done)."""
-    path = unit.result_path(root)
+def read_json(path: Path) -> dict | None:
+    """A result file's object, or None when it is missing, torn or not an object (a unit not done)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_result(unit: Unit, root: Path) -> dict | None:
+    """The unit's result, or None when it is not done (a torn or unreadable file counts as not done)."""
+    return read_json(unit.result_path(root))
 
 
 def write_result(unit: Unit, root: Path, result: dict) -> None:

@@ -48,14 +48,11 @@ def verdict(row: pd.Series, min_rho: float = MIN_RHO) -> str:
         return "no prediction" + (" (significant)" if significant else "")
     if significant:
         return "supports" if rho * expected > 0 else "contradicts"
-    if expected > 0:
-        bound = max(v for v in (high, _num(row, "rho_high_z")) if math.isfinite(v)) if math.isfinite(high) else 1.0
-        if bound < min_rho:
-            return f"rules out (ρ < {bound:.2f})"
-    else:
-        bound = min(v for v in (low, _num(row, "rho_low_z")) if math.isfinite(v)) if math.isfinite(low) else -1.0
-        if bound > -min_rho:
-            return f"rules out (ρ > {bound:.2f})"
+    # how far each interval reaches in the claimed direction (e·ρ); the claim needs e·ρ ≥ min_rho
+    ends = (high, _num(row, "rho_high_z")) if expected > 0 else (-low, -_num(row, "rho_low_z"))
+    reach = max(v for v in ends if math.isfinite(v)) if math.isfinite(ends[0]) else 1.0
+    if reach < min_rho:
+        return f"rules out (ρ {'<' if expected > 0 else '>'} {expected * reach:.2f})"
     set_high, noise = _num(row, "set_effect_sd_high"), _num(row, "seed_noise_sd")
     if noise > 0 and set_high < NEGLIGIBLE_SET_EFFECT * noise:
         return f"rules out (no set effect: SD ≤ {set_high:.2g})"
