@@ -112,8 +112,9 @@ def overall(table: pd.DataFrame, min_rho: float = MIN_RHO) -> str:
               "allows" if len(bound) else "") + "." if len(power) else "")
     ratios = mine["variance_ratio"].dropna() if "variance_ratio" in mine else pd.Series(dtype=float)
     if len(power) and len(ratios) and (ratios < NOISE_RATIO).all():
-        had += (" For every one of them the sets differ no more than reruns of one set do, so no correlation with "
-                "SI could show: more sets would not help unless the sets differ more (longer or stronger training).")
+        had += (" For every one of them the sets differ no more than reruns of one set do: at the spread measured "
+                "no number of sets could show a correlation with SI, and more sets help only as far as the sets "
+                "truly differ (up to the bound above).")
     partly = (f" Ruled out: {', '.join(LABELS.get(o, o) for o in ruled)}." if ruled else "")
     return ("**We cannot tell whether the claim holds here**: no outcome it is about correlates with pre-training SI "
             "beyond chance, and not every one is ruled out; a missed correlation is not evidence against the claim."
