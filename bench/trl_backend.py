@@ -66,9 +66,9 @@ def native(args, out: str, options: dict) -> list[tuple[float, float]]:
     for _ in range(args.repeats + 1):
         _sync(args.device)
         t0 = CLOCK()
-        trainer.step()
+        _, episodes = trainer.step()
         _sync(args.device)
-        steps.append((CLOCK() - t0, float(sum(map(len, trainer._last_episodes.completion_ids)))))
+        steps.append((CLOCK() - t0, float(sum(map(len, episodes.completion_ids)))))
     return steps[1:]
 
 

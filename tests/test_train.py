@@ -424,8 +424,8 @@ def _first_update(model_dir, out: Path, **options) -> tuple[dict[str, torch.Tens
         grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
 
     trainer.optimizer.register_step_pre_hook(capture)
-    row = trainer.step()
-    return grads, row, trainer._last_episodes
+    row, episodes = trainer.step()
+    return grads, row, episodes
 
 
 def _mean_logprob(model, prompt: list[int], completion: list[int]) -> float:

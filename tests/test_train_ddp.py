@@ -60,9 +60,9 @@ WORKER = textwrap.dedent('''
 
     real_step, real_save = trainer_mod.Trainer.step, trainer_mod.Trainer.save
     def step(self):
-        row = real_step(self)
-        records["texts"].append(self._last_episodes.texts)
-        return row
+        row, episodes = real_step(self)
+        records["texts"].append(episodes.texts)
+        return row, episodes
     def save(self):
         h = hashlib.sha256()
         for name, t in sorted(self.model.state_dict().items()):

@@ -34,8 +34,8 @@ def test_trl_backend_questions_show_the_options(tiny_lm, tmp_path, monkeypatch):
     import torch
 
     from enigma_cli.models.loading import LoadedModel
-    from enigma_cli.train.run import Start
-    from enigma_cli.trl import backend, trainer
+    from enigma_cli.train.folder import RunFolder, Start
+    from enigma_cli.trl import backend
 
     seen = {}
 
@@ -46,11 +46,11 @@ def test_trl_backend_questions_show_the_options(tiny_lm, tmp_path, monkeypatch):
         seen["questions"] = list(train_dataset["question"])
         raise Stop
 
-    monkeypatch.setattr(trainer, "EnigmaGRPOTrainer", capture)
+    monkeypatch.setattr(backend, "EnigmaGRPOTrainer", capture)
     model, tokenizer = tiny_lm
     lm = LoadedModel(model, tokenizer, "tiny", "tiny", torch.device("cpu"), torch.float32)
     cfg = TrainConfig(backend="trl", prompts_per_step=1, group_size=4, max_new_tokens=2, device="cpu",
                       lora_r=0, lr=1e-4, output_dir=str(tmp_path / "run"))
     with pytest.raises(Stop):
-        backend.train_trl(cfg, load_principle_set(cfg.principles), [EXAMPLE], lm, Start(None, 0))
+        backend.train_trl(cfg, load_principle_set(cfg.principles), [EXAMPLE], lm, Start(None, 0), RunFolder(cfg))
     assert seen["questions"] == [EXAMPLE.prompt_text]

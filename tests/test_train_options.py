@@ -45,7 +45,7 @@ def _grads_at_first_step(trainer) -> tuple[dict[str, torch.Tensor], dict]:
         grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
 
     trainer.optimizer.register_step_pre_hook(capture)
-    return grads, trainer.step()
+    return grads, trainer.step()[0]
 
 
 def _models_alive() -> int:
@@ -84,7 +84,7 @@ def test_true_grpo_only_holds_no_reference_and_runs_only_the_policy_forward(lora
     assert trainer.reference is None
     assert _models_alive() - before == 1  # the policy, and no copy of it anywhere
     reads = _spy_reads(monkeypatch)
-    row = trainer.step()
+    row, _ = trainer.step()
     assert passes == [] and entered == []
     assert reads == [True]  # one read of the G·P sequences with a graph; no critic, no reference
     for col in ("kl_ref", "ot_divergence", "mi_sym", "loss_sami"):
@@ -100,11 +100,11 @@ def test_each_logged_extra_brings_back_only_its_own_work(model_dir, tmp_path, mo
     monkeypatch.setattr(trainer_mod, "reference_pass", lambda *a, **k: passes.append(1) or real_pass(*a, **k))
     critic = _trainer(model_dir, tmp_path / "c", **{**TRUE_GRPO, "critic_metrics": True})
     reads = _spy_reads(monkeypatch)
-    row = critic.step()
+    row, _ = critic.step()
     assert critic.reference is None and passes == [] and reads == [True, False]
     assert "mi_sym" in row and "kl_ref" not in row
     ref = _trainer(model_dir, tmp_path / "r", **{**TRUE_GRPO, "ref_metrics": True})
-    row = ref.step()
+    row, _ = ref.step()
     assert ref.reference is not None and passes == [1]
     assert "kl_ref" in row and "ot_divergence" in row and "mi_sym" not in row
 
@@ -112,7 +112,7 @@ def test_each_logged_extra_brings_back_only_its_own_work(model_dir, tmp_path, mo
 def test_a_kl_penalty_alone_brings_back_the_reference(model_dir, tmp_path):
     trainer = _trainer(model_dir, tmp_path / "run", **TRUE_GRPO, beta=0.1)
     assert trainer.reference is not None
-    row = trainer.step()
+    row, _ = trainer.step()
     assert row["grpo_kl"] == 0.0 and row["kl_ref"] == 0.0  # step 1: the policy is the reference
 
 
@@ -135,7 +135,7 @@ def test_reference_dtype(model_dir, tmp_path):
     for (name, p), q in zip(policy.named_parameters(), ref.parameters()):
         assert torch.equal(q, p.detach().to(torch.bfloat16)), name
         assert q.data_ptr() != p.data_ptr()
-    row = trainer.step()
+    row, _ = trainer.step()
     # the bf16 reference rounds the starting weights: KL and drift are small but no longer exactly 0
     assert 0 <= row["kl_ref"] < 1e-2 and abs(row["ot_divergence"]) < 1e-2
 
@@ -162,7 +162,7 @@ def test_dropout_is_off_so_step_one_has_no_kl_and_no_drift(keep, dropout_model_d
     """Before any update the policy is the reference: KL and OT divergence are exactly 0 with dropout off, and
     clearly not with --keep-dropout (the policy's update forward then drops units the reference keeps)."""
     trainer = _trainer(dropout_model_dir, tmp_path / "run", keep_dropout=keep)
-    row = trainer.step()
+    row, _ = trainer.step()
     if keep:
         assert row["kl_ref"] > 1e-4 and row["ot_divergence"] > 1e-3
     else:
@@ -212,8 +212,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_dir, tmp_path, mo
 def test_advantages_are_normalised_over_each_prompts_whole_group(model_dir, tmp_path):
     """A prompt's G completions (all K principle sub-groups together) form one GRPO group."""
     trainer = _trainer(model_dir, tmp_path / "run", group_size=8, principles_per_prompt=2, prompts_per_step=2)
-    trainer.step()
-    ep = trainer._last_episodes
+    _, ep = trainer.step()
     total = ep.rewards.total.tolist()
     for p in range(ep.n_prompts):
         group = total[p * 8:(p + 1) * 8]
@@ -251,8 +250,7 @@ def test_weighted_rewards_reach_the_advantages(model_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(rewards_mod, "format_reward", lambda texts, **kw: (
         torch.tensor([(zlib.crc32(t.encode()) % 1000) / 1000 for t in texts]),))
     trainer = _trainer(model_dir, tmp_path / "run", reward="format=0.25,diversity=2", sami=False, ot=False)
-    row = trainer.step()
-    ep = trainer._last_episodes
+    row, ep = trainer.step()
     r = ep.rewards
     assert r.terms["format"].std() > 0
     torch.testing.assert_close(r.total, 0.25 * r.terms["format"] + 2 * r.terms["diversity"].float())

@@ -42,7 +42,7 @@ def default_layers(num_layers: int) -> list[int]:
 
 
 class Trainer:
-    """Holds the policy, reference, optimizer and step counter; `step()` returns one metrics row."""
+    """Holds the policy, reference, optimizer and step counter; `step()` returns one metrics row and its episodes."""
 
     def __init__(self, lm, examples, pset, cfg, *, resume: str | None = None, write_config=None):
         """``cfg`` must have its per-model defaults resolved (`defaults.resolve_for_model`): the trainer uses its
@@ -149,10 +149,10 @@ class Trainer:
         else:
             yield self.reference
 
-    def step(self) -> dict:
+    def step(self) -> tuple[dict, Episodes]:
         """One optimisation step: generate and reward the step's completions, score them under the reference (and
         the old policy, when ``--updates-per-generation`` > 1), update the policy, and return the step's metrics
-        row (`_metrics`).
+        row (`_metrics`) with its episodes (the completions, their rewards and advantages).
 
         A non-finite loss or gradient skips the update (`_update`), is counted, and raises `EnigmaError` after
         ``--max-nonfinite`` in a row (`_count_nonfinite`).
@@ -170,9 +170,7 @@ class Trainer:
         self.scheduler.step()
         t_update = time.perf_counter() - t2
         self.step_no = step
-        row = self._metrics(ep, metrics, grad_norm, t_gen, t_score, t_update, skipped)
-        self._last_episodes = ep
-        return row
+        return self._metrics(ep, metrics, grad_norm, t_gen, t_score, t_update, skipped), ep
 
     def _generate(self, step: int) -> Episodes:
         """The step's completions, rewards and advantages, sampled from the policy in eval mode."""
