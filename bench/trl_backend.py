@@ -110,13 +110,14 @@ def trl_backend(args, out: str, options: dict) -> list[tuple[float, float]]:
 
     from enigma_cli.trl import EnigmaGRPOTrainer
     from enigma_cli.trl.mapping import grpo_args, lora_config
+    from enigma_cli.trl.options import trl_train_config
     from enigma_cli.trl.rewards import enigma_reward_funcs
 
     cfg = _config(args, out, backend="trl", **options)
     pset, examples = plan(cfg)
     lm = load_model(args.model, device=args.device, dtype=args.dtype, for_training=True)
     cfg = resolve_for_model(cfg, parameter_count(lm.model))
-    conf = grpo_args(cfg, dtype=lm.dtype, device=lm.device)
+    conf = grpo_args(trl_train_config(cfg), dtype=lm.dtype, device=lm.device)
     conf.completions_jsonl, conf.save_strategy = False, "no"
     funcs, conf.reward_weights = enigma_reward_funcs(cfg.reward, cfg.group_size)
     questions = Dataset.from_list([{"question": ex.question, "answer": ex.answer} for ex in examples])

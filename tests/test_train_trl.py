@@ -64,10 +64,10 @@ def test_sami_prompts_runs_on_the_trl_backend(model_dir, tmp_path):
     the first of two micro-batches, so SAMI is logged as the mean over the micro-steps that scored it."""
     import torch
 
-    from enigma_cli.train.config import TrainConfig
     from enigma_cli.trl.mapping import grpo_args
+    from enigma_cli.trl.options import TrlTrainConfig
 
-    cfg = TrainConfig(backend="trl", prompts_per_step=2, group_size=4, grad_accum=2, sami_prompts=1, lr=1e-3)
+    cfg = TrlTrainConfig(backend="trl", prompts_per_step=2, group_size=4, grad_accum=2, sami_prompts=1, lr=1e-3)
     assert grpo_args(cfg, dtype=torch.float32, device=torch.device("cpu")).sami_prompts == 1
     out = tmp_path / "run"
     rc, _, err = train("--model", model_dir, "--steps", "1", *TRL, "--sami-prompts", "1", "--grad-accum", "2",

@@ -10,15 +10,15 @@ import torch
 from test_bad_inputs import assert_refused  # tests/ is on sys.path (pytest's rootdir import mode)
 from test_train import SMALL, train
 
-from enigma_cli.train.config import TrainConfig
 from enigma_cli.trl.mapping import grpo_args
+from enigma_cli.trl.options import TrlTrainConfig
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Sinkhorn did not converge:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
 def _args(tmp_path, **fields):
-    cfg = TrainConfig(backend="trl", output_dir=str(tmp_path / "run"), lr=1e-4, lora_r=0, **fields)
+    cfg = TrlTrainConfig(backend="trl", output_dir=str(tmp_path / "run"), lr=1e-4, lora_r=0, **fields)
     return grpo_args(cfg, dtype=torch.float32, device=torch.device("cpu"))
 
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from ..cli_options import command
 from ..console import console, show_progress
-from ..train.config import TrainConfig
-from ..trl.options import check_trl_environment, check_trl_options
+from ..trl.options import TrlTrainConfig, check_trl_environment
 
 
-def run(cfg: TrainConfig, dry_run: bool) -> None:
+def run(cfg: TrlTrainConfig, dry_run: bool) -> None:
     """Check, plan, and train on the chosen backend: ``--backend trl``'s own checks come first (the options TRL
-    cannot run, then what the machine lacks for them), before `plan` reads any data."""
+    cannot run were refused with the values, `TrlTrainConfig.check`; then what the machine lacks for them),
+    before `plan` reads any data."""
     from ..models.loading import resolve_device
     from ..train.run import plan
     from ..train.run import run as train_run
 
     if cfg.backend == "trl":
-        check_trl_options(cfg)
         check_trl_environment(cfg, resolve_device(cfg.device))
     pset, examples = plan(cfg)
     if dry_run:
@@ -41,6 +40,6 @@ def run(cfg: TrainConfig, dry_run: bool) -> None:
     train_run(cfg, pset, examples, progress=show_progress(), loop=loop)
 
 
-train = command(TrainConfig, "train", run,
+train = command(TrlTrainConfig, "train", run,
                 help="Train a model with ENIGMA: GRPO on format-only rewards + SAMI InfoNCE + Sinkhorn OT to the "
                      "reference.")

@@ -1,4 +1,8 @@
-"""`TrainConfig`: every option of `enigma train` (the single source of its flags), validated before anything loads."""
+"""`TrainConfig`: every option of the ENIGMA training loop, validated before anything loads.
+
+The options that only TRL's trainer has (vLLM, the Hub, Liger, entropy masking, VESPO) are not here:
+`trl.options.TrlTrainConfig` adds them, and that subclass is the single source of `enigma train`'s flags.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from ..options import Options, device_opt, dtype_opt, opt
 # the choices of the GRPO term are its registries' names in core (a new surrogate or aggregation is a flag value
 # as soon as it is registered there)
 LOSS_TYPES = grpo.LOSS_TYPES  # core.aggregation.AGGREGATIONS
-TRL_LOSS_TYPES = ("vespo",)  # TRL 1.16's loss types that no --loss-type/--surrogate of the native loop names
 SURROGATES = grpo.SURROGATE_NAMES  # core.surrogates.SURROGATES
 REF_DTYPES = ("auto", "float32", "bfloat16", "float16")
 IMPORTANCE_LEVELS = grpo.IMPORTANCE_LEVELS
@@ -20,7 +23,6 @@ SAMPLERS = ("auto", "shared", "hf", "lean")  # models.sampler.ENGINES, plus the 
 STREAM_FORMATS = ("csv", "jsonl")
 BACKENDS = ("native", "trl")
 REPORTERS = ("none", "tensorboard", "trackio", "wandb")
-VLLM_MODES = ("colocate", "server")
 SATURATED_REWARDS = ("coherence", "none")  # train.rewards.compute_rewards(saturated=...)
 
 
@@ -55,8 +57,7 @@ class TrainConfig(Options):
     lora_alpha: int = opt(16, "LoRA alpha (scale = alpha / r).", ge=1)
     # the GRPO term
     loss_type: str = opt("grpo", "Loss aggregation (TRL's definitions; TRL's cispo is --surrogate cispo "
-                                 "--loss-type dapo; vespo: TRL's VESPO, --backend trl only).",
-                         choices=LOSS_TYPES + TRL_LOSS_TYPES)
+                                 "--loss-type dapo).", choices=LOSS_TYPES)
     importance_level: str = opt("sequence", "Importance ratio per token, or per sequence (GSPO, the paper's).",
                                 choices=IMPORTANCE_LEVELS)
     scale_rewards: str = opt("group", "Advantage scaling.", choices=SCALES)
@@ -121,21 +122,6 @@ class TrainConfig(Options):
     save_model_only: bool = opt(False, "Checkpoints without optimizer state (a third of the size; such a checkpoint "
                                        "cannot be resumed exactly, only trained from with --model).")
     resume: str | None = opt(None, "'latest' or a checkpoint folder to continue from.")
-    # TRL's own options (--backend trl)
-    use_vllm: bool = opt(False, "Generate with vLLM (--backend trl; needs a GPU and `pip install vllm`).")
-    vllm_mode: str = opt("colocate", "vLLM in the training processes (colocate) or a `trl vllm-serve` server.",
-                         choices=VLLM_MODES)
-    vllm_server_url: str | None = opt(None, "URL of the `trl vllm-serve` server (--vllm-mode server; default: "
-                                            "TRL's, http://localhost:8000).")
-    vllm_gpu_memory_utilization: float = opt(0.3, "Share of GPU memory vLLM may take (--vllm-mode colocate).",
-                                             gt=0, le=1)
-    push_to_hub: bool = opt(False, "Push checkpoints to the Hugging Face Hub (--backend trl).")
-    use_liger_kernel: bool = opt(False, "Liger's layer kernels (RMSNorm, RoPE, SwiGLU; --backend trl; needs a GPU and "
-                                        "`pip install liger-kernel`).")
-    top_entropy_quantile: float = opt(1.0, "Keep in the policy loss only this top quantile of tokens by entropy "
-                                           "(TRL's entropy masking, 0.2 in its paper; 1 keeps all; --backend trl).",
-                                      ge=0, le=1)
-    hub_model_id: str | None = opt(None, "Hub repository for --push-to-hub (default: the output folder's name).")
     max_nonfinite: int = opt(3, "Abort after this many steps in a row with a non-finite loss or gradient.", ge=1)
     format: str | None = opt(None, "Also stream the metrics rows to stdout.", choices=STREAM_FORMATS)
     seed: int = opt(0, "Seed for prompts, principles and sampling.")
@@ -159,16 +145,6 @@ class TrainConfig(Options):
                 "--surrogate cispo needs --epsilon-high, the cap on its importance ratio (e.g. 5.0).")
         if "none" in self.report_to and len(self.report_to) > 1:
             raise InputError("--report-to none cannot be combined with a tracker; give none alone or the trackers.")
-        for flag, given in (("--use-vllm", self.use_vllm), ("--push-to-hub", self.push_to_hub),
-                            ("--hub-model-id", self.hub_model_id is not None),
-                            ("--vllm-server-url", self.vllm_server_url is not None),
-                            ("--use-liger-kernel", self.use_liger_kernel),
-                            ("--top-entropy-quantile", self.top_entropy_quantile != 1.0),
-                            ("--loss-type vespo", self.loss_type in TRL_LOSS_TYPES)):
-            require(not given or self.backend == "trl", f"{flag} needs --backend trl (TRL's GRPOTrainer provides it).")
-        require(self.hub_model_id is None or self.push_to_hub, "--hub-model-id needs --push-to-hub.")
-        require(self.vllm_server_url is None or self.vllm_mode == "server", "--vllm-server-url needs --vllm-mode server.")
-        # what --backend trl cannot run is refused by trl.options.check_trl_options, which the command calls first
         from .rewards import parse_reward_spec
 
         parse_reward_spec(self.reward)  # raises InputError on an unknown reward

@@ -31,6 +31,7 @@ from ..errors import EnigmaError
 from ..train.folder import RunFolder, Start
 from ..train.tracking import TENSORBOARD_DIR
 from .mapping import grpo_args, lora_config
+from .options import trl_train_config
 from .rewards import enigma_reward_funcs
 from .trainer import EnigmaGRPOTrainer
 
@@ -52,7 +53,7 @@ def enigma_row(step: int, logs: dict) -> dict:
 def train_trl(cfg, pset, examples, lm, start: Start, folder: RunFolder, *, progress: bool = False) -> Path:
     """`train.run.Loop` for ``--backend trl``: `EnigmaGRPOTrainer` trains in the run folder that `train.run.run`
     claimed (`folder`), from `start`, with `cfg` resolved for the loaded model `lm`."""
-    out = folder.out
+    out, cfg = folder.out, trl_train_config(cfg)  # TRL's own options at their defaults, where a library caller gave none
     args = grpo_args(cfg, dtype=lm.dtype, device=lm.device)
     funcs, weights = enigma_reward_funcs(cfg.reward, cfg.group_size, format_weights=cfg.format_weights,
                                          gamma=cfg.coherence_gamma, gibbs_beta=cfg.gibbs_beta,
