@@ -4,7 +4,7 @@ For each mutant below (a transposed critic matrix, an off-by-one in the completi
 a reversed KL, a dropped debias term, a skipped RNG restore on resume, an ignored non-finite guard, ...) a copy
 of the committed tree (`git archive HEAD`, never the working checkout) gets the one-line change, the training and
 core test modules run with ``-x``, and the first failing test is printed. A mutant that no test catches is a test
-to write. Every mutant of this list was caught when it was written (31 of 31).
+to write. Every mutant of this list was caught when it was written (34 of 34).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/mutants.py            # all, a few minutes each when uncaught
     OMP_NUM_THREADS=1 .venv/bin/python bench/mutants.py reversed-kl dropped-debias-term
@@ -25,10 +25,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_infonce.py", "tests/test_sinkhorn.py", "tests/test_grpo.py", "tests/test_loss_pieces.py",
          "tests/test_saturated_reward.py", "tests/test_reader.py", "tests/test_objective.py",
          "tests/test_trl_trainer.py", "tests/test_train.py", "tests/test_train_options.py",
-         "tests/test_run_folder.py"]
+         "tests/test_run_folder.py", "tests/test_interrupt.py"]
 
 #: (name, file, the line as it is, the line with the bug)
 MUTANTS = [
+    ('logs-kept-past-the-checkpoint', 'enigma_cli/train/folder.py',
+     '        self.log = MetricsLog(out / METRICS, resume_step=done)',
+     '        self.log = MetricsLog(out / METRICS, resume_step=done + 1)'),
+    ('completions-not-cut-back', 'enigma_cli/train/folder.py',
+     '        truncate_dump(out / COMPLETIONS, done)',
+     '        pass'),
+    ('safe-stop-ignored', 'enigma_cli/train/folder.py',
+     '        if dist_utils.all_ranks_true(not self.stop.requested):',
+     '        if True:'),
     ('transposed-critic-matrix', 'enigma_cli/train/terms.py',
      'S = S.index_put((rows.to(S.device), i_idx, j_idx), off_logp.to(S.dtype))',
      'S = S.index_put((rows.to(S.device), j_idx, i_idx), off_logp.to(S.dtype))'),
