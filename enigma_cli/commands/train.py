@@ -11,6 +11,7 @@ def run(cfg: TrlTrainConfig, dry_run: bool) -> None:
     """Check, plan, and train on the chosen backend: ``--backend trl``'s own checks come first (the options TRL
     cannot run were refused with the values, `TrlTrainConfig.check`; then what the machine lacks for them),
     before `plan` reads any data."""
+    # lazy, as in every command module: `enigma --help` imports the commands, and these bring transformers
     from ..models.loading import resolve_device
     from ..train.run import plan
     from ..train.run import run as train_run

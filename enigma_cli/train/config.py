@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..core import grpo
 from ..errors import InputError, require
 from ..options import Options, device_opt, dtype_opt, opt
+from .rewards import parse_reward_spec
 
 # the choices of the GRPO term are its registries' names in core (a new surrogate or aggregation is a flag value
 # as soon as it is registered there)
@@ -145,8 +146,6 @@ class TrainConfig(Options):
                 "--surrogate cispo needs --epsilon-high, the cap on its importance ratio (e.g. 5.0).")
         if "none" in self.report_to and len(self.report_to) > 1:
             raise InputError("--report-to none cannot be combined with a tracker; give none alone or the trackers.")
-        from .rewards import parse_reward_spec
-
         parse_reward_spec(self.reward)  # raises InputError on an unknown reward
 
     @property
