@@ -18,11 +18,19 @@ Layout choices (ours):
   predicts a completion token (``logits_to_keep``, where the model supports it), and the normaliser is a
   per-row ``logsumexp`` in float32 (as in TRL's ``selective_log_softmax``).
 - Rows run in length-sorted chunks of a padded-token budget (`length_chunks`, `chunk_tokens`).
+
+The LM head in tiles (`lm_head`, `deferred_head`, `head_logprobs`; `tiled.read` puts them together for training):
+with the head deferred, the model returns the head's input (its last hidden states, ``[B, T, H]``, H ≪ V) where
+it would return logits, and `head_logprobs` projects only the completion tokens' states through the head in
+tiles of tokens × vocabulary columns with TRL's `trl.kernels.ChunkedLogProbFunction` (the kernel behind TRL's
+own fused LM head): an online log-sum-exp in float32 whatever the dtype, the backward recomputing each tile, so
+no ``[B, T, V]`` tensor exists in the forward or the backward.
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -203,3 +211,96 @@ def sequence_mean_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     """Mean token log-prob of each row over ``mask``: ``[B, T]`` → ``[B]`` (0 for an empty mask)."""
     mask = mask.to(device=logp.device, dtype=logp.dtype)
     return (logp * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
+
+
+#: Config fields by which a model scales or caps its logits after the LM head (those TRL's ``add_fused_lm_head``
+#: reads): the head's input then does not give the logits by the projection alone, so `lm_head` declines.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                    "logits_scaling")
+#: Vocabulary columns of one head tile on an accelerator: TRL's own choice for its fused LM head.
+GPU_HEAD_COLUMNS = 32768
+#: Elements of one head tile (tokens × vocabulary columns) on a CPU: 16 MiB in float32. The CPU fold makes a few
+#: temporaries of a tile's size (six in the backward), so this bounds the transient memory.
+CPU_HEAD_TILE = 1 << 22
+
+
+def lm_head(model) -> torch.nn.Linear | None:
+    """The output projection of ``model`` when its log-probs can be read in tiles from the projection's input, else None.
+
+    That is a plain ``nn.Linear`` (not a LoRA-adapted or wrapped head) whose output the model returns unchanged as its
+    logits (no `LOGIT_TRANSFORMS` field in its config), with whole parameters in float32, bfloat16 or float16 on a
+    real device. Not: float64 models (the kernel folds in float32; the untiled reader keeps float64 exact), sharded
+    heads (FSDP, ZeRO-3), offloaded ones. DDP/FSDP wrappers and peft models are looked through.
+    """
+    target = getattr(model, "module", model)  # DDP
+    if type(target).__name__ == "FullyShardedDataParallel" or type(model).__name__ == "FullyShardedDataParallel":
+        return None
+    if hasattr(target, "get_base_model"):  # peft
+        target = target.get_base_model()
+    get = getattr(target, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if type(head) is not torch.nn.Linear:
+        return None
+    config = target.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if any(getattr(text, name, None) is not None for name in LOGIT_TRANSFORMS):
+        return None
+    weight = head.weight
+    if (weight.dtype not in (torch.float32, torch.bfloat16, torch.float16) or weight.device.type == "meta"
+            or hasattr(weight, "ds_id") or type(weight).__name__ == "DTensor" or weight.dim() != 2):
+        return None
+    return head
+
+
+def _returns_input(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+@contextmanager
+def deferred_head(head: torch.nn.Module):
+    """Within, ``head`` returns its input: the model's ``logits`` are the states the head would project ``[.., H]``.
+
+    The module stays in place (DDP and peft see the same parameters); its forward is shadowed on the instance and
+    restored on exit, keeping an instance forward that was there (accelerate's device hooks set one).
+    """
+    own = head.__dict__.get("forward")
+    head.forward = _returns_input
+    try:
+        yield head
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+
+
+def head_columns(n_tokens: int, vocab: int, device: torch.device | str) -> int:
+    """Vocabulary columns per head tile for ``n_tokens`` tokens (the kernel takes the tokens in slices of its
+    ``TOKEN_CHUNK_SIZE``, 4096): `GPU_HEAD_COLUMNS` on an accelerator, `CPU_HEAD_TILE` elements on a CPU."""
+    from trl.kernels import chunked_logprob
+
+    if torch.device(device).type != "cpu":
+        return min(GPU_HEAD_COLUMNS, vocab)
+    return max(1, min(vocab, CPU_HEAD_TILE // max(1, min(n_tokens, chunked_logprob.TOKEN_CHUNK_SIZE))))
+
+
+def head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, head: torch.nn.Linear,
+                  temperature: float = 1.0, columns: int | None = None) -> torch.Tensor:
+    """``log softmax(head(hidden) / temperature)[targets]`` where ``mask``, 0 elsewhere, without a ``[.., V]`` tensor.
+
+    ``hidden`` ``[R, L, H]`` are the states the head projects (the model's last hidden states), ``targets`` and
+    ``mask`` ``[R, L]``. Only the masked tokens are projected, in tiles of tokens × ``columns`` vocabulary columns
+    (default `head_columns`), by `trl.kernels.ChunkedLogProbFunction`: float32 log-sum-exp (the projection in the
+    autocast dtype under autocast), gradients to ``hidden`` and to the head's weight and bias, each tile recomputed in
+    the backward. Returns ``[R, L]`` float32.
+    """
+    from trl.kernels import ChunkedLogProbFunction  # TRL's fused LM head's kernel (torch ops where no Triton)
+
+    mask = mask.bool()
+    flat = hidden[mask]
+    weight = head.weight
+    tile = columns or head_columns(flat.shape[0], weight.shape[0], flat.device)
+    picked = ChunkedLogProbFunction.apply(flat, weight, head.bias, targets[mask], float(temperature), tile, None, 1.0,
+                                          ("log_probs",))[0]
+    # masked_scatter keeps the output in the graph even with no token (a differentiable zero, as in TRL)
+    return picked.new_zeros(mask.shape).masked_scatter(mask, picked)

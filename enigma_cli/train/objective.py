@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models.reader import read
+from ..models.tiled import read
 from . import terms
 from .episodes import Episodes
 from .params import ObjectiveParams, SamiParams
@@ -37,10 +37,11 @@ def forward(model, ep: Episodes, idx: list[int], prompt_rows: list[int], layers:
             temperature: float = 1.0) -> Forward:
     """Log-probs (and pooled hidden states) of completions `idx`, each after prompt `prompt_rows[i]`.
 
-    Through `models.reader.read`, with a graph when grad is enabled: each distinct prompt runs once and its cache
-    serves every completion after it (the K rows of a SAMI critic row share their principle's prompt), and the
-    gradient flows back into that one pass. Log-probs are of the sampling distribution, logits / temperature, as
-    in TRL, so that on-policy ratios are 1. The result is in the order of `idx`.
+    Through `models.tiled.read` (the reader with the LM head in tiles: no ``[B, T, V]`` logits), with a graph when
+    grad is enabled: each distinct prompt runs once and its cache serves every completion after it (the K rows of a
+    SAMI critic row share their principle's prompt), and the gradient flows back into that one pass. Log-probs are
+    of the sampling distribution, logits / temperature, as in TRL, so that on-policy ratios are 1; the log-softmax
+    is in float32. The result is in the order of `idx`.
     """
     r = read(model, [ep.prompt_ids[p] for p in prompt_rows], [ep.completion_ids[i] for i in idx],
              layers=layers or (), grad=torch.is_grad_enabled(), temperature=temperature)
