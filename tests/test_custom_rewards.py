@@ -33,6 +33,12 @@ def words(prompts, completions, **kwargs):
 def boom(prompts, completions, **kwargs):
     raise ValueError("no idea")
 
+CALLS = []
+
+def counted(prompts, completions, **kwargs):
+    CALLS.append(len(completions))
+    return [1.0] * len(completions)
+
 not_a_function = 3
 '''
 
@@ -81,6 +87,21 @@ def test_the_trl_backend_scores_it_as_the_native_loop_does(rewards_file):
     total = [sum(w * (0.0 if v is None else v) for w, v in zip(weights, values)) for values in zip(*per_func)]
     assert total == pytest.approx(native.total.tolist())
     assert per_func[1][2] is None  # TRL sees the None, and nansums it away as enigma does
+
+
+def test_the_trl_backend_calls_a_function_of_your_own_once_per_batch(tmp_path, monkeypatch, rewards_file):
+    """TRL calls its reward functions one after the other on one batch: the term functions and the saturated
+    fallback share one scoring, so a costly function of your own (a judge) runs once per batch, not per term."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    calls = importlib.import_module("my_rewards").CALLS
+    calls.clear()
+    funcs, _ = enigma_reward_funcs("format=1,my_rewards:counted=1,coherence=0.5", 2, saturated="coherence")
+    for texts in (TEXTS, TEXTS[::-1], TEXTS[::-1]):  # a new batch, then the same batch again
+        for f in funcs:
+            f(["p"] * 4, texts, answer=LABELS)
+    assert calls == [4, 4]
 
 
 def test_a_module_works_like_a_file(tmp_path, monkeypatch, rewards_file):
