@@ -75,7 +75,8 @@ def device_opt() -> Any:
 
 def dtype_opt(note: str = "") -> Any:
     """The ``--dtype`` option every command that loads a model has; `note` adds what this command does with it."""
-    return opt("auto", f"auto, float32, bfloat16 or float16{note}.")
+    return opt("auto", "auto, float32, bfloat16, float16 or bf16-mixed (float32 weights under bf16 autocast; auto "
+                       f"picks it on a CPU with bf16 instructions for models of 2M parameters and more){note}.")
 
 
 def option_fields(cls) -> list[dataclasses.Field]:

@@ -1,8 +1,9 @@
 """Which device and dtype a command runs on: ``--device auto|cpu|cuda[:N]`` and ``--dtype``.
 
 Choices (ours): ``auto`` is ``cuda:$LOCAL_RANK`` when CUDA is available (so the same call does the right thing
-under ``torchrun`` / ``accelerate launch``), else the CPU; ``--dtype auto`` is bfloat16 on a CUDA device that
-supports it, else float32 (float16 without a loss scaler is unsafe for training).
+under ``torchrun`` / ``accelerate launch``), else the CPU. ``--dtype`` is `precision`'s: ``auto`` is bfloat16
+weights on a CUDA device that supports it, float32 weights under bf16 autocast (``bf16-mixed``) on a CPU with bf16
+instructions for a model that gains from it, else float32 (float16 without a loss scaler is unsafe for training).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import os
 import torch
 
 from enigma_cli.errors import InputError
+from enigma_cli.models.precision import DTYPE_NAMES, DTYPES, choose  # noqa: F401 - re-exported
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_NAMES = ("auto", *DTYPES)
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 
@@ -46,23 +46,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu") -> torch.dtype:
-    """``auto`` → bfloat16 on a CUDA device that supports it, else float32; names as in `DTYPES`."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = (dtype or "auto").strip().lower()
-    if name == "auto":
-        dev = torch.device(device) if not isinstance(device, torch.device) else device
-        if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    aliases = {
-        "fp32": "float32",
-        "bf16": "bfloat16",
-        "fp16": "float16",
-        "half": "float16",
-        "float": "float32",
-    }
-    name = aliases.get(name, name)
-    if name not in DTYPES:
-        raise InputError(f"--dtype '{dtype}' is not one of {', '.join(DTYPE_NAMES)}.")
-    return DTYPES[name]
+    """The dtype the weights are loaded in (`precision.choose`): ``auto`` → bfloat16 on a CUDA device that supports
+    it, else float32; ``bf16-mixed`` → float32 (autocast does the rest). An unknown name is an InputError."""
+    return choose(dtype, device).weights

@@ -31,8 +31,10 @@ folder, folder without a config, unreadable weights, missing tokenizer, unavaila
 
 Choices (ours):
 
-- ``--dtype auto`` is bfloat16 on a CUDA device that supports it, else float32 (also on older GPUs: float16
-  without a loss scaler is unsafe for training, and correctness comes first).
+- ``--dtype auto`` is bfloat16 on a CUDA device that supports it; on a CPU with bf16 instructions, float32 weights
+  under bf16 autocast (``bf16-mixed``) for a model large enough to gain from it; else float32 (also on older GPUs:
+  float16 without a loss scaler is unsafe for training, and correctness comes first). See `precision`: the
+  choice is recorded on the model (`precision.mark`) and printed once on stderr.
 - ``--device auto`` is ``cuda:$LOCAL_RANK`` (``cuda`` when unset) when CUDA is available, else CPU, so that the
   same call does the right thing under ``torchrun`` / ``accelerate launch``.
 - Tokenizers pad on the left (batched generation) and get ``pad = eos`` when they have no pad token. Scoring code
@@ -69,6 +71,7 @@ from enigma_cli.models.portable import (
     alias_of_path,
     portable_spec,
 )
+from enigma_cli.models.precision import Precision, choose, mark
 from enigma_cli.models.specs import (  # noqa: F401
     _is_model_folder,
     enigma_tiny_dir,
@@ -96,6 +99,13 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float = 0.0
     adapter: str | None = field(default=None)
+    #: the dtype the model's forwards autocast to (``--dtype bf16-mixed``, or ``auto`` on a bf16 CPU), else None
+    autocast: torch.dtype | None = None
+
+    @property
+    def precision(self) -> str:
+        """``bf16-mixed`` or the weights' dtype name (``float32``, ...)."""
+        return Precision(self.dtype, self.autocast).name
 
     @property
     def num_layers(self) -> int:
@@ -186,15 +196,32 @@ def load_model(
     start = time.perf_counter()
     _quiet_progress_bars()
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    torch_dtype = resolve_dtype(dtype, dev)  # the weights' dtype; whether to autocast waits for the model's size
     weights, adapters = resolve(spec)
     model, tokenizer, source = _read_weights(spec, weights, adapters, trust_remote_code, torch_dtype)
     for i, adapter in enumerate(adapters):
         model = _apply_adapter(adapter.spec, model, adapter.folder, for_training and i == len(adapters) - 1,
                                adapter.base)
         source = f"adapter {adapter.folder} on {source}"
+    precision = choose(dtype, dev, sum(p.numel() for p in model.parameters()))
+    mark(model, precision.autocast)
+    if isinstance(dtype, str) and dtype.strip().lower() == "auto":
+        _announce(precision.describe())
     return _finish(model, tokenizer, spec, source, dev, torch_dtype, start,
-                   adapters[-1].folder if adapters else None, for_training)
+                   adapters[-1].folder if adapters else None, for_training, precision.autocast)
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(line: str) -> None:
+    """Print what ``--dtype auto`` chose, once per process for each distinct choice (a command may load several
+    models: evaluate's base and runs)."""
+    if line not in _ANNOUNCED:
+        _ANNOUNCED.add(line)
+        from enigma_cli.console import console
+
+        console.print(line, highlight=False)
 
 
 def _read_weights(spec: str, weights: Weights, adapters: tuple[Adapter, ...], trust_remote_code: bool, torch_dtype):
@@ -246,7 +273,7 @@ def _is_adapter_folder(path: str, gguf_file: str | None) -> bool:
 
 
 def _finish(model, tokenizer, spec: str, source: str, dev, torch_dtype, start: float, adapter_dir: str | None,
-            for_training: bool) -> LoadedModel:
+            for_training: bool, autocast: torch.dtype | None = None) -> LoadedModel:
     """Device, padding and mode: the same for every way a model was read."""
     model = model.to(dev)
     if tokenizer.pad_token_id is None:
@@ -259,7 +286,7 @@ def _finish(model, tokenizer, spec: str, source: str, dev, torch_dtype, start: f
         gen_config.pad_token_id = tokenizer.pad_token_id
     model.train(for_training)
     return LoadedModel(model=model, tokenizer=tokenizer, name=spec, source=source, device=dev, dtype=torch_dtype,
-                       load_seconds=time.perf_counter() - start, adapter=adapter_dir)
+                       load_seconds=time.perf_counter() - start, adapter=adapter_dir, autocast=autocast)
 
 
 def _load_tokenizer(source: str, kwargs: dict[str, Any]):
