@@ -21,6 +21,9 @@ Choices (ours):
   all chunks' graphs stay alive for one backward, so nothing depends on the chunking.
 - Log-probs are of ``softmax(logits / temperature)`` (the sampling distribution, as in TRL), normalised in
   float32 one row at a time (no ``[B, T, V]`` float32 copy).
+- The forwards run under the model's autocast (`precision.autocast`: ``--dtype bf16-mixed``, or ``auto`` on a
+  bf16 CPU); what `read` returns is float32 all the same, so the losses and estimators computed from it are not
+  autocast.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from . import prefix
 from .hidden import resolve_layers
 from .logprobs import chunk_tokens, length_chunks, pack, sequence_mean_logprob
+from .precision import autocast
 
 
 @dataclass
@@ -86,7 +90,7 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
     chunks = _shared_chunks if share else _padded_chunks
     prompts = [list(p) for p in prompt_ids]
     parts: list[tuple] = []
-    with torch.enable_grad() if grad else torch.no_grad():
+    with torch.enable_grad() if grad else torch.no_grad(), autocast(model):
         for rows, logits, states in chunks(model, prompts, completions, wanted, budget, device):
             parts.append(_collect(rows, logits, states, completions, wanted, temperature, width, at_rows,
                                   at_offsets))

@@ -35,6 +35,7 @@ from transformers import GenerationConfig
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from . import prefix
+from .precision import autocast
 
 ENGINES = ("auto", "shared", "hf")
 #: Former engine names still accepted: "lean" was the Llama-only shared-prompt sampler this one replaces, so that
@@ -91,7 +92,8 @@ class Sampler:
         model.eval()
         completions, finished = [], []
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode(), \
+                    autocast(model):  # the model's mixed precision (precision.mark), if any
                 if seeds is None:
                     torch.manual_seed(seed)
                     batches = [(start, min(start + step, len(rows)), None) for start in range(0, len(rows), step)]
