@@ -64,6 +64,7 @@ from torch import Tensor
 from .aggregation import AGGREGATIONS, aggregate
 from .kl import k3_kl, masked_token_mean
 from .surrogates import IMPORTANCE_LEVELS, SURROGATES, SurrogateParams, importance_log_weight
+from .widen import widen
 
 __all__ = ["IMPORTANCE_LEVELS", "LOSS_TYPES", "REWARD_SCALES", "SURROGATE_NAMES", "TRL_LOSS_TYPES", "grpo_advantages",
            "grpo_loss"]
@@ -124,7 +125,7 @@ def grpo_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> T
         is unknown.
     """
     _check_choice("scale", scale, REWARD_SCALES)
-    rewards = torch.as_tensor(rewards)
+    rewards = widen(torch.as_tensor(rewards))
     if not rewards.is_floating_point():
         rewards = rewards.float()
     if rewards.dim() != 1:
@@ -252,6 +253,8 @@ def grpo_loss(
     term = SURROGATES[surrogate]
     term.check(params)
 
+    logp, advantages = widen(logp), widen(advantages)  # float32 at least, whatever the model's dtype
+    old_logp, ref_logp = (widen(t) if t is not None else None for t in (old_logp, ref_logp))
     mask = mask.to(logp.dtype)
     advantages = advantages.to(logp.dtype)
     old_logp = logp.detach() if old_logp is None else old_logp.detach()

@@ -76,6 +76,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .widen import widen
+
 __all__ = [
     "bootstrap_si",
     "infonce_bounds",
@@ -234,7 +236,7 @@ def pointwise_critic(S: torch.Tensor, marginal_logp: torch.Tensor) -> torch.Tens
     torch.Tensor
         S' with the shape of S (differentiable in both inputs).
     """
-    marginal_logp = torch.as_tensor(marginal_logp, device=S.device)
+    S, marginal_logp = widen(S), widen(torch.as_tensor(marginal_logp, device=S.device))
     if marginal_logp.shape != S.shape[:-2] + S.shape[-1:]:
         raise ValueError(
             f"marginal_logp must have shape {tuple(S.shape[:-2] + S.shape[-1:])} to match S of shape "
@@ -265,7 +267,7 @@ def sum_critic(S: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         S_sum with the shape and floating dtype of S (differentiable in S).
     """
-    lengths = torch.as_tensor(lengths, device=S.device)
+    S, lengths = widen(S), torch.as_tensor(lengths, device=S.device)
     if lengths.shape != S.shape[:-2] + S.shape[-1:]:
         raise ValueError(
             f"lengths must have shape {tuple(S.shape[:-2] + S.shape[-1:])} to match S of shape "

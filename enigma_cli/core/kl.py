@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .widen import widen
+
 __all__ = ["k3_kl", "masked_token_mean"]
 
 
@@ -28,7 +30,7 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """
     if logp.shape != ref_logp.shape:
         raise ValueError(f"k3_kl: logp {tuple(logp.shape)} and ref_logp {tuple(ref_logp.shape)} differ in shape.")
-    diff = ref_logp.detach() - logp
+    diff = widen(ref_logp.detach()) - widen(logp)
     return diff.exp() - diff - 1.0
 
 
