@@ -36,6 +36,8 @@ enigma                                     TRL
 --push-to-hub, --hub-model-id              push_to_hub, hub_model_id
 --seed, --output-dir, --device cpu         seed, output_dir, use_cpu
 --dtype bfloat16                           bf16 (the weights are loaded in --dtype by enigma)
+--dtype bf16-mixed (auto on a bf16 CPU)    bf16 on the float32 weights: accelerate's bf16 autocast around the
+                                           model's forward (also on a CPU), the weights and AdamW state float32
 =========================================  ====================================================================
 
 Not mapped: ``--max-nonfinite`` (TRL does not skip a non-finite step; the run aborts after that many logged steps
@@ -49,13 +51,21 @@ import warnings
 
 import torch
 
+from ..models.precision import MIXED, canonical
 from .config import EnigmaGRPOConfig
 
 SURROGATE_LOSS = {"clip": None, "cispo": "cispo", "sapo": "sapo"}
 
 
-def grpo_args(cfg, *, dtype: torch.dtype, device: torch.device) -> EnigmaGRPOConfig:
-    """The `EnigmaGRPOConfig` of a resolved `TrainConfig` (``lr`` and ``lora_r`` already chosen for the model)."""
+def grpo_args(cfg, *, dtype: torch.dtype, device: torch.device,
+              autocast: torch.dtype | None = None) -> EnigmaGRPOConfig:
+    """The `EnigmaGRPOConfig` of a resolved `TrainConfig` (``lr`` and ``lora_r`` already chosen for the model).
+
+    ``dtype`` is the loaded weights' dtype and ``autocast`` the loaded model's (`LoadedModel.autocast`, which is
+    what ``--dtype auto`` chose for it); either bf16 turns on TRL's ``bf16``. ``--dtype bf16-mixed`` does too.
+    """
+    if autocast is None:
+        autocast = torch.bfloat16 if canonical(cfg.dtype) == MIXED else None
     k = cfg.principles_per_prompt
     layers = list(cfg.ot_layers) or None
     vllm = {}
@@ -66,10 +76,10 @@ def grpo_args(cfg, *, dtype: torch.dtype, device: torch.device) -> EnigmaGRPOCon
             vllm["vllm_server_base_url"] = cfg.vllm_server_url
     with warnings.catch_warnings():  # transformers 5 renames the field TRL still sets; not the user's concern
         warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
-        return _config(cfg, k, layers, vllm, dtype, device)
+        return _config(cfg, k, layers, vllm, dtype, device, autocast)
 
 
-def _config(cfg, k, layers, vllm, dtype, device) -> EnigmaGRPOConfig:
+def _config(cfg, k, layers, vllm, dtype, device, autocast) -> EnigmaGRPOConfig:
     return EnigmaGRPOConfig(
         output_dir=cfg.output_dir, max_steps=cfg.steps, seed=cfg.seed, data_seed=cfg.seed,
         per_device_train_batch_size=cfg.prompts_per_step * cfg.group_size // cfg.grad_accum,
@@ -92,7 +102,7 @@ def _config(cfg, k, layers, vllm, dtype, device) -> EnigmaGRPOConfig:
         logging_steps=1, save_strategy="steps", save_steps=cfg.save_every or cfg.steps,
         save_total_limit=cfg.save_total_limit, save_only_model=cfg.save_model_only, report_to=list(cfg.trackers)
         or "none", push_to_hub=cfg.push_to_hub, hub_model_id=cfg.hub_model_id, use_cpu=device.type == "cpu",
-        bf16=dtype == torch.bfloat16, fp16=False, disable_tqdm=True, dataloader_num_workers=0, **vllm,
+        bf16=dtype == torch.bfloat16 or autocast == torch.bfloat16, fp16=False, disable_tqdm=True, dataloader_num_workers=0, **vllm,
     )
 
 
