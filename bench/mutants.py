@@ -4,7 +4,9 @@ For each mutant below (a transposed critic matrix, an off-by-one in the completi
 a reversed KL, a dropped debias term, a skipped RNG restore on resume, an ignored non-finite guard, ...) a copy
 of the committed tree (`git archive HEAD`, never the working checkout) gets the one-line change, the training and
 core test modules run with ``-x``, and the first failing test is printed. A mutant that no test catches is a test
-to write. Every mutant of this list was caught when it was written (34 of 34).
+to write. A file named ``site:PACKAGE/...`` is in an installed package (TRL's LM-head kernel, which training's
+log-probs run through): the package is copied into the tree, where ``PYTHONPATH`` finds it first, and planted
+there. Every mutant of this list was caught when it was written (39 of 39).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/mutants.py            # all, a few minutes each when uncaught
     OMP_NUM_THREADS=1 .venv/bin/python bench/mutants.py reversed-kl dropped-debias-term
@@ -13,8 +15,10 @@ to write. Every mutant of this list was caught when it was written (34 of 34).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -23,12 +27,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["tests/test_infonce.py", "tests/test_sinkhorn.py", "tests/test_grpo.py", "tests/test_loss_pieces.py",
-         "tests/test_saturated_reward.py", "tests/test_reader.py", "tests/test_objective.py",
+         "tests/test_saturated_reward.py", "tests/test_reader.py", "tests/test_tiled.py", "tests/test_objective.py",
          "tests/test_trl_trainer.py", "tests/test_train.py", "tests/test_train_options.py",
          "tests/test_run_folder.py", "tests/test_interrupt.py"]
 
 #: (name, file, the line as it is, the line with the bug)
 MUTANTS = [
+    # the LM head in tiles: our side (the mask, the temperature, the row order) and TRL's kernel's tile boundaries
+    ('tiled-mask-off-by-one', 'enigma_cli/models/tiled.py',
+     '    return ids.to(device), (torch.arange(width) < lengths.unsqueeze(1)).to(device)',
+     '    return ids.to(device), (torch.arange(width) <= lengths.unsqueeze(1)).to(device)'),
+    ('tiled-temperature-ignored', 'enigma_cli/models/logprobs.py',
+     'targets[mask], float(temperature), tile,',
+     'targets[mask], 1.0, tile,'),
+    ('tiled-rows-left-in-chunk-order', 'enigma_cli/models/tiled.py',
+     '    logp = torch.cat([part[1] for part in parts])[back]',
+     '    logp = torch.cat([part[1] for part in parts])'),
+    ('head-vocab-tile-overlaps-the-next', 'site:trl/kernels/chunked_logprob.py',  # the forward's column tiles
+     '                end = min(start + chunk_size, vocab)\n                tile = mm_buf',
+     '                end = min(start + chunk_size + 1, vocab)\n                tile = mm_buf'),
+    ('head-token-tile-one-short', 'site:trl/kernels/chunked_logprob.py',  # the backward's token slices
+     '                token_end = min(token_start + TOKEN_CHUNK_SIZE, N)\n                n = token_end',
+     '                token_end = min(token_start + TOKEN_CHUNK_SIZE - 1, N)\n                n = token_end'),
     ('logs-kept-past-the-checkpoint', 'enigma_cli/train/folder.py',
      '        self.log = MetricsLog(out / METRICS, resume_step=done)',
      '        self.log = MetricsLog(out / METRICS, resume_step=done + 1)'),
@@ -141,9 +161,21 @@ def committed_tree(into: Path) -> None:
         tar.extractall(into, filter="data")
 
 
+def planted_file(tree: Path, file: str) -> Path:
+    """Where a mutant plants: ``tree / file``, or for ``site:PACKAGE/...`` that file of a copy of the installed
+    ``PACKAGE`` made in the tree (once), which shadows the installed one on ``PYTHONPATH``."""
+    if not file.startswith("site:"):
+        return tree / file
+    rel = Path(file.removeprefix("site:"))
+    if not (tree / rel.parts[0]).exists():
+        installed = Path(importlib.util.find_spec(rel.parts[0]).origin).parent
+        shutil.copytree(installed, tree / rel.parts[0], ignore=shutil.ignore_patterns("__pycache__"))
+    return tree / rel
+
+
 def run_mutant(tree: Path, name: str, file: str, old: str, new: str) -> tuple[bool, str]:
     """(caught, the first failing test or the summary line) for one planted bug; the file is restored after."""
-    path = tree / file
+    path = planted_file(tree, file)
     source = path.read_text()
     if source.count(old) != 1:
         return False, f"cannot plant: the line is not in {file} once (the code moved; update the mutant)"
