@@ -11,7 +11,8 @@ fused LM head's: float32 log-sum-exp, each tile recomputed in the backward). The
 term come from the same forward, as in the reader.
 
 Everything else is the reader's: its chunking, shared prompts (each distinct prompt run once, its cache copied for
-every row after it, also under gradient), per-row reading under activation checkpointing, the `Reading` layout.
+every row after it, also under gradient), per-row reading under activation checkpointing, the model's autocast
+(`precision.autocast`: the head then projects in bfloat16 and still normalises in float32), the `Reading` layout.
 The values equal the reader's to float32 rounding, and so do the gradients (tests/test_tiled.py). Models whose
 head cannot be read so (`logprobs.lm_head` says None: a LoRA-adapted or sharded head, scaled or soft-capped
 logits, float64 weights) are read by `reader.read` itself.
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from . import prefix, reader
 from .hidden import resolve_layers
 from .logprobs import chunk_tokens, completion_positions, deferred_head, head_logprobs, lm_head, mean_pool
+from .precision import autocast
 
 
 def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *, layers=(), grad: bool = False,
@@ -52,7 +54,7 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
     share = prefix.supports(model) and not (grad and reader._checkpointed(model))
     chunks = reader._shared_chunks if share else reader._padded_chunks
     parts = []
-    with torch.enable_grad() if grad else torch.no_grad(), deferred_head(head):
+    with torch.enable_grad() if grad else torch.no_grad(), autocast(model), deferred_head(head):
         for rows, states_before, states in chunks(model, prompts, completions, wanted, (chunk_tokens(device), None),
                                                   device):
             # states_before[i, j]: the last hidden state that predicts token j of completion rows[i]
