@@ -91,7 +91,7 @@ def _until_decided(lm, sets, examples, cfg: ScoreConfig, plan, status) -> list:
     if len(examples) < plan.max_prompts:  # a small file: the rounds stop where its rows do
         console.print(f"[yellow]note:[/] dataset {cfg.dataset} gives {len(examples)} prompts, fewer than "
                       f"--max-prompts {plan.max_prompts}.", highlight=False)
-        plan = Plan(min(plan.round, len(examples)), len(examples), plan.max_seconds, plan.alpha)
+        plan = Plan(min(plan.round, len(examples)), len(examples), plan.max_seconds, plan.alpha, plan.boundary)
     questions = [ex.prompt_text for ex in examples]
     checks = [check_principles(lm, s, questions) for s in sets]
     rounds = Rounds(lm, sets, examples, cfg, checks, plan, rank_sets=cfg.rank, status=status)

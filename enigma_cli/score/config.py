@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from ..errors import require
 from ..options import Options, device_opt, dtype_opt, opt
 from ..report import FORMATS
-from .sequential import MAX_LOOKS, MAX_PROMPTS, ROUND_PROMPTS, Plan
+from .sequential import MAX_LOOKS, MAX_PROMPTS, ROUND_PROMPTS, SAMPLES, Plan
 
 CRITICS = ("mean", "sum")  # the critic of the main SI columns (enigma_cli.score.scoring)
 SATURATION = 0.95  # mi_sym at this fraction of log K is saturated (enigma_cli.score.trust)
+FIXED_SAMPLES = 4  # --samples without --until-decided
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class ScoreConfig(Options):
     question_column: str | None = opt(None, "Column holding the question.")
     answer_column: str | None = opt(None, "Column holding the answer.")
     prompts: int = opt(24, "Prompts per set (N).", ge=1)
-    samples: int = opt(4, "Completions per principle and prompt (M).", ge=1)
+    samples: int | None = opt(None, f"Completions per principle and prompt (M; default {FIXED_SAMPLES}, with "
+                                    f"--until-decided {SAMPLES}: more prompts with fewer samples each decide "
+                                    "sooner, BENCHMARKS.md).", ge=1)
     max_new_tokens: int = opt(96, "Longest completion, in tokens.", ge=1)
     temperature: float = opt(1.0, "Sampling temperature (0 = greedy).", ge=0)
     batch_size: int = opt(64, "Sequences per forward pass.", ge=1)
@@ -61,6 +64,8 @@ class ScoreConfig(Options):
     format: str = opt("csv", "Report format.", choices=FORMATS)
 
     def check(self) -> None:
+        if self.samples is None:  # the default depends on --until-decided (frozen: set in place, as check_values)
+            object.__setattr__(self, "samples", SAMPLES if self.until_decided else FIXED_SAMPLES)
         require(not self.pool or self.choose is not None,
                 "--pool needs --choose K, the number of principles per subset.")
         require(self.pool or self.choose is None, "--choose needs --pool (it picks K principles from a pool).")

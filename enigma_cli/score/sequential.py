@@ -1,18 +1,35 @@
 """SI sampled until it is decided (`score-principles --until-decided`): prompts added in rounds, with intervals that
 stay valid whatever look the stopping rule stops at (method.md §4).
 
-Plan (our choice: fixed rounds, Bonferroni over the planned looks). Rounds of R prompts up to P, so at most
+Plan (our choice: fixed rounds, a Pocock-type level for all looks). Rounds of R prompts up to P, so at most
 L = ⌈P / R⌉ looks, after R, 2R, … prompts. At every look each interval (a set's SI, and with ``--rank`` the
-leader's paired lead over the runner-up) is the usual percentile bootstrap over prompts, at level
+leader's paired lead over the runner-up) is a t interval at one level for every look,
 
-    1 − α / L        (α = 0.05; L = 12 looks: 99.58%)
+    1 − α′,   α′ = `nominal_alpha`(R, 2R, …, P)   (α = 0.05; 12 looks of 8 up to 96: α′ = 0.0092, 99.08%)
 
-For any rule that picks the stopping look from the data, P(the interval at the stopping look misses the true
-value) ≤ P(some look's interval misses it) ≤ Σ_ℓ α / L = α: the reported interval keeps its 95% coverage. A 95%
+chosen so that, for iid normal per-prompt values, all L intervals cover the true value together with probability
+1 − α (Pocock's equal nominal levels [1], found by simulation for the t statistic, whose joint law over the looks
+is free of the mean and the spread). For any rule that picks the stopping look from the data, P(the interval at
+the stopping look misses) ≤ P(some look's interval misses) = α: the reported interval keeps its 95% coverage. A 95%
 interval re-checked at every look would not (with SI truly 0, stopping at the first look whose interval excludes
 0 declares a difference far more often than 5% of the time; `tests/test_sequential.py` measures both).
-Bonferroni is conservative (the looks are correlated), the price of a rule that is valid for any stopping time
-and needs nothing but the planned number of looks. Stopping early because of ``--max-minutes`` only skips looks.
+Bonferroni (α / L per look, 99.58% for 12 looks; ``Plan(boundary="bonferroni")``), the earlier rule, needs no
+model at all but ignores that the looks share their prompts: it is 0.0042 against 0.0092 here, wider intervals
+for the same coverage. The Pocock level rests on the t statistic being pivotal, which skewed per-prompt SI only
+approximates: measured on resampled real per-matrix SI (enigma-tiny, SmolLM2; `bench/until_design.py`) and on
+synthetic matrices, coverage stays at 95% within Monte Carlo error, except where the per-prompt values take a
+few discrete levels and the first look can draw them all equal (BENCHMARKS.md). Stopping early because of
+``--max-minutes`` only skips looks.
+
+Samples (our choice, measured): 2 completions per principle and prompt by default with --until-decided, 4
+without. Most of SI's spread is sampling noise within a prompt (σ_b² / σ_w² ≈ 0.1, `bench/si_variance.py`), so
+an interval's width per completion spent hardly depends on how completions are split between prompts and samples;
+fewer samples per prompt make each round cheaper (a first look after 8 prompts × 2 samples instead of × 4) and
+give the t interval more degrees of freedom. One sample per prompt would be cheaper still but leaves the first
+looks to rest on 8 single matrices (BENCHMARKS.md).
+
+.. [1] S. J. Pocock, "Group sequential methods in the design and analysis of clinical trials", Biometrika 64(2),
+   1977.
 
 A look is *decided* when every set's interval excludes 0 and, when ranking, the lead's interval excludes 0. Each
 round scores only what is still open (undecided sets, and the leader and runner-up while their order is), so a
@@ -30,16 +47,19 @@ means cannot reach beyond the few values drawn; the t interval missed 0.75%).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 ALPHA = 0.05
 ROUND_PROMPTS = 8    # default R: a first look after 8 prompts (SmolLM2: ~146 s per set at 8 × 2, BENCHMARKS.md)
-MAX_PROMPTS = 96     # default P: four times the fixed default of 24 prompts
+MAX_PROMPTS = 96     # default P: 96 prompts × 2 samples, twice the fixed default's 24 × 4 completions
+SAMPLES = 2          # default --samples with --until-decided (bench/until_design.py, BENCHMARKS.md)
 MAX_LOOKS = 50       # beyond this each look's level (99.9%) makes the intervals too wide to decide anything
 
 
@@ -51,6 +71,7 @@ class Plan:
     max_prompts: int = MAX_PROMPTS
     max_seconds: float | None = None
     alpha: float = ALPHA
+    boundary: str = "pocock"  # or "bonferroni" (α / L per look: the earlier rule, kept for comparisons)
 
     @property
     def looks(self) -> int:
@@ -59,8 +80,10 @@ class Plan:
 
     @property
     def level(self) -> float:
-        """1 − α / L: each look's interval level (Bonferroni over the planned looks)."""
-        return 1.0 - self.alpha / self.looks
+        """1 − α′: each look's interval level, α′ = `nominal_alpha` of the planned looks (Pocock-type)."""
+        if self.boundary == "bonferroni":
+            return 1.0 - self.alpha / self.looks
+        return 1.0 - nominal_alpha(tuple(self.sizes()), self.alpha)
 
     def sizes(self) -> list[int]:
         """Prompts per set after each look: R, 2R, …, P."""
@@ -70,10 +93,17 @@ class Plan:
         """`t_interval` at this plan's level."""
         return t_interval(values, self.level)
 
+    def adjustment(self) -> str:
+        """How each look's level was set, in words."""
+        if self.boundary == "bonferroni":
+            return f"{100 * (1 - self.alpha):g}% Bonferroni-adjusted over {self.looks} looks"
+        return (f"{100 * (1 - self.alpha):g}% simultaneous over {self.looks} looks, Pocock-type level by "
+                "simulation")
+
     def describe(self) -> str:
         budget = f", at most {self.max_seconds / 60:g} minutes" if self.max_seconds is not None else ""
         return (f"rounds of {self.round} prompts up to {self.max_prompts} ({self.looks} looks{budget}); each "
-                f"interval at {100 * self.level:.2f}% (95% Bonferroni-adjusted over the {self.looks} looks)")
+                f"interval at {100 * self.level:.2f}% ({self.adjustment()})")
 
 
 @dataclass(frozen=True)
@@ -135,19 +165,62 @@ class Stopped:
                 f"{plan.max_prompts if self.reason == 'max-prompts' else f'{plan.max_seconds / 60:g}'}, "
                 f"{self.looks} of {plan.looks} looks, {self.seconds:.0f} s); still open: "
                 f"{'; '.join(self.look.open())}")
-        return f"{head}. Prompts per set: {used}; intervals at {100 * plan.level:.2f}% (Bonferroni over {plan.looks} looks)."
+        return f"{head}. Prompts per set: {used}; intervals at {100 * plan.level:.2f}% ({plan.adjustment()})."
+
+
+SIMULATIONS = 200_000  # runs behind `nominal_alpha`: its α′ misses α by ±0.05 percentage points (one s.e.)
+
+
+@functools.lru_cache(maxsize=64)
+def nominal_alpha(sizes: tuple[int, ...], alpha: float = ALPHA, sims: int = SIMULATIONS, seed: int = 0) -> float:
+    """α′ such that t intervals at level 1 − α′ after each of `sizes` prompts all cover the mean with probability
+    1 − α, for iid normal per-prompt values (Pocock's equal nominal level [1], for the t statistic).
+
+    Under that model the t statistics of the looks, T_ℓ = √n_ℓ (x̄_ℓ − μ) / s_ℓ, have a joint law free of μ and
+    σ, so α′ is the α-quantile of min_ℓ p_ℓ (p_ℓ the two-sided t_{n_ℓ−1} p-value of T_ℓ) over `sims` simulated
+    runs, seeded: the same plan gets the same level. Bonferroni's α / L is a lower bound (the looks are
+    correlated); one look gives α. Well under a second for 12 looks.
+
+    .. [1] S. J. Pocock, "Group sequential methods in the design and analysis of clinical trials", Biometrika
+       64(2), 1977.
+    """
+    if len(sizes) == 1:
+        return alpha
+    # Each round's b new values enter only through their sum ~ N(0, b) and their sum of squares about their own
+    # mean ~ χ²_{b−1} (independent): exact, and 2 draws per round instead of b.
+    rng = np.random.default_rng(seed)
+    total, squares, t = np.zeros(sims), np.zeros(sims), []
+    for before, n in zip((0, *sizes), sizes):
+        b = n - before
+        block = rng.standard_normal(sims) * math.sqrt(b)
+        squares += block * block / b + (rng.chisquare(b - 1, sims) if b > 1 else 0.0)
+        total += block
+        mean = total / n
+        t.append(np.abs(mean) * math.sqrt(n) / np.sqrt(np.maximum(squares - n * mean * mean, 1e-300) / (n - 1)))
+    t = np.stack(t, axis=1)  # [sims, looks]
+    low, high = alpha / len(sizes), alpha  # Bonferroni's α / L is a valid lower end, one look's α the upper
+    for _ in range(40):  # bisection: the share of runs with some |T_ℓ| beyond its t quantile at 1 − α′ is α
+        mid = 0.5 * (low + high)
+        quantiles = np.array([_t_quantile(n - 1, 1.0 - mid) for n in sizes])
+        low, high = (mid, high) if (t > quantiles).any(axis=1).mean() <= alpha else (low, mid)
+    return low
+
+
+@functools.lru_cache(maxsize=4096)
+def _t_quantile(df: int, level: float) -> float:
+    from scipy import stats  # here, not at the top: scipy.stats adds ~0.5 s to every `enigma --help`
+
+    return float(stats.t.ppf((1.0 + level) / 2.0, df))
 
 
 def t_interval(values: torch.Tensor, level: float) -> tuple[float, float]:
     """Student's t interval of the mean of `values` [n]: mean ± t_{n−1, (1+level)/2} · sd / √n (sd with n − 1);
     a single value gives the point itself."""
-    from scipy import stats  # here, not at the top: scipy.stats adds ~0.5 s to every `enigma --help`
-
     x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     mean = float(x.mean())
     if x.numel() < 2:
         return mean, mean
-    half = float(stats.t.ppf((1.0 + level) / 2.0, x.numel() - 1)) * float(x.std()) / math.sqrt(x.numel())
+    half = _t_quantile(x.numel() - 1, level) * float(x.std()) / math.sqrt(x.numel())
     return mean - half, mean + half
 
 
