@@ -162,6 +162,20 @@ def test_tiled_read_under_cpu_bfloat16_autocast(tiny_lm, small_tiles):
     assert float((got.logp.detach() - exact).abs().max()) > 1e-4
 
 
+def test_a_model_marked_bf16_mixed_is_read_under_its_autocast(tiny_lm):
+    """``--dtype bf16-mixed`` marks the model (`precision.mark`): the tiled read enters its autocast as the reader
+    does, so the two agree, and both differ from the float32 read."""
+    from enigma_cli.models.precision import mark
+
+    model = copy.deepcopy(tiny_lm[0])
+    exact = tiled.read(model, PROMPTS, COMPLETIONS, temperature=0.7).logp
+    mark(model, torch.bfloat16)
+    got = tiled.read(model, PROMPTS, COMPLETIONS, temperature=0.7).logp
+    torch.testing.assert_close(got, reader.read(model, PROMPTS, COMPLETIONS, temperature=0.7).logp,
+                               rtol=1e-5, atol=1e-5)
+    assert got.dtype == torch.float32 and float((got - exact).abs().max()) > 1e-4
+
+
 class _Shapes(TorchDispatchMode):
     """The shape of every tensor an op returns (forward and backward)."""
 
