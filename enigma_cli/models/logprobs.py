@@ -219,9 +219,9 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier
                     "logits_scaling")
 #: Vocabulary columns of one head tile on an accelerator: TRL's own choice for its fused LM head.
 GPU_HEAD_COLUMNS = 32768
-#: Elements of one head tile (tokens × vocabulary columns) on a CPU: 16 MiB in float32. The CPU fold makes a few
-#: temporaries of a tile's size (six in the backward), so this bounds the transient memory.
-CPU_HEAD_TILE = 1 << 22
+#: Elements of one head tile (tokens × vocabulary columns) on a CPU: 4 MiB in float32. The CPU fold makes a few
+#: temporaries of a tile's size (about six in the backward), so this bounds the transient memory.
+CPU_HEAD_TILE = 1 << 20
 
 
 def lm_head(model) -> torch.nn.Linear | None:
