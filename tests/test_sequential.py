@@ -79,7 +79,7 @@ def test_a_95_percent_interval_rechecked_at_every_look_does_not(monkeypatch):
     """The bug the adjustment prevents: the naive rule stops on chance excursions and loses its coverage."""
     monkeypatch.setattr(Plan, "level", property(lambda self: 1 - self.alpha))
     cover, _ = coverage(Plan(), null_weight(), runs=RUNS, samples=UNTIL_SAMPLES)
-    assert cover < 0.80
+    assert cover < 0.85  # measured 0.82 (1 sample), 0.80 (2), 0.79 (4): ten standard errors below 95%
 
 
 def test_bonferroni_is_valid_and_more_conservative_than_the_pocock_level():
@@ -90,10 +90,19 @@ def test_bonferroni_is_valid_and_more_conservative_than_the_pocock_level():
     assert cover >= ENOUGH
 
 
-def test_a_real_difference_is_decided_early():
-    """SI 0.40 with 4 samples a prompt: decided within the first two rounds on average, at the nominal coverage."""
-    cover, used = coverage(Plan(), 0.9, runs=500)
-    assert cover >= 0.95 - 3 * math.sqrt(0.95 * 0.05 / 500) and used <= 16
+@pytest.mark.parametrize("samples", sorted({UNTIL_SAMPLES, 4}))
+def test_a_real_difference_is_decided_early(samples):
+    """SI 0.40: decided within 64 completions per principle on average (the fixed default spends 96), at the
+    nominal coverage. With few samples the
+    per-prompt values take few levels and often all come out alike at the first look: without the zero-spread
+    rule of `t_interval` coverage here was 0.59 (1 sample) and 0.83 (2 samples)."""
+    cover, used = coverage(Plan(), 0.9, runs=500, samples=samples)
+    assert cover >= 0.95 - 3 * math.sqrt(0.95 * 0.05 / 500) and used * samples <= 64
+
+
+def test_values_all_alike_decide_nothing():
+    low, high = t_interval(torch.full((8,), 0.55, dtype=torch.float64), 0.99)
+    assert low == -math.inf and high == math.inf
 
 
 @pytest.mark.parametrize("sizes, pocock", [((500, 1000), 0.0294), (tuple(range(300, 1501, 300)), 0.0158),

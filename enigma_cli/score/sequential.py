@@ -21,12 +21,14 @@ synthetic matrices, coverage stays at 95% within Monte Carlo error, except where
 few discrete levels and the first look can draw them all equal (BENCHMARKS.md). Stopping early because of
 ``--max-minutes`` only skips looks.
 
-Samples (our choice, measured): 2 completions per principle and prompt by default with --until-decided, 4
-without. Most of SI's spread is sampling noise within a prompt (σ_b² / σ_w² ≈ 0.1, `bench/si_variance.py`), so
-an interval's width per completion spent hardly depends on how completions are split between prompts and samples;
-fewer samples per prompt make each round cheaper (a first look after 8 prompts × 2 samples instead of × 4) and
-give the t interval more degrees of freedom. One sample per prompt would be cheaper still but leaves the first
-looks to rest on 8 single matrices (BENCHMARKS.md).
+Samples (our choice, measured): 1 completion per principle and prompt by default with --until-decided, 4
+without. Most of SI's spread is sampling noise within a prompt (σ_b² / σ_w² = 0.06-0.13 on enigma-tiny and the
+warm SmolLM2, `bench/si_variance.py`), so one sample of each of n prompts buys a narrower interval per completion
+spent than m samples of n / m prompts (variance × cost m σ_b² + σ_w²: 0.74-0.86 of 4 samples' at m = 1), each
+round is a quarter of a 4-sample round, the t interval gets n − 1 degrees of freedom instead of n / m − 1, and
+the default budget (96 prompts) spends at most the fixed default's 24 × 4 completions. Measured on resampled
+real SI values (`bench/until_design.py`): coverage 95-99% for every design tried, and the fewest completions to
+a decision with one sample.
 
 .. [1] S. J. Pocock, "Group sequential methods in the design and analysis of clinical trials", Biometrika 64(2),
    1977.
@@ -59,7 +61,7 @@ import torch
 ALPHA = 0.05
 ROUND_PROMPTS = 8    # default R: a first look after 8 prompts (SmolLM2: ~146 s per set at 8 × 2, BENCHMARKS.md)
 MAX_PROMPTS = 96     # default P: 96 prompts × 2 samples, twice the fixed default's 24 × 4 completions
-SAMPLES = 2          # default --samples with --until-decided (bench/until_design.py, BENCHMARKS.md)
+SAMPLES = 1          # default --samples with --until-decided (bench/until_design.py, BENCHMARKS.md)
 MAX_LOOKS = 50       # beyond this each look's level (99.9%) makes the intervals too wide to decide anything
 
 
@@ -215,11 +217,15 @@ def _t_quantile(df: int, level: float) -> float:
 
 def t_interval(values: torch.Tensor, level: float) -> tuple[float, float]:
     """Student's t interval of the mean of `values` [n]: mean ± t_{n−1, (1+level)/2} · sd / √n (sd with n − 1);
-    a single value gives the point itself."""
+    a single value gives the point itself, and n ≥ 2 equal values (sd 0) the whole line: a zero-width interval
+    would be "decided" by chance (measured: 8 prompts whose two-valued SI all came out alike stopped 17% of the
+    synthetic runs at SI 0.40 on the wrong value; with this rule coverage is back at 98.7%)."""
     x = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
     mean = float(x.mean())
     if x.numel() < 2:
         return mean, mean
+    if float(x.std()) == 0.0:  # values all equal say nothing of their spread: no interval, nothing decided
+        return -math.inf, math.inf
     half = _t_quantile(x.numel() - 1, level) * float(x.std()) / math.sqrt(x.numel())
     return mean - half, mean + half
 
