@@ -26,7 +26,7 @@ import torch
 
 def components(x: torch.Tensor) -> dict[str, float]:
     """σ_b², σ_w² of x [N, M] (one-way random effects, moment estimates; σ_b² may come out < 0 by chance)."""
-    n, m = x.shape
+    m = x.shape[1]
     within = float(x.var(dim=1).mean())
     between = float(x.mean(dim=1).var()) - within / m
     return {"between": between, "within": within, "mean": float(x.mean())}
@@ -42,8 +42,8 @@ def main() -> None:
     ap.add_argument("--save")
     args = ap.parse_args()
 
-    from enigma_cli.datasets import load_examples
     from enigma_cli.core import sufficiency_index
+    from enigma_cli.datasets import load_examples
     from enigma_cli.models.loading import load_model
     from enigma_cli.principles import load_principle_set
     from enigma_cli.score import ScoreConfig, critic_matrices

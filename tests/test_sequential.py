@@ -19,8 +19,18 @@ import torch
 
 from enigma_cli.cli import main
 from enigma_cli.core import sufficiency_index
-from enigma_cli.score.sequential import (SAMPLES as UNTIL_SAMPLES, Interval, Look, Plan, Stopped, active,
-                                        nominal_alpha, paired, run_rounds, t_interval)
+from enigma_cli.score.sequential import SAMPLES as UNTIL_SAMPLES
+from enigma_cli.score.sequential import (
+    Interval,
+    Look,
+    Plan,
+    Stopped,
+    active,
+    nominal_alpha,
+    paired,
+    run_rounds,
+    t_interval,
+)
 
 RIGHT = torch.tensor([[1.0, 0.0], [0.0, 1.0]])   # each completion read best under its own principle
 WRONG = torch.tensor([[0.0, 1.0], [1.0, 0.0]])   # and under the other one

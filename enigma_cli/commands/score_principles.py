@@ -42,8 +42,9 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
     examples = [examples[i] for i in check.before_load(cfg.model, [ex.prompt_text for ex in examples])]
     n, m = len(examples), cfg.samples
     if plan is not None and dry_run:
-        console.print(f"--until-decided: {plan.describe()}; {len(sets)} sets, {m} samples per principle and "
-                      f"prompt, {n} prompts available.", highlight=False)
+        samples = f"{m} sample{'s' if m != 1 else ''}"
+        console.print(f"--until-decided: {plan.describe()}; {len(sets)} sets, {samples} per principle and prompt, "
+                      f"{n} prompts available.", highlight=False)
         console.print(f"model {cfg.model}; nothing loaded (--dry-run).", highlight=False)
         return
     if dry_run:
