@@ -18,6 +18,13 @@ Three tables per model, every figure measured in this run:
    enigma's variants step on the *same* completions (one generation per step, shared; `enigma_paired`), so the
    extra is measured on identical work, and in alternating order, so other load on the machine hits all alike.
 
+``--autocast`` (mixed precision, issue 27): every enigma variant twice, in ``--dtype`` (float32 by default) and in
+``bf16-mixed`` (the same float32 weights, forwards under bf16 autocast), stepping on the same episodes; each
+variant also samples its own episodes in its own precision, timed, for its generation figures (the update steps
+on the shared ones, so the update figures compare identical work). TRL runs with ``bf16=True`` (its CPU autocast)
+too, and the generation table has one column per precision, the two timed in alternation. A last table gives the
+bf16-mixed / float32 ratios (median of per-step ratios).
+
 Times are the CPU time of this process on a CPU (a shared machine's other jobs then move them far less than wall
 time; ``--wall`` for wall time) and wall time on a GPU (synchronised).
 
@@ -29,6 +36,7 @@ of a real shape; ``--model`` an enigma model spec (enigma-tiny by default).
     OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_step.py --repeats 3
     OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_step.py --principles reasoning-styles -K 4 --skip-trl
     .venv/bin/python bench/grpo_step.py --device cuda --dtype bfloat16 --model-config smollm2-135m,llama-1b
+    OMP_NUM_THREADS=1 .venv/bin/python bench/grpo_step.py --autocast --skip-trl --model-config qwen2-mini
 """
 
 from __future__ import annotations
@@ -66,11 +74,15 @@ def update_tokens(ep, cfg) -> int:
     return n
 
 
-def _config(args, model_dir, out_dir: str, **options) -> TrainConfig:
+#: The mixed-precision ``--dtype`` that ``--autocast`` sets beside ``--dtype``.
+MIXED = "bf16-mixed"
+
+
+def _config(args, model_dir, out_dir: str, dtype: str | None = None, **options) -> TrainConfig:
     return TrainConfig(model=str(model_dir), principles=args.principles, principles_per_prompt=args.k,
                        steps=args.repeats + 1, prompts_per_step=args.prompts, group_size=args.group_size,
                        max_new_tokens=args.max_new_tokens, temperature=1.0, loss_type="grpo", beta=0.0,
-                       updates_per_generation=1, device=args.device, dtype=args.dtype, output_dir=out_dir,
+                       updates_per_generation=1, device=args.device, dtype=dtype or args.dtype, output_dir=out_dir,
                        seed=args.seed, **options)
 
 
@@ -97,7 +109,8 @@ def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -
     The generation is shared, so a variant's extra cost is its reference pass and update on identical
     completions, not a difference of sampled lengths; the variants run in alternating order, so load from other
     processes falls on all of them alike. Per timed step: each phase's seconds (generation, the reference pass
-    "scoring", the update, the Sinkhorn solves inside it), generated and updated tokens.
+    "scoring", the update, the Sinkhorn solves inside it), generated and updated tokens. A variant's options may
+    name its own ``dtype``; with ``--autocast`` each variant also samples (and times) its own episodes.
     """
     from enigma_cli.train import trainer as trainer_mod
 
@@ -105,7 +118,7 @@ def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -
     for n, (label, options) in enumerate(variants):
         cfgs[label] = _config(args, model_dir, f"{tmp}/v{n}", **options)
         pset, examples = plan(cfgs[label])
-        lm = load_model(str(model_dir), device=args.device, dtype=args.dtype, for_training=True)
+        lm = load_model(str(model_dir), device=args.device, dtype=cfgs[label].dtype, for_training=True)
         cfgs[label] = for_model(cfgs[label], lm.model)
         trainers[label] = trainer_mod.Trainer(lm, examples, pset, cfgs[label])
     shared: dict = {}
@@ -114,9 +127,11 @@ def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -
     generate = _timed(real[0], args.device, acc, "generation")
 
     def collect(*a, **k):
-        if "ep" not in shared:
-            shared["ep"] = generate(*a, **k)
-            shared["generation"] = acc["generation"]
+        if "ep" not in shared or args.autocast:
+            ep = generate(*a, **k)  # timed into this variant's acc
+            shared["own_tokens"] = sum(map(len, ep.completion_ids))
+            if "ep" not in shared:
+                shared["ep"], shared["generation"] = ep, acc["generation"]
         return shared["ep"]
 
     trainer_mod.collect = collect
@@ -134,10 +149,12 @@ def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -
                 if i:  # the first step is the warm-up
                     ep = shared["ep"]
                     own = acc["step"] - acc.get("generation", 0.0)  # this variant's reference pass and update
-                    values = {"generation": shared["generation"], "scoring": acc.get("scoring", 0.0),
+                    # --autocast: the variant's own sampling (its precision); else the shared one's
+                    gen, gen_tokens = ((acc["generation"], shared["own_tokens"]) if args.autocast else
+                                       (shared["generation"], sum(map(len, ep.completion_ids))))
+                    values = {"generation": gen, "scoring": acc.get("scoring", 0.0),
                               "update": own - acc.get("scoring", 0.0), "sinkhorn": acc.get("sinkhorn", 0.0),
-                              "step": shared["generation"] + own, "gen_tokens": sum(map(len, ep.completion_ids)),
-                              "upd_tokens": update_tokens(ep, cfgs[label])}
+                              "step": gen + own, "gen_tokens": gen_tokens, "upd_tokens": update_tokens(ep, cfgs[label])}
                     for key, value in values.items():
                         recs[label].setdefault(key, []).append(float(value))
     finally:
@@ -148,15 +165,21 @@ def enigma_paired(args, model_dir, tmp: str, variants: list[tuple[str, dict]]) -
     return recs
 
 
-def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool, beta: float = 0.0) -> dict[str, list[float]]:
+def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool, beta: float = 0.0,
+            autocast: bool = False) -> dict[str, list[float]]:
     """TRL's GRPOTrainer on the same model and prompts; the update is the step minus generation and scoring.
 
-    ``beta > 0`` makes TRL hold a reference model (a full copy) and run its reference pass, as ENIGMA does."""
+    ``beta > 0`` makes TRL hold a reference model (a full copy) and run its reference pass, as ENIGMA does.
+    ``autocast``: ``bf16=True`` on float32 weights (accelerate's bf16 autocast around the model's forward)."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     lm = load_model(str(model_dir), device=args.device, dtype=args.dtype, for_training=True)
+    if not autocast:  # TRL's own forwards are not marked; this keeps enigma's from autocasting under auto too
+        from enigma_cli.models.precision import mark
+
+        mark(lm.model, None)
     dataset = Dataset.from_dict({"prompt": trl_prompts(args, model_dir, lm.tokenizer)})
     if beta > 0 and not Path(lm.model.config._name_or_path).is_dir():
         # TRL loads its reference from the config's name, a hub id for an alias such as smollm2 (offline here)
@@ -174,7 +197,7 @@ def trl_run(args, model_dir, out_dir: str, gradient_checkpointing: bool, beta: f
                       max_grad_norm=1.0, seed=args.seed, dataloader_num_workers=0, disable_tqdm=True,
                       shuffle_dataset=False, gradient_checkpointing=gradient_checkpointing,
                       # TRL defaults to bf16=True, which on a CPU means bf16 autocast: keep both sides at --dtype
-                      bf16=args.dtype == "bfloat16", fp16=args.dtype == "float16")
+                      bf16=autocast or args.dtype == "bfloat16", fp16=args.dtype == "float16")
     trainer = GRPOTrainer(model=lm.model, reward_funcs=reward, args=conf, train_dataset=dataset,
                           processing_class=lm.tokenizer)
     marks: list[float] = []
@@ -223,24 +246,32 @@ def trl_prompts(args, model_dir, tok) -> list[str]:
 
 
 def generation_rates(args, model_dir) -> list[tuple[str, str]]:
-    """(engine, tokens/s or why not) for every engine of `rollout.generate`, then vLLM."""
-    lm = load_model(str(model_dir), device=args.device, dtype=args.dtype)
-    prompts = trl_prompts(args, model_dir, lm.tokenizer)[: args.prompts]
+    """(engine, tokens/s or why not) for every engine of `rollout.generate`, then vLLM. With ``--autocast`` the
+    rate is given in ``--dtype`` and in bf16-mixed, the two timed in alternation on the same prompts and seeds,
+    with their ratio (same-run)."""
+    dtypes = [args.dtype, MIXED] if args.autocast else [args.dtype]
+    lms = [load_model(str(model_dir), device=args.device, dtype=d) for d in dtypes]
+    prompts = trl_prompts(args, model_dir, lms[0].tokenizer)[: args.prompts]
     out = []
     for engine in [e for e in rollout.ENGINES if e != "auto"]:
         try:
-            times, tokens = [], []
+            times, tokens = [[] for _ in lms], [[] for _ in lms]
             for i in range(args.repeats + 1):
-                _sync(args.device)
-                t0 = CLOCK()
-                gen = rollout.generate(lm.model, lm.tokenizer, prompts, num_samples=args.group_size,
-                                       max_new_tokens=args.max_new_tokens, temperature=1.0, seed=args.seed + i,
-                                       engine=engine)
-                _sync(args.device)
-                if i:
-                    times.append(CLOCK() - t0)
-                    tokens.append(gen.num_new_tokens)
-            out.append((engine, f"{sum(tokens) / sum(times):.1f}"))
+                for n in (range(len(lms)) if i % 2 == 0 else reversed(range(len(lms)))):
+                    _sync(args.device)
+                    t0 = CLOCK()
+                    gen = rollout.generate(lms[n].model, lms[n].tokenizer, prompts, num_samples=args.group_size,
+                                           max_new_tokens=args.max_new_tokens, temperature=1.0,
+                                           seed=args.seed + i, engine=engine)
+                    _sync(args.device)
+                    if i:
+                        times[n].append(CLOCK() - t0)
+                        tokens[n].append(gen.num_new_tokens)
+            rates = [sum(k) / sum(t) for k, t in zip(tokens, times)]
+            text = "  ".join(f"{d} {r:.1f}" for d, r in zip(dtypes, rates))
+            if len(rates) == 2:
+                text += f"  ratio {rates[1] / rates[0]:.2f}"
+            out.append((engine, text))
         except ValueError as err:  # an engine that cannot run this model
             out.append((engine, f"skipped ({err})"))
     out.append(("vllm", vllm_rate(args, model_dir, prompts)))
@@ -279,6 +310,8 @@ def _med(rec, key) -> float:
 
 def _paired(base: dict, rec: dict, key: str, fn) -> float:
     """Median over steps of fn(base_i, rec_i): the variants of `enigma_paired` step on the same episodes."""
+    if key not in base or key not in rec:
+        return float("nan")
     return statistics.median(fn(x, y) for x, y in zip(base[key], rec[key]))
 
 
@@ -309,6 +342,21 @@ def report(name: str, rows: list[tuple[str, dict]], paired: set[str], n_params: 
     tokens = _paired(grpo, enigma, "upd_tokens", lambda x, y: y / x)
     whole = _paired(grpo, enigma, "step", lambda x, y: y / x) - 1
     print(f"{'update tokens ENIGMA / GRPO':>34} {tokens:.2f}   whole step: {whole:+.1%}")
+    mixed = [(label, rec) for label, rec in rows if label.endswith(f", {MIXED}")]
+    if mixed:
+        print(f"\n[{name}] {MIXED} / float32, same run (median of per-step ratios; > 1 is faster for the rates, "
+              "< 1 for the times)")
+        print(f"{'run':>34} {'s/step':>8} {'update s':>9} {'scoring s':>10} {'upd tok/s':>10} {'gen tok/s':>10}")
+        for label, rec in mixed:
+            base_rec = dict(rows)[label.removesuffix(f", {MIXED}")]
+            ratio = {key: _paired(base_rec, rec, key, lambda x, y: y / x if x > 0 else float("nan"))
+                     for key in ("step", "update", "scoring")}
+            upd = 1.0 / ratio["update"]  # both update on the same episodes: the update rate's ratio
+            # each samples its own episodes: the ratio of the rates over the run
+            gen = (sum(rec["gen_tokens"]) / sum(rec["generation"])) / (sum(base_rec["gen_tokens"])
+                                                                      / sum(base_rec["generation"]))
+            print(f"{label.removesuffix(f', {MIXED}'):>34} {ratio['step']:>8.2f} {ratio['update']:>9.2f} "
+                  f"{ratio['scoring']:>10.2f} {upd:>10.2f} {gen:>10.2f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -334,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sami-prompts", type=int, nargs="*", default=[],
                    help="also time ENIGMA with --sami-prompts N for each N given (the SAMI subsample option)")
     p.add_argument("--skip-generation", action="store_true", help="leave out the per-engine generation table")
+    p.add_argument("--autocast", action="store_true",
+                   help=f"also time every variant in {MIXED} (float32 weights, bf16 autocast) beside --dtype")
     args = p.parse_args(argv)
     global CLOCK
     CLOCK = time.perf_counter if (args.wall or args.device.startswith("cuda")) else time.process_time
@@ -359,11 +409,16 @@ def main(argv: list[str] | None = None) -> None:
                 variants += [("GRPO only + critic metrics", {**TRUE_GRPO, "critic_metrics": True}),
                              ("GRPO only + ref metrics", {**TRUE_GRPO, "ref_metrics": True}),
                              ("GRPO only, both (the defaults)", {"sami": False, "ot": False})]
+            if args.autocast:
+                variants += [(f"{label}, {MIXED}", {**options, "dtype": MIXED}) for label, options in variants]
             rows = list(enigma_paired(args, model_dir, tmp, variants).items())
             paired = {label for label, _ in rows}
             if not args.skip_trl:
                 rows += [("TRL GRPOTrainer, grad ckpt ON*", trl_run(args, model_dir, f"{tmp}/t1", True)),
                          ("TRL GRPOTrainer, grad ckpt OFF", trl_run(args, model_dir, f"{tmp}/t0", False))]
+                if args.autocast:
+                    rows.append((f"TRL GRPOTrainer, grad ckpt OFF, {MIXED}",
+                                 trl_run(args, model_dir, f"{tmp}/t2", False, autocast=True)))
             gens = None if args.skip_generation else generation_rates(args, model_dir)
             report(name, rows, paired, n_params, peak, gens)
     print("\n* TRL's GRPOConfig default. gen tok/s = completion tokens / whole step time; upd tok/s = tokens through "
