@@ -46,9 +46,10 @@ class ScoreConfig(Options):
                           ge=1, metavar="T")
     until_decided: bool = opt(False, "Add prompts in rounds until every set's SI interval excludes 0 (and, with "
                                      "--rank, the leader's lead over the runner-up), or until --max-prompts or "
-                                     "--max-minutes runs out; replaces --prompts. Intervals are t intervals "
-                                     "Bonferroni-adjusted over the planned rounds, so stopping early keeps their "
-                                     "95% coverage (method.md §4).")
+                                     "--max-minutes runs out; replaces --prompts. Intervals are t intervals at "
+                                     "one level for every round, set so that all rounds' intervals cover together "
+                                     "95% of the time (Pocock-type), so stopping early keeps their 95% coverage "
+                                     "(method.md §4).")
     round_prompts: int | None = opt(None, f"With --until-decided: prompts added per round (default "
                                           f"{ROUND_PROMPTS}).", ge=2, metavar="R")
     max_prompts: int | None = opt(None, f"With --until-decided: the most prompts per set (default {MAX_PROMPTS}).",

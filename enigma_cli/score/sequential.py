@@ -59,8 +59,8 @@ import numpy as np
 import torch
 
 ALPHA = 0.05
-ROUND_PROMPTS = 8    # default R: a first look after 8 prompts (SmolLM2: ~146 s per set at 8 × 2, BENCHMARKS.md)
-MAX_PROMPTS = 96     # default P: 96 prompts × 2 samples, twice the fixed default's 24 × 4 completions
+ROUND_PROMPTS = 8    # default R: a first look after 8 prompts × 1 sample (BENCHMARKS.md)
+MAX_PROMPTS = 96     # default P: 96 prompts × 1 sample, the fixed default's 24 × 4 completions
 SAMPLES = 1          # default --samples with --until-decided (bench/until_design.py, BENCHMARKS.md)
 MAX_LOOKS = 50       # beyond this each look's level (99.9%) makes the intervals too wide to decide anything
 
