@@ -3,9 +3,13 @@
 A sampler thread reads the resident set size every millisecond and keeps the maximum per phase of each step:
 generation, reference pass, forward, and the backward cut in four (until the log-probs' gradient is through the
 logits, until the gradient reaches the last hidden state, until it reaches the input embeddings' output, and the
-rest), then after the backward. One of `peak_memory.py`'s enigma cases, in this process:
+rest), then after the backward. With the LM head in tiles (`models.tiled`, every case but ``enigma-untiled*``)
+there are no logits: the head's tiles and their gradient are one autograd node, so "backward: log-probs" runs
+until the gradient reaches the last hidden state and there is no "backward: lm head". One of `peak_memory.py`'s
+enigma cases, in this process:
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/peak_phases.py --case enigma-gc
+    OMP_NUM_THREADS=1 .venv/bin/python bench/peak_phases.py --case enigma        # and enigma-untiled: before/after
     OMP_NUM_THREADS=1 .venv/bin/python bench/peak_phases.py --case enigma-gc --releases 0 --dense-embedding-grad
     MALLOC_MMAP_THRESHOLD_=1048576 OMP_NUM_THREADS=1 .venv/bin/python bench/peak_phases.py --case enigma-gc --releases 0
 
@@ -115,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
         return collect(rows, logits, *a, **k)
 
     reader._collect = traced_collect
+    if args.case.startswith("enigma-untiled"):  # the objective's reads as they were before the tiled head
+        from enigma_cli.train import objective
+
+        objective.read = reader.read
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(model=args.model, steps=args.steps, prompts_per_step=args.prompts,
