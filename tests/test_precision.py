@@ -111,11 +111,11 @@ def test_load_marks_the_model_and_auto_says_what_it_chose(model_dir, monkeypatch
     load_model(str(model_dir), device="cpu", dtype="auto")
     err = capsys.readouterr().err
     assert lm.autocast == torch.bfloat16 and lm.dtype == torch.float32
-    assert err.count("\n") == 1 and err.startswith(f"{MIXED}: float32 weights") and "avx512_bf16" in err
+    assert err.count("\n") == 1 and err.startswith(f"{MIXED} precision: float32 weights") and "avx512_bf16" in err
 
     monkeypatch.setattr(precision, "_cpuinfo", lambda: WITHOUT)
     assert load_model(str(model_dir), device="cpu", dtype="auto").autocast is None
-    assert "no bfloat16 instructions" in capsys.readouterr().err
+    assert "no bf16 instructions" in capsys.readouterr().err
 
 
 # -- the estimators ------------------------------------------------------------------------------------------------

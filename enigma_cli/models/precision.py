@@ -63,9 +63,9 @@ class Precision:
         return MIXED if self.autocast is not None else str(self.weights).removeprefix("torch.")
 
     def describe(self) -> str:
-        """The one line ``--dtype auto`` prints, e.g. ``bf16-mixed: float32 weights, bf16 autocast (auto, ...)``."""
-        what = (f"{self.name}: float32 weights and optimizer state, bfloat16 autocast" if self.autocast is not None
-                else f"{self.name} weights, no autocast")
+        """The one line ``--dtype auto`` prints, e.g. ``bf16-mixed precision: float32 weights ... (auto, ...)``."""
+        what = (f"{self.name} precision: float32 weights and optimizer state, bf16 autocast"
+                if self.autocast is not None else f"{self.name} precision, no autocast")
         return f"{what} (auto, {self.why}; set --dtype float32 or {MIXED} to choose)"
 
 
@@ -114,18 +114,18 @@ def choose(dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu"
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     if dev.type == "cuda":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return Precision(torch.bfloat16, None, "a CUDA device with bfloat16")
-        return Precision(torch.float32, None, "a CUDA device without bfloat16")
+            return Precision(torch.bfloat16, None, "on a CUDA device with bfloat16")
+        return Precision(torch.float32, None, "on a CUDA device without bfloat16")
     if dev.type != "cpu":
-        return Precision(torch.float32, None, f"a {dev.type} device")
+        return Precision(torch.float32, None, f"on a {dev.type} device")
     flag = cpu_bf16_flag(cpuinfo)
     if flag is None:
-        return Precision(torch.float32, None, "this CPU has no bfloat16 instructions (avx512_bf16 or AMX)")
-    size = "" if n_params is None else f"a model of {n_params / 1e6:.1f}M parameters, "
+        return Precision(torch.float32, None, "this CPU has no bf16 instructions (avx512_bf16 or AMX)")
+    size = "" if n_params is None else f"for a model of {n_params / 1e6:.1f}M parameters "
     if n_params is not None and n_params < MIXED_MIN_PARAMS:
-        return Precision(torch.float32, None, f"{size}below {MIXED_MIN_PARAMS / 1e6:g}M autocast is slower on the "
-                                              f"CPU although it has {flag}")
-    return Precision(torch.float32, torch.bfloat16, f"{size}the CPU has {flag}")
+        return Precision(torch.float32, None, f"{size.rstrip()}: below {MIXED_MIN_PARAMS / 1e6:g}M bf16 autocast is slower, "
+                                              f"although this CPU has {flag}")
+    return Precision(torch.float32, torch.bfloat16, f"{size}on a CPU with {flag}")
 
 
 def mark(model, dtype: torch.dtype | None) -> None:
