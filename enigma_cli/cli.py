@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from typer.core import TyperOption
 
 from . import __version__
 from .console import console
 from .errors import EnigmaError
+from .interrupt import cli_handler, handlers, signal_name, signum_of, take_last
 
 app = typer.Typer(
     name="enigma",
@@ -40,6 +44,7 @@ def _root(
 
 
 def _register() -> None:
+    # lazy: after _quiet_environment() (run first, below) sets what transformers and the hub read on import
     from .commands import (
         analyze_manifold,
         build_default_model,
@@ -70,8 +75,6 @@ def _register() -> None:
 
 def _no_type_for_flags() -> None:
     """typer's rich help prints a type column, and `<bool>` beside an on/off flag says nothing: leave it blank."""
-    from typer.core import TyperOption
-
     shown = getattr(TyperOption, "display_type_rich", None)
     if shown is None or getattr(shown, "_enigma", False):
         return
@@ -102,16 +105,12 @@ _no_type_for_flags()
 
 def quiet_known_warnings() -> None:
     """Library warnings that say nothing to a user of enigma, each silenced by its exact message (never all)."""
-    import warnings
-
     # peft's get_peft_model reads transformers' deprecated `is_gradient_checkpointing` (LoRA training).
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, map EnigmaError to its exit code with one sentence on stderr."""
-    from .interrupt import cli_handler, handlers
-
     _quiet_environment()
     quiet_known_warnings()
     with handlers(cli_handler):  # SIGTERM unwinds like Ctrl-C: temporary files go, locks are dropped
@@ -120,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     """'error: <message>' on one line; the message is text, never rich markup ('[enforce fail at ...]')."""
-    from rich.markup import escape
-
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
@@ -131,8 +128,6 @@ def _say(message: str) -> None:
 
 def _interrupted(err: KeyboardInterrupt) -> int:
     """Ctrl-C, SIGTERM (interrupt.Interrupted), or a run's own line saying where it stopped: one line, 128 + N."""
-    from .interrupt import signal_name, signum_of
-
     signum = signum_of(err)
     _say(getattr(err, "message", None) or f"interrupted ({signal_name(signum)})")
     return 128 + signum
@@ -153,8 +148,6 @@ def _usage_error(err) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    from .interrupt import take_last
-
     take_last()  # forget one from an earlier in-process call
     try:
         rc = app(args=argv, standalone_mode=False)

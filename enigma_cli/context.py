@@ -36,8 +36,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import modelfiles
 from .console import console
-from .errors import InputError
+from .errors import InputError, first_line
+from .modelfiles import positions_of
+from .prompts import render_prompt
 
 #: tokens a template may add when the question is joined to its prompt, beyond one per byte of the question
 SLACK = 16
@@ -57,28 +60,22 @@ class Window:
 
 def peek(spec: str) -> Window:
     """The window of a model spec read from disk, without weights (an unreadable model file is an InputError)."""
-    from . import modelfiles
-
     files = modelfiles.inspect(spec)
     if files is None:
         return Window(spec, None)
     tokenizer = None
     if files.tokenizer_dir is not None and files.positions is not None:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # lazy: its tokenizer classes add ~0.5 s to `enigma --help`
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(files.tokenizer_dir), local_files_only=True)
         except Exception as err:  # noqa: BLE001 - a tokenizer we cannot read now, load_model cannot either
-            from .errors import first_line
-
             raise InputError(f"model '{spec}': the tokenizer in {files.tokenizer_dir} cannot be read "
                              f"({first_line(err)}).") from None
     return Window(spec, files.positions, tokenizer)
 
 
 def of_loaded(lm) -> Window:
-    from .modelfiles import positions_of
-
     config = lm.model.config
     return Window(lm.name, positions_of(config.to_dict()) if hasattr(config, "to_dict") else None, lm.tokenizer)
 
@@ -242,8 +239,6 @@ def _lengths(tokenizer, principles: list[str | None], questions: list[str]) -> l
     """Token counts of the prompts exactly as the commands build them: the chat template, then the tokens of
     `rollout.encode_prompts` (a BOS only when the tokenizer adds one and the text lacks it). verbose=False: that
     a prompt is longer than the tokenizer's own limit is what we are finding out, not a warning."""
-    from .prompts import render_prompt
-
     texts = [render_prompt(tokenizer, p, q) for p, q in zip(principles, questions)]
     bos = tokenizer.bos_token_id
     adds_bos = bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]

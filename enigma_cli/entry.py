@@ -4,12 +4,12 @@ line instead of a traceback; `cli.main` then installs the handlers for the rest 
 import signal
 import sys
 
+from .interrupt import SIGNALS, early_exit
+
 
 def main() -> None:
-    from .interrupt import SIGNALS, early_exit
-
     for sig in SIGNALS:
         signal.signal(sig, early_exit)
-    from .cli import main as run
+    from .cli import main as run  # lazy: after the handlers above, so an early Ctrl-C is one line
 
     sys.exit(run())

@@ -18,7 +18,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
+from safetensors import safe_open
+
 from .errors import InputError, first_line
+from .models.gguf import _CACHE_DONE, _gguf_cache_dir
+from .models.loading import model_path_for
 
 #: config keys that hold the number of positions, in the order models use them (GPT-2: n_positions, ...)
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx",
@@ -65,8 +70,6 @@ def depth_of(config: dict | None) -> int | None:
 
 def check_safetensors(folder: Path, what: str) -> None:
     """Every ``*.safetensors`` file in `folder` must have a readable header covering the whole file."""
-    from safetensors import safe_open
-
     for file in sorted(Path(folder).glob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt"):
@@ -92,8 +95,6 @@ def _has_tokenizer(folder: Path) -> bool:
 
 def inspect(spec: str) -> ModelFiles | None:
     """Read what a model spec names without its weights (see the module docstring); None for an uncached hub id."""
-    from .models.loading import model_path_for
-
     tokenizer_dir, name = None, spec
     for _ in range(4):  # an adapter names its base, which could itself be an adapter; stop somewhere
         path, gguf = model_path_for(spec)
@@ -119,8 +120,6 @@ def inspect(spec: str) -> ModelFiles | None:
 
 
 def _gguf(name: str, file: Path, tokenizer_dir: Path | None) -> ModelFiles:
-    from .models.gguf import _CACHE_DONE, _gguf_cache_dir
-
     cache = _gguf_cache_dir(file)
     if cache is not None and (cache / _CACHE_DONE).is_file() and (cache / "config.json").is_file():
         config = _read_config(cache, name)
@@ -131,7 +130,7 @@ def _gguf(name: str, file: Path, tokenizer_dir: Path | None) -> ModelFiles:
 def _gguf_positions(file: Path) -> int | None:
     """``<architecture>.context_length`` from a GGUF file's metadata (a few seconds: the reader maps the file)."""
     try:
-        from gguf import GGUFReader
+        from gguf import GGUFReader  # lazy: gguf is optional (the [gguf] extra)
 
         reader = GGUFReader(str(file))
         arch = reader.fields["general.architecture"].contents()
@@ -143,8 +142,6 @@ def _gguf_positions(file: Path) -> int | None:
 def _hub(name: str, hub_id: str) -> ModelFiles | None:
     """A hub id already in the local cache (config only; nothing is downloaded)."""
     try:
-        from huggingface_hub import try_to_load_from_cache
-
         cached = try_to_load_from_cache(hub_id, "config.json")
     except Exception:  # noqa: BLE001 - an odd id or cache: loading will tell
         return None

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .report import atomic_path
+
+# matplotlib is imported inside `panels` and `save`: it is optional (the [plots] extra), pyplot adds ~0.4 s to
+# `enigma --help`, and the Agg backend must be chosen before pyplot is imported.
+
 
 def panels(n: int, *, width: float = 4.2, height: float = 3.0):
     """A figure of ``n`` panels, at most three a row (Agg backend): ``(fig, axes)``, the unused panels hidden."""
@@ -26,8 +31,6 @@ def panels(n: int, *, width: float = 4.2, height: float = 3.0):
 def save(fig, path: Path, title: str = "") -> Path:
     """Write ``fig`` as a PNG, atomically, and close it."""
     import matplotlib.pyplot as plt
-
-    from .report import atomic_path
 
     if title:
         fig.suptitle(title)

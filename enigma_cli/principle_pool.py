@@ -18,6 +18,7 @@ import yaml
 
 from .errors import InputError
 from .principles import Principle, PrincipleSet, resolve_sets
+from .report import atomic_path
 
 MAX_POOL = 64  # C(64, 2) = 2,016 pairs; larger pools are a different tool's job
 SEPARATOR = "+"
@@ -90,8 +91,6 @@ def set_yaml(pset: PrincipleSet) -> str:
 
 def write_set(pset: PrincipleSet, path: Path) -> Path:
     """`pset` as a YAML file of the usual schema (atomically), so `enigma train --principles FILE` reads it."""
-    from .report import atomic_path
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(set_yaml(pset))

@@ -9,21 +9,25 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
+from rich import box
+from rich.table import Table
+
+from .. import manifold
 from ..cli_options import command
 from ..console import console
+from ..context import ContextCheck, principles_of
+from ..datasets import load_examples
+from ..errors import InputError
 from ..manifold import ManifoldConfig
+from ..models.loading import resolve_device, resolve_dtype
 from ..options import write_resolved
+from ..plots import grid_plot
+from ..principles import load_principle_set
+from ..report import check_format, write_table
 
 
 def run(cfg: ManifoldConfig, dry_run: bool) -> None:
-    from .. import manifold
-    from ..context import ContextCheck, principles_of
-    from ..datasets import load_examples
-    from ..errors import InputError
-    from ..models.loading import resolve_device, resolve_dtype
-    from ..principles import load_principle_set
-    from ..report import check_format
-
     out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
     check_format(cfg.format, out_dir, "--out-dir")
     pset = load_principle_set(cfg.principles)
@@ -50,19 +54,15 @@ def run(cfg: ManifoldConfig, dry_run: bool) -> None:
         _print_plan(manifold, cfg, pset, questions, comp_path, depth)
         return
 
-    import pandas as pd
-
     rows, info = manifold.analyze(cfg, pset, questions, completions_path=comp_path,
                                   log=lambda msg: console.print(msg, highlight=False),
                                   fit=lambda lm, qs: [qs[i] for i in check.loaded(lm, qs)])
     df = pd.DataFrame(rows, columns=list(manifold.COLUMNS))
     _print_summary(df)
-    from ..report import write_table
 
     if out_dir is None:
         write_table(df, None, cfg.format)
         return
-    from ..plots import grid_plot
 
     table = out_dir / f"manifold.{cfg.format}"
     write_table(df, table, cfg.format)
@@ -116,9 +116,6 @@ def short_names(names) -> dict[str, str]:
 
 def _print_summary(df) -> None:
     """One line per model: the numbers a person looks at first (L = last layer; '(n)' = at layer n)."""
-    from rich import box
-    from rich.table import Table
-
     base = str(df.loc[df["role"] == "base", "model"].iloc[0])
     short = short_names(df["model"].astype(str))
     table = Table(title=f"against the base {short[str(base)]} (L = last layer; (n) = at layer n)",

@@ -14,18 +14,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+import torch
+import yaml
+
 from ..cli_options import command
 from ..console import console
 from ..errors import InputError
 from ..options import to_dict
+from ..pretrain.card import model_card
 from ..pretrain.config import BuildConfig, default_out
+from ..pretrain.training import build_tiny_model, save_model_dir
+from ..report import check_output_dir, write_table
 
 
 def run(cfg: BuildConfig, dry_run: bool) -> None:
     out = Path(cfg.out) if cfg.out is not None else default_out()
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder.")
-    from ..report import check_output_dir
 
     check_output_dir(out, "--out")
     if dry_run:
@@ -35,14 +41,6 @@ def run(cfg: BuildConfig, dry_run: bool) -> None:
                       f"vocab ≤ {cfg.vocab_size}; evaluation on {cfg.eval_prompts} held-out prompts × 2 decodings.",
                       highlight=False)
         return
-
-    import pandas as pd
-    import torch
-    import yaml
-
-    from ..pretrain.card import model_card
-    from ..pretrain.training import build_tiny_model, save_model_dir
-    from ..report import write_table
 
     torch.set_num_threads(cfg.threads)
 

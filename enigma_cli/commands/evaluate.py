@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from ..cli_options import command
 from ..console import console
+from ..context import ContextCheck, Principle
+from ..core.answers import math_verify_available
+from ..datasets import load_examples
 from ..errors import InputError
+from ..evaluate import EvalSettings, harness
+from ..evaluate import evaluate as run_eval
 from ..evaluate.config import EvaluateConfig
+from ..evaluate.evaluation import PER_PROMPT, paired_difference
+from ..models import loading
+from ..models.devices import resolve_device, resolve_dtype
+from ..models.loading import model_path_for
+from ..prompts import system_message
+from ..report import check_format, check_output_dir, write_table
 
 
 def run(cfg: EvaluateConfig, dry_run: bool) -> None:
-    from ..context import ContextCheck, Principle
-    from ..datasets import load_examples
-    from ..models.devices import resolve_device, resolve_dtype
-    from ..report import check_format
-
     check_format(cfg.format, cfg.out)
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # before --dry-run says the plan is fine
     if cfg.lm_eval:
         run_lm_eval(cfg, dry_run)
         return
-    if cfg.math_verify:
-        from ..core.answers import math_verify_available
-
-        if not math_verify_available():
-            raise InputError("--math-verify needs the math-verify package (pip install math-verify); "
-                             "pass --no-math-verify to compare answers with our normalisation only.")
+    if cfg.math_verify and not math_verify_available():
+        raise InputError("--math-verify needs the math-verify package (pip install math-verify); "
+                         "pass --no-math-verify to compare answers with our normalisation only.")
     examples = load_examples(cfg.dataset, n=cfg.prompts, seed=cfg.seed, question_column=cfg.question_column,
                              answer_column=cfg.answer_column, choices_column=cfg.choices_column)
     if not examples:
@@ -36,19 +41,12 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
         console.print(f"{len(cfg.model)} model(s) × {len(examples)} prompts × {cfg.samples} samples of "
                       f"≤{cfg.max_new_tokens} tokens; nothing loaded (--dry-run).", highlight=False)
         return
-    import pandas as pd
-
-    from ..evaluate import EvalSettings
-    from ..evaluate import evaluate as run_eval
-    from ..evaluate.evaluation import PER_PROMPT
-    from ..models.loading import load_model
-    from ..report import write_table
 
     settings = EvalSettings(samples=cfg.samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             batch_size=cfg.batch_size, seed=cfg.seed, math_verify=cfg.math_verify)
     rows = []
     for spec in cfg.model:
-        lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
+        lm = loading.load_model(spec, device=cfg.device, dtype=cfg.dtype)
         kept = check.loaded(lm, [ex.prompt_text for ex in examples])
         row = {"model": spec, **run_eval(lm, [examples[i] for i in kept], cfg.principle, settings),
                "temperature": cfg.temperature, "seed": cfg.seed}
@@ -65,11 +63,6 @@ def run(cfg: EvaluateConfig, dry_run: bool) -> None:
 def run_lm_eval(cfg: EvaluateConfig, dry_run: bool) -> None:
     """`--lm-eval TASKS`: lm-evaluation-harness on every --model (see `evaluate.harness`), one row per model, task
     and metric; every task (and its data) and every model spec is checked before the first model loads."""
-    from ..evaluate import harness
-    from ..models.loading import model_path_for
-    from ..prompts import system_message
-    from ..report import check_output_dir
-
     specs = harness.task_specs(cfg.lm_eval)
     for spec in cfg.model:
         model_path_for(spec)
@@ -81,16 +74,12 @@ def run_lm_eval(cfg: EvaluateConfig, dry_run: bool) -> None:
     if dry_run:
         console.print("nothing loaded (--dry-run).")
         return
-    import pandas as pd
-
-    from ..models.loading import load_model
-    from ..report import write_table
 
     staged = harness.StagedFolder(folder)
     rows = []
     try:
         for spec in cfg.model:
-            lm = load_model(spec, device=cfg.device, dtype=cfg.dtype)
+            lm = loading.load_model(spec, device=cfg.device, dtype=cfg.dtype)
             results = harness.run_tasks(lm, specs, system=system_message(cfg.principle), limit=cfg.lm_eval_limit,
                                         batch_size=cfg.batch_size, seed=cfg.seed,
                                         output_dir=staged.tmp, name=spec)
@@ -110,9 +99,6 @@ def _compare_with_first(rows: list[dict]) -> None:
     """Each later model against the first (e.g. a trained model against its base) on the questions both answered:
     the paired difference in flexible accuracy@1 with its standard error, as columns and in one line each. A drop
     is called a cost only beyond twice its standard error."""
-    # torch comes with this module: imported here, not when `enigma --help` runs
-    from ..evaluate.evaluation import PER_PROMPT, paired_difference
-
     rows[0].update({"vs_first_accuracy_flexible": float("nan"), "vs_first_se": float("nan")})
     for row in rows[1:]:
         diff, se, n = paired_difference(row[PER_PROMPT], rows[0][PER_PROMPT])

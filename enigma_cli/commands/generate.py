@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
+
 from ..cli_options import command
 from ..console import console
+from ..context import ContextCheck, Principle
+from ..core import parse_completion
 from ..errors import InputError
+from ..models import loading
+from ..models.devices import resolve_device, resolve_dtype
+from ..models.rollout import generate as sample
 from ..options import Options, device_opt, dtype_opt, opt
-from ..report import FORMATS
+from ..principles import load_principle_set
+from ..prompts import render_prompt
+from ..report import FORMATS, check_format, write_table
 
 
 @dataclass(frozen=True)
@@ -35,10 +44,6 @@ class GenerateConfig(Options):
 
 
 def run(cfg: GenerateConfig, dry_run: bool) -> None:
-    from ..context import ContextCheck, Principle
-    from ..models.devices import resolve_device, resolve_dtype
-    from ..report import check_format
-
     check_format(cfg.format, cfg.out)
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # before --dry-run says the plan is fine
     text = principle_text(cfg.principle)
@@ -49,15 +54,8 @@ def run(cfg: GenerateConfig, dry_run: bool) -> None:
                       f"from {cfg.model}" + (f" under {cfg.principle!r}" if text else "") + "; nothing loaded "
                       "(--dry-run).", highlight=False)
         return
-    import pandas as pd
 
-    from ..core import parse_completion
-    from ..models.loading import load_model
-    from ..models.rollout import generate as sample
-    from ..prompts import render_prompt
-    from ..report import write_table
-
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    lm = loading.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     check.loaded(lm, cfg.question)
     prompts = [render_prompt(lm.tokenizer, text, q) for q in cfg.question]
     gen = sample(lm.model, lm.tokenizer, prompts, num_samples=cfg.samples, max_new_tokens=cfg.max_new_tokens,
@@ -77,8 +75,6 @@ def principle_text(spec: str | None) -> str | None:
         return None
     set_name, sep, pid = spec.partition(":")
     if sep and " " not in set_name:
-        from ..principles import load_principle_set
-
         pset = load_principle_set(set_name)
         for p in pset.principles:
             if p.id == pid:

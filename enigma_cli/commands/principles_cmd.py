@@ -9,11 +9,24 @@ from pathlib import Path
 import pandas as pd
 import typer
 
+from .. import constitution as ct
 from ..cli_options import command
 from ..console import console
+from ..context import ContextCheck, peek, principles_of
 from ..errors import InputError
+from ..models.loading import model_path_for
 from ..options import Options, opt
-from ..report import FORMATS, check_format, write_table
+from ..principle_pool import set_yaml, write_set
+from ..principles import NAME_PATTERN, YAML_SUFFIXES, read_principle_file, resolve_sets
+from ..report import FORMATS, check_format, check_output_dir, check_output_file, write_table
+from ..score.trust import (
+    chars_per_token,
+    is_enigma_tiny,
+    readability,
+    readability_finding,
+    shipped_principle_texts,
+    tiny_vocabulary,
+)
 
 app = typer.Typer(help="List the shipped principle sets or validate principle-set YAML files.",
                   no_args_is_help=True, add_completion=False)
@@ -32,7 +45,6 @@ class ListConfig(Options):
 def list_sets(cfg: ListConfig, dry_run: bool) -> None:
     """One row per principle: set, k, id, text, antithesis, file."""
     check_format(cfg.format, cfg.out)
-    from ..principles import resolve_sets
 
     sets = resolve_sets(list(cfg.principles) or None)
     if dry_run:
@@ -59,8 +71,6 @@ class ValidateConfig(Options):
 
 def validate(cfg: ValidateConfig, dry_run: bool) -> None:
     """Check each file against the schema: 'ok' per valid file, one sentence per bad one (exit code 3)."""
-    from ..principles import YAML_SUFFIXES, read_principle_file
-
     targets: list[Path] = []
     for f in map(Path, cfg.files):
         if f.is_dir():
@@ -99,26 +109,17 @@ class FromTextConfig(Options):
     max_new_tokens: int = opt(96, "The completion length the context check leaves room for.", ge=1)
 
     def check(self) -> None:
-        from ..report import check_output_dir, check_output_file
-
         if not self.file:
             raise InputError("give the constitution FILE to read.")
         if self.sets_by_heading and self.out is None:
             raise InputError("--sets-by-heading writes one file per set; give --out DIR.")
-        if self.name is not None:
-            from ..principles import NAME_PATTERN
-
-            if not NAME_PATTERN.match(self.name):
-                raise InputError(f"--name {self.name!r} may use only letters, digits, '-', '_', '.' and '+'.")
+        if self.name is not None and not NAME_PATTERN.match(self.name):
+            raise InputError(f"--name {self.name!r} may use only letters, digits, '-', '_', '.' and '+'.")
         (check_output_dir if self.sets_by_heading else check_output_file)(self.out, "--out")
 
 
 def from_text(cfg: FromTextConfig, dry_run: bool) -> None:
     """Rules → principle-set YAML (stdout, a file, or a folder of sets), validated for the chosen model."""
-    from .. import constitution as ct
-    from ..context import ContextCheck, principles_of
-    from ..principle_pool import set_yaml, write_set
-
     source = Path(cfg.file)
     rules = ct.parse_rules(ct.read_text_file(source))
     sets = ct.build_sets(rules, source, cfg.name or ct.set_name(source.stem), cfg.sets_by_heading)
@@ -147,17 +148,6 @@ def from_text(cfg: FromTextConfig, dry_run: bool) -> None:
 
 def _readability_notes(sets, model: str) -> None:
     """What the model cannot read, on stderr (a warning: the set is valid, and another model may read it)."""
-    from ..context import peek
-    from ..models.loading import model_path_for
-    from ..score.trust import (
-        chars_per_token,
-        is_enigma_tiny,
-        readability,
-        readability_finding,
-        shipped_principle_texts,
-        tiny_vocabulary,
-    )
-
     tokenizer = peek(model).tokenizer
     if tokenizer is None:
         console.print(f"note: the tokenizer of {model} cannot be read without loading it; readability not "

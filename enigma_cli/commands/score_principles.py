@@ -7,21 +7,30 @@ import random
 from contextlib import nullcontext
 from dataclasses import replace
 
+from rich.table import Table
+
 from ..cli_options import command
 from ..console import console, show_progress
+from ..context import ContextCheck, principles_of
+from ..datasets import load_examples
 from ..errors import InputError
+from ..models import loading
+from ..models.devices import resolve_device, resolve_dtype
 from ..options import write_resolved
-from ..score import ScoreConfig
+from ..principle_pool import MAX_POOL, pool_members
+from ..principles import PrincipleSet, resolve_sets, shipped_set_paths
+from ..report import check_format, check_output_file, write_table
+from ..score import ScoreConfig, score_set
+from ..score.choose import EXACT_LIMIT
+from ..score.confusion import confusion, heatmap
+from ..score.pool import choose_subsets, readable_members, score_pool
 from ..score.report import rank, report_frame
+from ..score.rounds import Rounds
+from ..score.sequential import Plan, run_rounds
+from ..score.trust import check_principles
 
 
 def run(cfg: ScoreConfig, dry_run: bool) -> None:
-    from ..context import ContextCheck, principles_of
-    from ..datasets import load_examples
-    from ..models.devices import resolve_device, resolve_dtype
-    from ..principles import resolve_sets
-    from ..report import check_format, check_output_file
-
     check_format(cfg.format, cfg.out)
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # before --dry-run says the plan is fine
     if cfg.out is not None:
@@ -55,11 +64,7 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
         console.print(f"model {cfg.model}; nothing loaded (--dry-run).", highlight=False)
         return
 
-    from ..models.loading import load_model
-    from ..score import score_set
-    from ..score.trust import check_principles
-
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    lm = loading.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
     n = len(examples)
     questions = [ex.prompt_text for ex in examples]
@@ -74,7 +79,6 @@ def run(cfg: ScoreConfig, dry_run: bool) -> None:
     ranked = rank(results)
     _print_table(ranked)
     _warn(ranked)
-    from ..report import write_table
 
     write_table(report_frame(results, cfg), cfg.out, cfg.format)
     if cfg.out is not None:
@@ -85,10 +89,6 @@ def _until_decided(lm, sets, examples, cfg: ScoreConfig, plan, status) -> list:
     """--until-decided: rounds of prompts until every interval is decided or the budget runs out
     (`score.sequential`); each row gains `confidence` (its interval's level), `looks`, `stopped` and, with --rank,
     its lead over the next row, paired over the prompts both hold."""
-    from ..score.rounds import Rounds
-    from ..score.sequential import Plan, run_rounds
-    from ..score.trust import check_principles
-
     if len(examples) < plan.max_prompts:  # a small file: the rounds stop where its rows do
         console.print(f"[yellow]note:[/] dataset {cfg.dataset} gives {len(examples)} prompts, fewer than "
                       f"--max-prompts {plan.max_prompts}.", highlight=False)
@@ -124,8 +124,6 @@ def _warn(ranked) -> None:
 
 
 def _print_table(ranked, what: str = "principle sets") -> None:
-    from rich.table import Table
-
     critic = ranked[0].row["critic"] if ranked else ""
     table = Table(title=f"{what} by Sufficiency Index ({critic} critic; ⚠ = see below, dim = not trusted)",
                   title_justify="left")
@@ -145,13 +143,6 @@ def _print_table(ranked, what: str = "principle sets") -> None:
 
 def _run_pool(cfg: ScoreConfig, dry_run: bool) -> None:
     """--pool: score every principle of SETS once and rank the K-subsets (`enigma_cli.score.pool`)."""
-    from ..context import ContextCheck, principles_of
-    from ..datasets import load_examples
-    from ..principle_pool import MAX_POOL, pool_members
-    from ..principles import PrincipleSet, shipped_set_paths
-    from ..report import check_output_file, write_table
-    from ..score.choose import EXACT_LIMIT
-
     k = cfg.choose
     members = pool_members(list(cfg.principles) or [str(p) for p in shipped_set_paths()])
     if k >= len(members):
@@ -176,11 +167,7 @@ def _run_pool(cfg: ScoreConfig, dry_run: bool) -> None:
         console.print(f"model {cfg.model}; nothing loaded (--dry-run).", highlight=False)
         return
 
-    from ..models.loading import load_model
-    from ..score.confusion import confusion, heatmap
-    from ..score.pool import choose_subsets, readable_members, score_pool
-
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    lm = loading.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     examples = [examples[i] for i in check.loaded(lm, [ex.prompt_text for ex in examples])]
     members, checks, left_out = readable_members(lm, members, [ex.prompt_text for ex in examples], k)
     for text in left_out:

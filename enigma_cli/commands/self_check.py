@@ -5,21 +5,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
+import torch
 
+from .. import core
 from ..cli_options import command
 from ..console import console
 from ..errors import EnigmaError
 from ..options import Options, opt
-from ..report import FORMATS, write_table
+from ..report import FORMATS, check_format, write_table
 
 
 def _checks(seed: int):
-    import numpy as np
-    import ot
-    import torch
-
-    from .. import core
+    import ot  # lazy: POT (with scipy) adds ~1.5 s to `enigma --help`
 
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.normalize(torch.randn(64, 8, generator=g, dtype=torch.float64), dim=-1)
@@ -56,8 +55,6 @@ class SelfCheckConfig(Options):
 
 
 def run(cfg: SelfCheckConfig, dry_run: bool) -> None:
-    from ..report import check_format
-
     check_format(cfg.format, cfg.out)
     if dry_run:
         console.print("would run the core estimators against POT and brute force (a few seconds); nothing run "

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from ..cli_options import command
 from ..console import console
+from ..models.loading import resolve_device, resolve_dtype
+from ..report import write_table
+from ..sft import plan
+from ..sft import run as sft_run
 from ..sft.config import SftConfig
 
 
 def run(cfg: SftConfig, dry_run: bool) -> None:
-    import pandas as pd
-
-    from ..models.loading import resolve_device, resolve_dtype
-    from ..report import write_table
-    from ..sft import plan
-    from ..sft import run as sft_run
-
     resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # an unavailable device or bad dtype: exit 3 now
     p = plan(cfg)
     if dry_run:

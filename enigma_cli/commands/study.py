@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..cli_options import command
+from ..report import write_table
 from ..study.config import StudyConfig
 
 
 def run(cfg: StudyConfig, dry_run: bool) -> None:
-    from ..report import write_table
+    # lazy: the study modules bring scipy and the training loop, ~0.5 s more on `enigma --help`
     from ..study.pipeline import run_study
 
     sets = run_study(cfg, dry_run)

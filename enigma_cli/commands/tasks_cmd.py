@@ -13,6 +13,10 @@ from ..cli_options import command
 from ..console import console
 from ..errors import InputError
 from ..options import Options, opt
+from ..principles import resolve_sets
+from ..report import check_output_file
+from ..tasks.lm_eval_task import task_name, write_lm_eval_task
+from ..tasks.synthetic import generate_problems, training_examples, write_jsonl
 
 app = typer.Typer(help="Built-in synthetic reasoning tasks.", no_args_is_help=True, add_completion=False)
 
@@ -43,10 +47,6 @@ class TasksConfig(Options):
 
 
 def run(cfg: TasksConfig, dry_run: bool) -> None:
-    from ..principles import resolve_sets
-    from ..report import check_output_file
-    from ..tasks.synthetic import generate_problems, training_examples, write_jsonl
-
     check_output_file(cfg.out)
     sets = None if cfg.plain else resolve_sets(list(cfg.set) or None)
     if dry_run:
@@ -66,8 +66,6 @@ def run(cfg: TasksConfig, dry_run: bool) -> None:
         write_jsonl(rows, Path(cfg.out))
         console.print(f"wrote {len(rows)} rows to {cfg.out}", highlight=False)
         if cfg.lm_eval_task is not None:
-            from ..tasks.lm_eval_task import task_name, write_lm_eval_task
-
             write_lm_eval_task(Path(cfg.lm_eval_task), Path(cfg.out), cfg.max_new_tokens)
             console.print(f"wrote the lm-evaluation-harness task {task_name(Path(cfg.lm_eval_task))} to "
                           f"{cfg.lm_eval_task}", highlight=False)
