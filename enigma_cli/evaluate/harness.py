@@ -30,6 +30,9 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InputError
+from ..prompts import render_messages
+
+# lm_eval is imported inside the functions that run it: it is optional (the [lm-eval] extra).
 
 THINK_END = "</reasoning>"
 INSTALL_HINT = 'pip install "enigma-cli[lm-eval]"'
@@ -109,8 +112,6 @@ def _quiet():
 def _enigma_lm(lm, batch_size: int):
     """lm-eval's HFLM over an enigma-loaded model, rendering chat histories as enigma renders its prompts."""
     from lm_eval.models.huggingface import HFLM
-
-    from ..prompts import render_messages
 
     class EnigmaLM(HFLM):
         def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:

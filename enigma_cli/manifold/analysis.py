@@ -67,6 +67,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..models import loading
+from ..principles import shipped_set_paths
 from .completions import (
     Completions,
     base_identity,
@@ -101,11 +103,9 @@ def analyze(settings: ManifoldConfig, pset, questions: Sequence[str], *, complet
     the completions were reused and how many points/tokens were used. `fit(base, questions)` keeps the questions
     whose prompts fit the loaded base (`context.ContextCheck.loaded`).
     """
-    from ..models.loading import load_model
-
     say = log or (lambda _msg: None)
     base_spec, trained_specs, device, dtype = settings.base, settings.trained, settings.device, settings.dtype
-    base = load_model(base_spec, device=device, dtype=dtype)
+    base = loading.load_model(base_spec, device=device, dtype=dtype)
     questions = fit(base, list(questions)) if fit is not None else questions
     layer_list = analysed_layers(settings.layers, base.num_layers)
     key = completions_key(base_identity(base_spec), pset.name, [(p.id, p.text) for p in pset.principles],
@@ -135,7 +135,7 @@ def analyze(settings: ManifoldConfig, pset, questions: Sequence[str], *, complet
     del base
     _free()
     for spec, name in zip(trained_specs, names[1:]):
-        lm = load_model(spec, device=device, dtype=dtype)
+        lm = loading.load_model(spec, device=device, dtype=dtype)
         check_compatible(base_shape, ModelShape.of(lm))
         say(f"reading {len(comps)} completions with {spec}")
         states = gather_states(lm.model, pad_id, comps, layer_list, rows_t, pos_t, settings.batch_size)
@@ -166,8 +166,6 @@ def _free() -> None:
 
 def default_principle_set() -> str:
     """The shipped set 'stepwise-vs-oneline', or the first shipped set when that one is absent."""
-    from ..principles import shipped_set_paths
-
     stems = [p.stem for p in shipped_set_paths()]
     return "stepwise-vs-oneline" if "stepwise-vs-oneline" in stems or not stems else stems[0]
 

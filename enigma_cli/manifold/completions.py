@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..models.loading import model_path_for
+from ..models.rollout import generate
+from ..prompts import render_prompt
+from ..report import atomic_path
+
 if TYPE_CHECKING:
     from .config import ManifoldConfig
 
@@ -62,8 +67,6 @@ def base_identity(spec: str) -> str:
     The size and mtime of the config and weight files are included, so that a checkpoint rewritten in place does
     not reuse completions written by its previous weights.
     """
-    from ..models.loading import model_path_for
-
     path, gguf = model_path_for(spec)
     folder = Path(path)
     if not folder.is_dir():
@@ -93,9 +96,6 @@ def completions_key(base_source: str, set_name: str, principles: Sequence[tuple[
 def generate_completions(lm, pset, questions: Sequence[str], settings: ManifoldConfig,
                          key: str) -> Completions:
     """The base writes ``samples`` completions per (question, principle), principle in the system prompt."""
-    from ..models.rollout import generate
-    from ..prompts import render_prompt
-
     k, m = pset.k, settings.samples
     prompts = [render_prompt(lm.tokenizer, p.text, q) for q in questions for p in pset.principles]
     gen = generate(lm.model, lm.tokenizer, prompts, num_samples=m, max_new_tokens=settings.max_new_tokens,
@@ -112,8 +112,6 @@ def generate_completions(lm, pset, questions: Sequence[str], settings: ManifoldC
 
 def save_completions(comps: Completions, path: Path) -> None:
     """One JSON object per completion (ids included, so a reuse reads exactly the same tokens); atomic."""
-    from ..report import atomic_path
-
     with atomic_path(Path(path)) as tmp, open(tmp, "w") as fh:
         for i in range(len(comps)):
             g, lab = comps.groups[i], comps.labels[i]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..options import Options, device_opt, dtype_opt, opt
 from ..report import FORMATS
+from .shape import parse_layers
 
 MODEL_FORMS = "enigma-tiny, smollm2, a save_pretrained folder, a LoRA adapter folder, a run folder or a hub id"
 
@@ -41,6 +42,5 @@ class ManifoldConfig(Options):
     def check(self) -> None:
         if not self.trained:
             raise InputError("give at least one --trained checkpoint to compare with the base model.")
-        from .shape import parse_layers
 
         parse_layers(self.layers)

@@ -6,13 +6,30 @@ next-token log-distributions (method.md §6). Which points each metric uses, and
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
+from ..core import (
+    anisotropy,
+    effective_rank,
+    fisher_rao_distance,
+    infonce_bounds,
+    kl_divergence,
+    linear_cka,
+    participation_ratio,
+    principal_angles,
+    sinkhorn_divergence,
+    twonn_dimension,
+)
 from ..errors import InputError
+
+# scikit-learn is imported inside `decodability` and `_fit_probe`: it adds ~0.7 s to `enigma --help`, whose
+# import path runs through enigma_cli.manifold.
 
 SINKHORN_MAX_ITER = 10_000
 SINKHORN_TOL = 1e-5
@@ -20,8 +37,6 @@ SINKHORN_TOL = 1e-5
 
 def reference_metrics(X: torch.Tensor, X_ref: torch.Tensor, *, eps: float = 0.05, pca_k: int = 8) -> dict:
     """Drift, CKA and principal angles of pooled points X against the base's X_ref (rows paired)."""
-    from ..core import linear_cka, principal_angles, sinkhorn_divergence
-
     X, X_ref = X.double(), X_ref.double()
     n, d = X.shape
     if torch.equal(X, X_ref):
@@ -44,8 +59,6 @@ def reference_metrics(X: torch.Tensor, X_ref: torch.Tensor, *, eps: float = 0.05
 
 def intrinsic_metrics(pooled: torch.Tensor, tokens: torch.Tensor) -> dict:
     """Effective rank, participation ratio and anisotropy of pooled points; TwoNN and erank of tokens."""
-    from ..core import anisotropy, effective_rank, participation_ratio, twonn_dimension
-
     out = {"effective_rank": effective_rank(pooled), "participation_ratio": participation_ratio(pooled)}
     nonzero = int((pooled.norm(dim=1) > 0).sum())
     out["anisotropy"] = anisotropy(pooled) if nonzero >= 2 else math.nan
@@ -59,8 +72,6 @@ def intrinsic_metrics(pooled: torch.Tensor, tokens: torch.Tensor) -> dict:
 
 def distribution_metrics(logp: torch.Tensor, logp_ref: torch.Tensor) -> dict:
     """Mean Fisher-Rao distance and KL(model ‖ base) between next-token distributions (rows paired)."""
-    from ..core import fisher_rao_distance, kl_divergence
-
     if logp.shape[0] == 0:
         return {"fisher_rao": math.nan, "kl": math.nan}
     if logp.shape != logp_ref.shape:
@@ -75,12 +86,8 @@ def decodability(X: torch.Tensor, labels: Sequence[int], groups: Sequence[int], 
 
     See the module docstring. NaN when fewer than two questions allow no grouped cross-validation.
     """
-    import warnings
-
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import StratifiedGroupKFold
-
-    from ..core import infonce_bounds
 
     nan = {"probe_acc": math.nan, "infonce_mi": math.nan, "infonce_mi_col": math.nan, "log_k": math.log(k)}
     y = np.asarray(labels, dtype=int)
@@ -153,8 +160,6 @@ def single_thread():
     The metric matrices are small (hundreds to a few thousand rows); extra threads only add synchronisation,
     which on a busy machine made the metric stage several times slower in our measurements.
     """
-    from threadpoolctl import threadpool_limits
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

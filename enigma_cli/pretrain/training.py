@@ -32,14 +32,23 @@ problem i with principle i mod P (principles sorted by id), so every principle i
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from ..core.format_rewards import normalize_answer, parse_completion
-from ..prompts import render_prompt
+from ..models.tiny import init_tiny_lm, param_count, train_tokenizer
+from ..principles import shipped_sets
+from ..prompts import render_prompt, system_message
+from ..tasks import synthetic
 
 LogFn = Callable[[int, dict], None]
 
@@ -80,10 +89,6 @@ def noisy_training_examples(n: int, seed: int, *, format_noise: float = 0.0, sty
     principle term to improve it, whatever the number of steps. Rows gain the keys ``style`` (the style written)
     and ``format_defect`` (None or the defect).
     """
-    import random
-
-    from ..tasks import synthetic
-
     for name, value in (("format_noise", format_noise), ("style_noise", style_noise)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], not {value}")
@@ -247,9 +252,6 @@ def evaluate_default_model(model, tokenizer, n: int = 256, seed: int = 12345, *,
     Keys: ``{sampled,greedy}_{format_rate,soft_format_rate,accuracy,distinguishability}``, ``styles`` and
     ``chance_distinguishability`` (1 / number of styles), ``n``.
     """
-    from ..principles import shipped_sets
-    from ..tasks import synthetic
-
     pool: dict[str, str] = {}
     for ps in sets if sets is not None else shipped_sets():
         for p in ps.principles:
@@ -277,8 +279,6 @@ def evaluate_default_model(model, tokenizer, n: int = 256, seed: int = 12345, *,
 
 def tokenizer_corpus(examples: Sequence[dict]) -> list[str]:
     """Texts the tokenizer is trained on: each example's system message, question and completion."""
-    from ..prompts import system_message
-
     return [f"{system_message(ex.get('principle_text'))}\n{ex['question']}\n{ex['completion']}" for ex in examples]
 
 
@@ -291,8 +291,6 @@ def build_tiny_model(*, examples: int, steps: int, batch_size: int, lr: float, s
     ``info`` (JSON-safe) holds the settings, the data size, the training metrics, the parameter count and, when
     ``eval_prompts`` > 0, the measured metrics of `evaluate_default_model` on held-out problems.
     """
-    from ..models.tiny import init_tiny_lm, param_count, train_tokenizer
-
     start = time.perf_counter()
     rows = noisy_training_examples(examples, seed, format_noise=format_noise, style_noise=style_noise)
     tokenizer = train_tokenizer(tokenizer_corpus(rows), vocab_size=vocab_size)
@@ -330,8 +328,6 @@ def build_tiny_model(*, examples: int, steps: int, batch_size: int, lr: float, s
 
 
 def _target_style(principle_id: str) -> str:
-    from ..tasks import synthetic
-
     return synthetic.style_of(principle_id)
 
 
@@ -341,11 +337,6 @@ def save_model_dir(model, tokenizer, out, extra_files: dict[str, str] | None = N
     Everything is written to a temporary folder beside ``out`` and renamed into place; an existing ``out`` is
     replaced only once the new folder is complete, so a failure never leaves a half-written model.
     """
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -377,8 +368,6 @@ def save_model_dir(model, tokenizer, out, extra_files: dict[str, str] | None = N
 
 def _portable_tokenizer_config(path) -> None:
     """Name the tokenizer class as transformers 4.x knows it (5.x reads both), keeping the special tokens."""
-    import json
-
     if not path.exists():
         return
     config = json.loads(path.read_text(encoding="utf-8"))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from ..datasets import Example, load_examples
 from ..errors import InputError
+from ..models.rollout import encode_prompts
 from ..prompts import render_prompt
 from ..tasks.synthetic import format_completion, generate_problems, render_completion
 from .config import DEFAULT_SYNTHETIC_ROWS, SftConfig
@@ -88,8 +89,6 @@ class Encoded:
 
 def encode_rows(tokenizer, rows: list[SftRow], principle: str | None, max_length: int) -> Encoded:
     """Token ids of prompt + completion + EOS and the completion mask (1 on completion tokens), cut at max_length."""
-    from ..models.rollout import encode_prompts
-
     eos = tokenizer.eos_token_id
     if eos is None:
         raise InputError("the model's tokenizer has no EOS token, so a completion cannot be ended.")

@@ -17,6 +17,7 @@ loaded them in (bfloat16 on a GPU that has it, as in `enigma train`), and small 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -28,10 +29,21 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers.utils import logging as hf_logging
+
+from .. import options as cfgmod
 from ..console import console, show_progress
+from ..datasets import _quiet_progress
 from ..errors import InputError
+from ..evaluate import EvalSettings, evaluate
+from ..models import loading
 from .config import SftConfig, default_lr
 from .data import Encoded, encode_rows, load_rows
+
+# TRL, peft, Hugging Face `datasets` and transformers' Auto and Trainer classes are imported inside the
+# functions that use them: this module is on `enigma --help`'s import path (enigma_cli.sft exports `plan` and
+# `run`), and they would add seconds to it (TRL's SFTTrainer alone ~4 s); peft is optional too ([peft] extra).
 
 MODEL_FILES = ("config.json", "adapter_config.json")
 
@@ -74,8 +86,6 @@ def _check_output(out: Path) -> None:
 
 
 def _check_packages(cfg: SftConfig) -> None:
-    import importlib.util
-
     if importlib.util.find_spec("trl") is None:
         raise InputError("enigma sft needs TRL: pip install 'trl>=0.19'.")
     if cfg.lora_r and importlib.util.find_spec("peft") is None:
@@ -85,8 +95,6 @@ def _check_packages(cfg: SftConfig) -> None:
 def _peek(spec: str):
     """(config, tokenizer, is_adapter) of a model spec without its weights."""
     from transformers import AutoConfig, AutoTokenizer
-
-    from ..models import loading
 
     path, gguf_file = loading.model_path_for(spec)
     folder, is_adapter = Path(path), False
@@ -116,7 +124,6 @@ def _peek(spec: str):
 
 
 def _count_params(config) -> int:
-    import torch
     from transformers import AutoModelForCausalLM
 
     try:
@@ -161,7 +168,6 @@ def plan(cfg: SftConfig) -> Plan:
 def _format_rate(lm, held_out, cfg: SftConfig) -> float:
     if not held_out:
         return float("nan")
-    from ..evaluate import EvalSettings, evaluate
 
     settings = EvalSettings(samples=cfg.eval_samples, max_new_tokens=cfg.eval_max_new_tokens, temperature=1.0,
                             seed=cfg.seed, batch_size=64)
@@ -221,9 +227,6 @@ def _quiet():
         yield
         return
     import datasets
-    from transformers.utils import logging as hf_logging
-
-    from ..datasets import _quiet_progress
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -237,14 +240,9 @@ def _quiet():
 
 def run(p: Plan) -> dict:
     """Train, save and measure; returns the report row."""
-    import torch
-
-    from .. import options as cfgmod
-    from ..models.loading import LoadedModel, load_model
-
     cfg, start = p.cfg, time.perf_counter()
     torch.manual_seed(cfg.seed)
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    lm = loading.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     console.print(f"[bold]enigma[/] {p.describe()}", highlight=False)
     before = _format_rate(lm, p.held_out, cfg)
     if p.held_out:
@@ -267,8 +265,8 @@ def run(p: Plan) -> dict:
         lm.tokenizer.save_pretrained(tmp)
         cfgmod.write_resolved(cfg, tmp / "sft_config.yaml")
         (tmp / "sft_losses.json").write_text(json.dumps(losses))
-        after = _format_rate(LoadedModel(model, lm.tokenizer, lm.name, lm.source, lm.device, lm.dtype),
-                             p.held_out, cfg)
+        trained = loading.LoadedModel(model, lm.tokenizer, lm.name, lm.source, lm.device, lm.dtype)
+        after = _format_rate(trained, p.held_out, cfg)
         row = {"model": cfg.model, "mode": f"lora-r{cfg.lora_r}" + ("-merged" if cfg.merge else "")
                if cfg.lora_r else "full", "rows": len(p.encoded.input_ids), "steps": trainer.state.global_step,
                "lr": p.lr, "loss_first": losses[0] if losses else float("nan"),

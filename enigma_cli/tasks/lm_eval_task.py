@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from ..report import atomic_path
+
 STRICT = r"<answer>\s*(.*?)\s*</answer>"
 FLEXIBLE = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
 
@@ -57,8 +59,6 @@ def lm_eval_task(name: str, data_file: Path, max_new_tokens: int = 96) -> dict:
 
 
 def write_lm_eval_task(yaml_path: Path, data_file: Path, max_new_tokens: int = 96) -> None:
-    from ..report import atomic_path
-
     config = lm_eval_task(task_name(yaml_path), data_file, max_new_tokens)
     with atomic_path(Path(yaml_path)) as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -49,6 +49,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..principles import shipped_sets
 from ..report import atomic_path
 
 # (left, op, right, result)
@@ -302,8 +303,6 @@ def training_examples(n: int, seed: int, sets=None, *, split: str = "train") -> 
     Keys: question, answer, principle_id, principle_text, completion.
     """
     if sets is None:
-        from ..principles import shipped_sets
-
         sets = shipped_sets()
     pool: dict[str, str] = {}
     for ps in sets:
