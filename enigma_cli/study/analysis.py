@@ -32,6 +32,8 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.stats import f as f_dist
+from scipy.stats import norm, rankdata, wilcoxon
 
 
 def _rank_corr(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
@@ -45,8 +47,6 @@ def _rank_corr(rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
 
 def spearman_test(x, y, *, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0, level: float = 0.95) -> dict:
     """ρ(x, y) over sets, with a bootstrap CI and a two-sided permutation p-value; NaNs are dropped pairwise."""
-    from scipy.stats import rankdata
-
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
@@ -77,8 +77,6 @@ def spearman_test(x, y, *, n_boot: int = 2000, n_perm: int = 5000, seed: int = 0
 
 def fieller_interval(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
     """Spearman's ρ ± its Fisher-z interval with Fieller, Hartley & Pearson's (1957) variance 1.06 / (n − 3)."""
-    from scipy.stats import norm
-
     if n <= 3 or not math.isfinite(rho):
         return -1.0, 1.0
     z, half = math.atanh(max(-0.999999, min(0.999999, rho))), norm.ppf(0.5 + level / 2) * math.sqrt(1.06 / (n - 3))
@@ -89,8 +87,6 @@ def set_effect(groups: list[np.ndarray], level: float = 0.95, dof: int | None = 
     """(σ̂_a, upper bound) of the between-set SD in the random-effects model (module docstring); NaN when there are
     fewer than 2 sets or no replicate runs. `dof`: the error's degrees of freedom when the groups are residuals of a
     crossed design (default N − a, one-way)."""
-    from scipy.stats import f as f_dist
-
     groups = [g for g in groups if len(g)]
     a, sizes = len(groups), np.array([len(g) for g in groups], dtype=float)
     total = sizes.sum()
@@ -137,8 +133,6 @@ def noise_table(runs: pd.DataFrame, outcomes: list[str], *, by: str = "set") -> 
     `without_seed_effects`), between-set SD of the set means, their variance ratio (between-set variance over the
     variance seed noise alone gives the means), the ANOVA p-value of the set effect, and the set effect's SD with
     its upper bound (`set_effect`)."""
-    from scipy.stats import f as f_dist
-
     rows = []
     for outcome in outcomes:
         groups, crossed_dof = without_seed_effects(runs, outcome, by)
@@ -168,8 +162,6 @@ def noise_table(runs: pd.DataFrame, outcomes: list[str], *, by: str = "set") -> 
 def paired_test(runs: pd.DataFrame, outcome: str, *, treatment: str = "enigma", control: str = "grpo",
                 variant: str = "variant", keys: tuple[str, ...] = ("set", "seed")) -> dict:
     """ENIGMA minus GRPO-only on `outcome`, paired by `keys`: mean difference, wins, Wilcoxon signed-rank p."""
-    from scipy.stats import wilcoxon
-
     a = runs[runs[variant] == treatment].set_index(list(keys))[outcome]
     b = runs[runs[variant] == control].set_index(list(keys))[outcome]
     joined = pd.concat([a.rename("t"), b.rename("c")], axis=1).dropna()

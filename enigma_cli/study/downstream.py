@@ -9,6 +9,8 @@ ablation, turns into ``downstream_gain``, as it does for held-out accuracy.
 
 from __future__ import annotations
 
+from ..evaluate.harness import run_tasks, task_specs, tidy_rows
+from ..prompts import system_message
 from .config import StudyConfig
 
 FLAG = "--outcome-tasks"
@@ -18,7 +20,6 @@ def outcome_specs(cfg: StudyConfig) -> list[str]:
     """The tasks' specs, every task (and its data) loaded once: a bad task stops the study before any model loads."""
     if not cfg.outcome_tasks:
         return []
-    from ..evaluate.harness import task_specs
 
     return task_specs(cfg.outcome_tasks, FLAG)
 
@@ -28,8 +29,6 @@ def downstream_outcomes(lm, cfg: StudyConfig) -> dict[str, float]:
     specs = outcome_specs(cfg)
     if not specs:
         return {}
-    from ..evaluate.harness import run_tasks, tidy_rows
-    from ..prompts import system_message
 
     results = run_tasks(lm, specs, system=system_message(None), limit=None, batch_size=64, seed=cfg.seed,
                         output_dir=None)

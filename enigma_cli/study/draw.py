@@ -15,6 +15,10 @@ from pathlib import Path
 
 from ..console import console
 from ..errors import InputError
+from ..report import write_table
+from ..score import pool as pool_mod
+from ..score.report import report_frame
+from .stages import score_config
 
 #: the largest C(N, K) a spread draw scores (every subset's row is built)
 MAX_SUBSETS = 100_000
@@ -42,19 +46,15 @@ def check_spread(n_members: int, k: int, n_sets: int | None) -> None:
 
 def draw_spread(cfg, members, examples, lm, root: Path) -> list[str]:
     """The names of the `cfg.sets` subsets at evenly spaced SI, from one scoring pass over the pool with `lm`."""
-    from ..report import write_table
-    from ..score.pool import choose_subsets, readable_members, score_pool
-    from ..score.report import report_frame
-    from .stages import score_config
-
     scfg = score_config(cfg, cfg.model)
-    members, checks, left_out = readable_members(lm, members, [ex.prompt_text for ex in examples], cfg.choose)
+    questions = [ex.prompt_text for ex in examples]
+    members, checks, left_out = pool_mod.readable_members(lm, members, questions, cfg.choose)
     for text in left_out:
         console.print(f"[yellow]⚠ left out of the pool:[/] {text}.", highlight=False)
     console.print(f"scoring the pool once: {len(members)} principles, {math.comb(len(members), cfg.choose)} "
                   f"{cfg.choose}-subsets, to choose {cfg.sets} that spread SI.", highlight=False)
-    pool = score_pool(lm, members, examples, scfg)
-    _found, rows = choose_subsets(pool, cfg.choose, scfg, checks)
+    pool = pool_mod.score_pool(lm, members, examples, scfg)
+    _found, rows = pool_mod.choose_subsets(pool, cfg.choose, scfg, checks)
     write_table(report_frame(rows, scfg), root / "pool.csv")
     names = spread([(r.name, float(r.row["si"])) for r in rows], cfg.sets)
     console.print(f"drew {len(names)} sets spread over SI {min(r.row['si'] for r in rows):.3f} … "

@@ -7,6 +7,7 @@ import pandas as pd
 
 from ..console import console
 from ..errors import InputError
+from ..report import write_table
 from .plan import read_result
 from .report import overall, plot_curves, plot_si_vs_outcomes, write_report
 from .tables import correlation_table, equal_k_subset, paired_table, runs_table, sets_table, versus_base
@@ -24,8 +25,6 @@ def _curves(inputs, run_units) -> pd.DataFrame:
 
 
 def analyze(cfg, inputs, *, seconds: float | None = None) -> pd.DataFrame:
-    from ..report import write_table
-
     results = {u: read_result(u, inputs.root) for u in inputs.units}
     missing = [u for u, r in results.items() if r is None]
     if missing:

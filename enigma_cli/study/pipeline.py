@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -10,8 +11,21 @@ from pathlib import Path
 import pandas as pd
 
 from ..console import console, counted
+from ..context import ContextCheck, principles_of
+from ..datasets import load_examples
 from ..errors import InputError
+from ..models.loading import model_path_for, resolve_device, resolve_dtype
+from ..principle_pool import as_set, pool_members, subsets, write_set
+from ..principles import resolve_sets
+from ..report import check_output_dir
+from ..train.run import plan, run
+from . import stages
 from .config import MIN_SETS, StudyConfig
+from .downstream import outcome_specs
+from .draw import check_spread, draw_spread
+from .merge import analyze
+from .outcomes import claim_outcomes
+from .pilot import check_pilot, pilot_noise, plan_power, shipped_pilot
 from .plan import Unit, check_or_write_study_file, my_share, read_result, recorded_sets, units, write_result
 
 
@@ -19,19 +33,12 @@ class Inputs:
     """Everything a study needs that can be checked before any model loads."""
 
     def __init__(self, cfg: StudyConfig):
-        from ..datasets import load_examples
-        from ..models.loading import model_path_for, resolve_device, resolve_dtype
-        from ..principles import resolve_sets
-        from ..report import check_output_dir
-
         self.root = Path(cfg.output_dir)
         check_output_dir(self.root)
         #: the pool's principles (None without --pool); with --draw spread, every subset by name, and whether the
         #: sets are still to be drawn (then `sets` holds placeholders of the same K, for the plan's counts)
         self.members, self.candidates, self.pending = None, {}, False
         if cfg.pool:
-            from ..principle_pool import pool_members, subsets
-
             self.members = pool_members([*cfg.pool, *cfg.principles])
             if cfg.draw == "spread":
                 sets = self._spread_sets(cfg, subsets(self.members, cfg.choose))
@@ -40,7 +47,6 @@ class Inputs:
         else:
             sets = resolve_sets(list(cfg.principles) or None)
         model_path_for(cfg.model)
-        from .downstream import outcome_specs
 
         outcome_specs(cfg)  # --outcome-tasks: every task and its data load now, before any model
         resolve_dtype(cfg.dtype, resolve_device(cfg.device))  # a misspelt --device: now, not at the first load
@@ -54,14 +60,10 @@ class Inputs:
                              "--answer-column or a labelled dataset.")
         self._fit_context(cfg)
         if cfg.noise_from is not None:
-            from .pilot import check_pilot
-
             check_pilot(cfg.noise_from)
 
     def _spread_sets(self, cfg: StudyConfig, candidates: list) -> list:
         """The recorded spread draw of this folder, or placeholders until the pool is scored (`study.draw`)."""
-        from .draw import check_spread
-
         check_spread(len(self.members), cfg.choose, cfg.sets)
         self.candidates = {s.name: s for s in candidates}
         recorded = recorded_sets(self.root)
@@ -80,8 +82,6 @@ class Inputs:
     def use_sets(self, cfg: StudyConfig, sets: list) -> None:
         """Adopt `sets`: their names, the YAML file or name each run trains on, the units, and every run's options
         checked."""
-        from .stages import train_config
-
         names = [s.name for s in sets]
         if len(set(names)) != len(names):
             raise InputError("two principle sets share a name; a study tells sets apart by name.")
@@ -92,16 +92,13 @@ class Inputs:
         #: what `enigma train --principles` is given for each set: its name, or the YAML file a pool set is kept in
         self.specs = {s.name: (str(self.root / "sets" / f"{s.name}.yaml") if cfg.pool else s.name) for s in sets}
         self.units = units(cfg, names)
-        for unit in self.units:
+        for unit in self.units:  # every run's options are valid
             if unit.kind == "run":
-                train_config(unit, cfg, unit.folder(self.root), self.specs[unit.set])  # every run's options are valid
+                stages.train_config(unit, cfg, unit.folder(self.root), self.specs[unit.set])
 
     def _fit_context(self, cfg: StudyConfig) -> None:
         """Every principle's prompt, with --max-new-tokens after it, fits the model (else exit 3 now, before any
         unit); dataset rows that do not fit are skipped, as score-principles and evaluate skip them."""
-        from ..context import ContextCheck, principles_of
-        from ..principle_pool import as_set
-
         self._checks = {}
         for name in ("score_examples", "eval_examples"):
             every = [as_set(tuple(self.members))] if self.members else self.sets  # a pool: all of its principles
@@ -142,17 +139,13 @@ def run_study(cfg: StudyConfig, dry_run: bool) -> pd.DataFrame | None:
         console.print(f"shard {cfg.shard} done; {len(missing)} unit(s) of the study are still to do. When every "
                       f"shard is done, run the same command with --merge instead of --shard.", highlight=False)
         return None
-    from .merge import analyze
 
     return analyze(cfg, inputs, seconds=time.perf_counter() - start if not cfg.merge else None)
 
 
 def draw(cfg: StudyConfig, inputs: Inputs) -> None:
     """--draw spread: score the pool once with the base model and adopt the sets that spread SI."""
-    from .draw import draw_spread
-    from .stages import Models
-
-    models = Models(cfg)
+    models = stages.Models(cfg)
     lm = models.get(cfg.model)
     if inputs.context_deferred:
         inputs.fit_loaded(lm)
@@ -164,32 +157,28 @@ def draw(cfg: StudyConfig, inputs: Inputs) -> None:
 
 
 def do_units(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
-    from .stages import Models, do_run, do_score, say
-
     todo = [u for u in mine if read_result(u, inputs.root) is None]
     if len(todo) < len(mine):
         console.print(f"{len(mine) - len(todo)} of {len(mine)} unit(s) already done; continuing with the rest.",
                       highlight=False)
     if cfg.pool:  # the runs read their set from the study folder, which keeps what was studied
-        from ..principle_pool import write_set
-
         for name, spec in inputs.specs.items():
             if not Path(spec).is_file():
                 write_set(inputs.by_name[name], Path(spec))
-    models = Models(cfg)
+    models = stages.Models(cfg)
     if todo and inputs.context_deferred:
         inputs.fit_loaded(models.get(cfg.model))
     for i, unit in enumerate(todo, 1):
         t0 = time.perf_counter()
         pset = inputs.by_name[unit.set]
         if unit.kind == "score":
-            result = do_score(unit, cfg, pset, inputs.score_examples, inputs.eval_examples, models)
+            result = stages.do_score(unit, cfg, pset, inputs.score_examples, inputs.eval_examples, models)
         else:
-            result = do_run(unit, cfg, inputs.root, pset, inputs.specs[unit.set], inputs.score_examples,
-                            inputs.eval_examples, models)
+            result = stages.do_run(unit, cfg, inputs.root, pset, inputs.specs[unit.set],
+                                   inputs.score_examples, inputs.eval_examples, models)
         result["unit_seconds"] = time.perf_counter() - t0  # summed over shards and resumptions in REPORT.md
         write_result(unit, inputs.root, result)
-        say(i, len(todo), unit, result, result["unit_seconds"])
+        stages.say(i, len(todo), unit, result, result["unit_seconds"])
 
 
 def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
@@ -227,9 +216,6 @@ def plan_text(cfg: StudyConfig, inputs: Inputs, mine: list[Unit]) -> None:
 
 def power_lines(cfg: StudyConfig, inputs: Inputs) -> None:
     """The plan's power, from --noise-from, else this folder's finished runs, else assumed set effects."""
-    from .outcomes import claim_outcomes
-    from .pilot import pilot_noise, plan_power, shipped_pilot
-
     found, source = [], ("no pilot (give --noise-from DIR, a finished study on this model, for power from measured "
                          "noise), so for assumed set effects")
     for folder, what in ((cfg.noise_from, "--noise-from"), (str(inputs.root), "this folder")):
@@ -247,32 +233,26 @@ def power_lines(cfg: StudyConfig, inputs: Inputs) -> None:
 
 def probe(cfg: StudyConfig, inputs: Inputs) -> dict[str, float]:
     """Seconds per unit, from timing 2 training steps, 4 evaluation questions and 2 scoring prompts."""
-    import dataclasses
-
-    from .stages import Models, evaluate_both, measure_si, train_config
-
     pset = inputs.sets[0]
     unit = Unit("run", pset.name, cfg.variants[0], cfg.seeds[0])
     with tempfile.TemporaryDirectory(prefix="enigma-study-probe-") as tmp:
         spec = inputs.specs[pset.name]
         if cfg.pool:
-            from ..principle_pool import write_set
-
             spec = str(write_set(pset, Path(tmp) / "set.yaml"))
-        tcfg = dataclasses.replace(train_config(unit, cfg, Path(tmp) / "run", spec), steps=2, save_every=0)
-        from ..train.run import plan, run
+        tcfg = stages.train_config(unit, cfg, Path(tmp) / "run", spec)
+        tcfg = dataclasses.replace(tcfg, steps=2, save_every=0)
 
         run(tcfg, *plan(tcfg))
         timing = pd.read_csv(Path(tmp) / "run" / "metrics.csv")
         step = float(timing[["seconds_generation", "seconds_scoring", "seconds_update"]].sum(axis=1).mean())
-    models = Models(cfg)
+    models = stages.Models(cfg)
     lm = models.get(cfg.model)
     t0 = time.perf_counter()
-    evaluate_both(lm, pset, inputs.eval_examples[:4], cfg)
+    stages.evaluate_both(lm, pset, inputs.eval_examples[:4], cfg)
     per_question = (time.perf_counter() - t0) / 4
     small = dataclasses.replace(cfg, score_prompts=2)
     t0 = time.perf_counter()
-    measure_si(lm, pset, inputs.score_examples[:2], small, cfg.model)
+    stages.measure_si(lm, pset, inputs.score_examples[:2], small, cfg.model)
     per_prompt = (time.perf_counter() - t0) / 2
     score = per_prompt * cfg.score_prompts + per_question * cfg.eval_prompts
     run_s = step * cfg.steps + score

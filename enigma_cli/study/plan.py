@@ -27,8 +27,10 @@ from pathlib import Path
 
 import yaml
 
+from ..console import console
 from ..errors import InputError
 from ..options import to_dict
+from ..report import atomic_path
 from .config import StudyConfig, shard_of
 
 RESULT = "result.json"
@@ -84,8 +86,6 @@ def read_result(unit: Unit, root: Path) -> dict | None:
 
 
 def write_result(unit: Unit, root: Path, result: dict) -> None:
-    from ..report import atomic_path
-
     with atomic_path(unit.result_path(root)) as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
 
@@ -133,12 +133,9 @@ def check_or_write_study_file(cfg: StudyConfig, set_names: list[str], root: Path
                              "study may gain sets but not lose any (use the same sets, or another --output-dir).")
         if len(mine["sets"]) == len(old) or not write:
             return
-        from ..console import console
 
         console.print(f"the study in {root} grows from {len(old)} to {len(mine['sets'])} sets.", highlight=False)
     if write:
-        from ..report import atomic_path
-
         root.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(mine, sort_keys=False))

@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..console import counted
+from ..plots import grid_plot, panels, save
+from ..report import atomic_path
 from .outcomes import EXPECTED, LABELS
 
 ALPHA = 0.05
@@ -141,8 +143,6 @@ def write_report(path: Path, cfg, sets: pd.DataFrame, table: pd.DataFrame, paire
                  base: pd.DataFrame) -> None:
     """`timing`: the units' own seconds summed (over every shard and resumption), this invocation's seconds (None
     for --merge) and how many units have no recorded time; `base`: `tables.versus_base`."""
-    from ..report import atomic_path
-
     n_runs = len(sets) * len(cfg.variants) * len(cfg.seeds)
     lines = ["# Does pre-training SI predict training? (`enigma study`)", "",
              f"Model `{cfg.model}`; {len(sets)} principle sets × {counted(len(cfg.variants), 'variant')} "
@@ -269,7 +269,6 @@ def plot_si_vs_outcomes(sets: pd.DataFrame, table: pd.DataFrame, path: Path) -> 
     outcomes = [o for o in table["outcome"] if o in sets and sets[o].notna().any()]
     if not outcomes:
         return None
-    from ..plots import panels, save
 
     fig, axes = panels(len(outcomes), width=4.4, height=3.4)
     xerr = None
@@ -295,7 +294,6 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path | None:
     """Mean over seeds of each set's training curves (reward and KL), one line per set and variant."""
     if curves.empty:
         return None
-    from ..plots import grid_plot
 
     frame = curves.groupby(["run", "step"], as_index=False)[["reward_mean", "kl_ref", "mi_sym"]].mean()
     return grid_plot(frame, "step", ["reward_mean", "kl_ref", "mi_sym"], path, hue="run",

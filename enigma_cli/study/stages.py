@@ -9,8 +9,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from .. import score
 from ..console import console
+from ..evaluate import EvalSettings, evaluate
+from ..models import loading
+from ..score import ScoreConfig, trust
+from ..train.config import TrainConfig
+from ..train.run import plan, run
 from .config import StudyConfig
 from .downstream import downstream_outcomes
 from .outcomes import training_outcomes
@@ -30,9 +37,8 @@ class Models:
     def get(self, spec: str):
         if spec != self.spec:
             self.release()
-            from ..models.loading import load_model
 
-            self.lm = load_model(spec, device=self.cfg.device, dtype=self.cfg.dtype)
+            self.lm = loading.load_model(spec, device=self.cfg.device, dtype=self.cfg.dtype)
             self.spec = spec
         return self.lm
 
@@ -40,33 +46,26 @@ class Models:
         """Drop the kept model (training loads its own: two models on the device otherwise)."""
         self.lm, self.spec = None, None
         gc.collect()
-        import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
 def score_config(cfg: StudyConfig, model: str):
-    from ..score import ScoreConfig
-
     return ScoreConfig(model=model, prompts=cfg.score_prompts, samples=cfg.score_samples,
                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype)
 
 
 def measure_si(lm, pset, examples, cfg: StudyConfig, model: str) -> dict:
-    from ..score import score_set
-    from ..score.trust import check_principles
-
-    checks = check_principles(lm, pset, [ex.prompt_text for ex in examples])  # readability reaches `trusted`
-    row = score_set(lm, pset, examples, score_config(cfg, model), checks=checks).row
+    # readability reaches `trusted`
+    checks = trust.check_principles(lm, pset, [ex.prompt_text for ex in examples])
+    row = score.score_set(lm, pset, examples, score_config(cfg, model), checks=checks).row
     keep = ("si", "si_low", "si_high", "mi_sym", "acc_row", "format_rate", "trusted", "reason")
     return {k: row[k] for k in keep if k in row}
 
 
 def evaluate_both(lm, pset, examples, cfg: StudyConfig) -> dict:
     """Accuracy without a principle, and with the set's principles given round-robin over the questions."""
-    from ..evaluate import EvalSettings, evaluate
-
     settings = EvalSettings(samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens, temperature=1.0,
                             seed=cfg.seed)
     plain = evaluate(lm, examples, None, settings)
@@ -92,8 +91,6 @@ def do_score(unit: Unit, cfg: StudyConfig, pset, score_examples, eval_examples, 
 
 def train_config(unit: Unit, cfg: StudyConfig, folder: Path, principles: str | None = None):
     """`enigma train`'s options for one run; `principles` is the set's name or file (default: the unit's set)."""
-    from ..train.config import TrainConfig
-
     sami, ot = ABLATION[unit.variant]
     return TrainConfig(model=cfg.model, principles=principles or unit.set, steps=cfg.steps, prompts_per_step=cfg.prompts_per_step,
                        group_size=cfg.group_size, principles_per_prompt=2, max_new_tokens=cfg.max_new_tokens,
@@ -103,15 +100,12 @@ def train_config(unit: Unit, cfg: StudyConfig, folder: Path, principles: str | N
 
 def train(unit: Unit, cfg: StudyConfig, root: Path, principles: str) -> Path:
     """Train the run (resuming from its newest checkpoint when one exists); returns the final checkpoint."""
-    from ..models.loading import newest_checkpoint
-    from ..train.run import plan, run
-
     folder = unit.folder(root)
     final = folder / f"checkpoint-{cfg.steps}"
     if final.is_dir():
         return final
     tcfg = train_config(unit, cfg, folder, principles)
-    if newest_checkpoint(folder) is not None:
+    if loading.newest_checkpoint(folder) is not None:
         tcfg = dataclasses.replace(tcfg, resume="latest")
     elif folder.exists():  # killed before its first checkpoint: nothing in it is worth keeping
         shutil.rmtree(folder)
