@@ -17,8 +17,9 @@ Bonferroni (α / L per look, 99.58% for 12 looks; ``Plan(boundary="bonferroni")`
 model at all but ignores that the looks share their prompts: it is 0.0042 against 0.0092 here, wider intervals
 for the same coverage. The Pocock level rests on the t statistic being pivotal, which skewed per-prompt SI only
 approximates: measured on resampled real per-matrix SI (enigma-tiny, SmolLM2; `bench/until_design.py`) and on
-synthetic matrices, coverage stays at 95% within Monte Carlo error, except where the per-prompt values take a
-few discrete levels and the first look can draw them all equal (BENCHMARKS.md). Stopping early because of
+synthetic matrices, coverage stays at 95% within Monte Carlo error; two-valued synthetic critics, the t
+interval's worst case, give 93-95% (method.md §4), and values that are all equal give no interval at all
+(`t_interval`). Stopping early because of
 ``--max-minutes`` only skips looks.
 
 Samples (our choice, measured): 1 completion per principle and prompt by default with --until-decided, 4
@@ -40,7 +41,7 @@ n prompts are the same whoever else is scored, and a lead is paired over the pro
 
 The interval is Student's t over the per-prompt values (a set's per-prompt SI, or a pair's per-prompt difference),
 
-    mean ± t_{n−1, 1 − α/2L} · sd / √n,
+    mean ± t_{n−1, 1 − α′/2} · sd / √n,
 
 not the percentile bootstrap of the fixed-size report (measured, `tests/test_sequential.py`'s synthetic critics:
 at 8 prompts the 99.4% percentile bootstrap missed SI 5.5% of the time against 0.6% nominal, since resampled
