@@ -248,12 +248,12 @@ def test_a_mixed_step_is_close_to_the_float32_one(enigma_tiny_dir, tmp_path, mon
         trainer.optimizer.register_step_pre_hook(capture)
         rows[dtype], grads[dtype] = _row(trainer.step()), captured
     a, b = rows["float32"], rows[MIXED]
-    for key in ("loss", "loss_grpo", "loss_sami", "ot_divergence", "kl"):
+    for key in ("loss", "loss_grpo", "loss_sami", "ot_divergence", "kl_ref", "mi_sym"):
         if key in a:
-            assert b[key] == pytest.approx(a[key], rel=0.05, abs=2e-3), key
+            assert b[key] == pytest.approx(a[key], rel=0.02, abs=1e-3), key
     flat = {d: torch.cat([g.flatten() for _, g in sorted(grads[d].items())]) for d in grads}
     cosine = torch.nn.functional.cosine_similarity(flat["float32"], flat[MIXED], dim=0)
-    assert cosine > 0.98
+    assert cosine > 0.99
     assert not torch.equal(flat["float32"], flat[MIXED])
 
 
