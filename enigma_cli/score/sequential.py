@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 ALPHA = 0.05
-ROUND_PROMPTS = 8    # default R: a first look after 8 prompts × 1 sample (BENCHMARKS.md)
+ROUND_PROMPTS = 32   # default R: 32 prompts × 1 sample, 64 sequences a call for K = 2 like the fixed run (BENCHMARKS.md)
 MAX_PROMPTS = 96     # default P: 96 prompts × 1 sample, the fixed default's 24 × 4 completions
 SAMPLES = 1          # default --samples with --until-decided (bench/until_design.py, BENCHMARKS.md)
 MAX_LOOKS = 50       # beyond this each look's level (99.9%) makes the intervals too wide to decide anything
