@@ -5,7 +5,8 @@ Plan (our choice: fixed rounds, a Pocock-type level for all looks). Rounds of R 
 L = ⌈P / R⌉ looks, after R, 2R, … prompts. At every look each interval (a set's SI, and with ``--rank`` the
 leader's paired lead over the runner-up) is a t interval at one level for every look,
 
-    1 − α′,   α′ = `nominal_alpha`(R, 2R, …, P)   (α = 0.05; 12 looks of 8 up to 96: α′ = 0.0092, 99.08%)
+    1 − α′,   α′ = `nominal_alpha`(R, 2R, …, P)   (α = 0.05; the default 3 looks of 32 up to 96: α′ = 0.0221,
+                                                   97.79%; 12 looks of 8: 0.0092, 99.08%)
 
 chosen so that, for iid normal per-prompt values, all L intervals cover the true value together with probability
 1 − α (Pocock's equal nominal levels [1], found by simulation for the t statistic, whose joint law over the looks
@@ -14,7 +15,8 @@ the stopping look misses) ≤ P(some look's interval misses) = α: the reported 
 interval re-checked at every look would not (with SI truly 0, stopping at the first look whose interval excludes
 0 declares a difference far more often than 5% of the time; `tests/test_sequential.py` measures both).
 Bonferroni (α / L per look, 99.58% for 12 looks; ``Plan(boundary="bonferroni")``), the earlier rule, needs no
-model at all but ignores that the looks share their prompts: it is 0.0042 against 0.0092 here, wider intervals
+model at all but ignores that the looks share their prompts: 0.0167 against 0.0221 for 3 looks, 0.0042 against
+0.0092 for 12, wider intervals
 for the same coverage. The Pocock level rests on the t statistic being pivotal, which skewed per-prompt SI only
 approximates: measured on resampled real per-matrix SI (enigma-tiny, SmolLM2; `bench/until_design.py`) and on
 synthetic matrices, coverage stays at 95% within Monte Carlo error; two-valued synthetic critics, the t
