@@ -3,11 +3,11 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/until_decided.py [--model M] [SET ...] [-- EXTRA FLAGS]
 
 For each set (default: stepwise-vs-oneline, verify-vs-verbal, placebo) it runs, one after the other in this
-process's machine, the fixed default (24 prompts × 4 samples) and --until-decided with its defaults (rounds of 8
-prompts × 2 samples up to 96, one Pocock-type level for the 12 looks), and prints the CPU seconds (user + system
+process's machine, the fixed default (24 prompts × 4 samples) and --until-decided with its defaults (rounds of 32
+prompts × 1 sample up to 96, one Pocock-type level for the 3 looks), and prints the CPU seconds (user + system
 of the child, the primary figure on a shared machine) and wall seconds of each (model loading included), the
 prompts the rounds used, why they stopped, and both intervals. Flags after `--` go to both runs (e.g.
-`-- --max-minutes 20`). BENCHMARKS.md has the figures.
+`-- --round-prompts 8`). BENCHMARKS.md has the figures.
 """
 
 from __future__ import annotations
