@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 DESIGNS = [(4, 8, 96, "bonferroni"), (4, 8, 96, "pocock"), (2, 8, 96, "pocock"), (2, 16, 96, "pocock"),
-           (1, 8, 96, "pocock"), (1, 16, 96, "pocock"), (1, 24, 96, "pocock"),
+           (1, 8, 96, "pocock"), (1, 16, 96, "pocock"), (1, 24, 96, "pocock"), (1, 32, 96, "pocock"),
            (2, 20, 20, "pocock"), (1, 40, 40, "pocock")]  # one look at 40 completions, plain 95%: the ceiling
 
 
