@@ -65,7 +65,7 @@ def peek(spec: str) -> Window:
         return Window(spec, None)
     tokenizer = None
     if files.tokenizer_dir is not None and files.positions is not None:
-        from transformers import AutoTokenizer  # lazy: its tokenizer classes add ~0.5 s to `enigma --help`
+        from transformers import AutoTokenizer  # lazy: its tokenizer classes add ~0.2 s to `enigma --help`
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(files.tokenizer_dir), local_files_only=True)

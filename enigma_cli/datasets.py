@@ -48,7 +48,7 @@ from .console import show_progress
 from .errors import InputError, first_line
 from .tasks.synthetic import generate_problems
 
-# Hugging Face `datasets` is imported inside the three functions that read a dataset: it adds ~0.2 s to
+# Hugging Face `datasets` is imported inside the three functions that read a dataset: it adds ~0.1 s to
 # `enigma --help`, whose import path runs through this module.
 
 SYNTHETIC = "synthetic"

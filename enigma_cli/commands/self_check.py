@@ -18,7 +18,7 @@ from ..report import FORMATS, check_format, write_table
 
 
 def _checks(seed: int):
-    import ot  # lazy: POT (with scipy) adds ~1.5 s to `enigma --help`
+    import ot  # lazy: POT (with scipy) adds ~0.9 s to `enigma --help`
 
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.normalize(torch.randn(64, 8, generator=g, dtype=torch.float64), dim=-1)

@@ -198,7 +198,7 @@ def math_verify_available() -> bool:
 @lru_cache(maxsize=1)
 def _math_verify():
     try:
-        import math_verify  # lazy: ~0.5 s on `enigma --help`, and an ImportError here means 'not installed'
+        import math_verify  # lazy: ~0.3 s on `enigma --help`, and an ImportError here means 'not installed'
     except ImportError:
         return None
     # math-verify logs a warning for every string it cannot parse; free-text answers would flood stderr.

@@ -33,7 +33,7 @@ class ModelShape:
         Follows a LoRA adapter folder to its base (its own tokenizer wins when it has one). Only an early
         check before anything is loaded or generated; `of` on the loaded model is the real one.
         """
-        from transformers import AutoConfig, AutoTokenizer  # lazy: they add ~0.5 s to `enigma --help`
+        from transformers import AutoConfig, AutoTokenizer  # lazy: they add ~0.2 s to `enigma --help`
 
         name, tokenizer_dir = spec, None
         for _ in range(3):  # an adapter names its base, which could itself be an adapter; stop somewhere

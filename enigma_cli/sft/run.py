@@ -43,7 +43,7 @@ from .data import Encoded, encode_rows, load_rows
 
 # TRL, peft, Hugging Face `datasets` and transformers' Auto and Trainer classes are imported inside the
 # functions that use them: this module is on `enigma --help`'s import path (enigma_cli.sft exports `plan` and
-# `run`), and they would add seconds to it (TRL's SFTTrainer alone ~4 s); peft is optional too ([peft] extra).
+# `run`), and they would add seconds to it (TRL's SFTTrainer alone ~2 s); peft is optional too ([peft] extra).
 
 MODEL_FILES = ("config.json", "adapter_config.json")
 

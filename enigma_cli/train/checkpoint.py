@@ -21,12 +21,15 @@ import random
 import shutil
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import InputError, first_line
+from ..modelfiles import check_safetensors
+from ..report import WriteError, public_mode
 
 STATE_FILE = "trainer_state.pt"
 MODEL_ONLY_FILE = "model_only.json"  # a --save-model-only checkpoint: its step, no optimizer state
@@ -63,8 +66,6 @@ def save_checkpoint(output_dir: Path, step: int, model, tokenizer, optimizer, sc
     whole under the final name, or neither (then `--resume latest` takes the one before), plus hidden temporary
     folders that `clean_partial_saves` removes at the next start.
     """
-    from ..report import WriteError, public_mode
-
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     try:
@@ -183,10 +184,6 @@ def verify_checkpoint(path: Path, backend: str = "native") -> int | None:
     """Check that `path` is a checkpoint ``--resume`` can continue under `backend`, without loading it (weights:
     safetensors headers; state: the zip directory or the JSON); returns its step from the folder name (None when
     the name has none). One sentence naming the file if not."""
-    import zipfile
-
-    from ..modelfiles import check_safetensors
-
     path = Path(path)
     kind = checkpoint_kind(path)
     if kind in ("model-only", "trl-model-only"):

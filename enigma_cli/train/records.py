@@ -13,6 +13,10 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
+
+from ..report import atomic_path, write_table, writing
+
 CURVES = ["reward_mean", "format_rate", "accuracy", "loss_grpo", "loss_sami", "mi_sym", "si", "ot_divergence",
           "kl_ref", "grad_norm", "completion_len_mean", "gen_tokens_per_s"]
 
@@ -20,8 +24,6 @@ CURVES = ["reward_mean", "format_rate", "accuracy", "loss_grpo", "loss_sami", "m
 def append_text(path: Path, text: str) -> None:
     """Append `text` with one write call (O_APPEND), so that concurrent or killed writers cannot interleave
     within it; an OSError (disk full) becomes one sentence naming the file."""
-    from ..report import writing
-
     data = text.encode("utf-8")
     with writing(path):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -43,8 +45,6 @@ def whole_lines(path: Path) -> list[str]:
 
 
 def rewrite_lines(path: Path, lines: list[str]) -> None:
-    from ..report import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
@@ -53,8 +53,6 @@ class MetricsLog:
     """Appends rows to `metrics.csv`; on resume keeps only the rows up to the checkpoint's step."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
-        import pandas as pd
-
         self.path = Path(path)
         self.rows: list[dict] = []
         if resume_step is not None:
@@ -66,8 +64,6 @@ class MetricsLog:
         self._rewrite()
 
     def append(self, row: dict) -> None:
-        import pandas as pd
-
         self.rows.append(row)
         if self._columns is None or set(row) - set(self._columns):
             self._rewrite()  # a new column appeared (first row, or a term that starts later): rewrite the file
@@ -76,10 +72,6 @@ class MetricsLog:
             append_text(self.path, line)
 
     def _rewrite(self) -> None:
-        import pandas as pd
-
-        from ..report import write_table
-
         if not self.rows:
             self.path.unlink(missing_ok=True)  # a restart from step 0: the old rows are not this run's
             return
@@ -88,8 +80,6 @@ class MetricsLog:
         write_table(df, self.path, "csv")
 
     def frame(self):
-        import pandas as pd
-
         return pd.DataFrame(self.rows)
 
 

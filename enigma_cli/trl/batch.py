@@ -14,14 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import is_peft_model
 
 from ..train.episodes import Episodes
 
 
 def backbone(model, unwrap=lambda m: m):
     """The decoder stack whose forward TRL's fused LM head calls (``base_model``), under DDP/PEFT wrappers."""
-    from accelerate.utils import is_peft_model
-
     inner = unwrap(model)
     inner = getattr(inner, "module", inner)
     if is_peft_model(inner):

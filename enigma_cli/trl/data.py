@@ -10,8 +10,12 @@ SAMI critic matrices and the question-level advantages read.
 
 from __future__ import annotations
 
+import datasets
 import torch
+from datasets import Dataset, IterableDataset
 from torch.utils.data import Sampler
+
+from ..datasets import _quiet_progress
 
 
 def question_of(row: dict, column: str) -> str:
@@ -36,11 +40,6 @@ def principle_rows(dataset, n_principles: int):
     texts are filled in when the batch is generated (`EnigmaGRPOTrainer._generate_and_score_completions`). The
     other columns (e.g. ``answer``) reach the reward functions as in TRL.
     """
-    import datasets
-    from datasets import Dataset, IterableDataset
-
-    from ..datasets import _quiet_progress
-
     if isinstance(dataset, IterableDataset):
         raise TypeError("EnigmaGRPOTrainer needs a map-style train_dataset (with a length), not a stream.")
     if isinstance(dataset, list):
