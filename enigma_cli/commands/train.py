@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from ..cli_options import command
 from ..console import console, show_progress
+from ..models.loading import resolve_device
+from ..train.run import plan, start_point
+from ..train.run import run as train_run
 from ..trl.options import TrlTrainConfig, check_trl_environment
 
 
@@ -11,17 +14,10 @@ def run(cfg: TrlTrainConfig, dry_run: bool) -> None:
     """Check, plan, and train on the chosen backend: ``--backend trl``'s own checks come first (the options TRL
     cannot run were refused with the values, `TrlTrainConfig.check`; then what the machine lacks for them),
     before `plan` reads any data."""
-    # lazy, as in every command module: `enigma --help` imports the commands, and these bring transformers
-    from ..models.loading import resolve_device
-    from ..train.run import plan
-    from ..train.run import run as train_run
-
     if cfg.backend == "trl":
         check_trl_environment(cfg, resolve_device(cfg.device))
     pset, examples = plan(cfg)
     if dry_run:
-        from ..train.run import start_point
-
         start = start_point(cfg)
         if start.note or start.checkpoint:
             console.print(start.note or f"continues from {start.checkpoint} (step {start.step}).", highlight=False)

@@ -31,9 +31,9 @@ from ..context import ContextCheck, Rows, principles_of
 from ..datasets import load_examples
 from ..errors import InputError
 from ..modelfiles import depth_of, inspect
-from ..models import prefix
+from ..models import loading, prefix
 from ..models.hidden import resolve_layers
-from ..models.loading import load_model, resolve_device, resolve_dtype
+from ..models.loading import resolve_device, resolve_dtype
 from ..models.portable import _record_name, portable_spec
 from ..principles import load_principle_set
 from . import distributed as dist_utils
@@ -114,7 +114,8 @@ def load(cfg: TrainConfig, pset, examples):
     GGUF file, a hub id) now run on the loaded model."""
     # An adapter comes merged: it is the starting policy (and the reference); a LoRA run adds a fresh adapter on
     # top, whose checkpoints name this adapter as their base (load_model then merges it first again).
-    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    # through the module, so that a test's stand-in for load_model is the one called
+    lm = loading.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     if lm.adapter is not None:
         _record_name(lm.model, portable_spec(cfg.model, lm.adapter))
     if cfg.sampler in ("shared", "lean") and not prefix.supports(lm.model):
