@@ -112,6 +112,20 @@ def test_completion_only_loss_matches_our_cross_entropy(tmp_path):
     assert first == pytest.approx(total / count, rel=1e-4)
 
 
+@pytest.mark.parametrize("dtype, bf16", [("float32", False), ("bf16-mixed", True)])
+def test_the_warm_up_autocasts_exactly_when_the_loaded_model_does(dtype, bf16, tmp_path):
+    """--dtype bf16-mixed (or auto on a bf16 CPU) marks the model; TRL's bf16 (accelerate's CPU autocast) follows
+    it, so the warm-up trains in the precision it announced."""
+    from enigma_cli.models.loading import load_model
+    from enigma_cli.sft.run import _quiet, _trainer
+
+    cfg = SftConfig(rows=4, batch_size=4, steps=1, eval_prompts=0, device="cpu", output_dir=str(tmp_path / "o"))
+    lm = load_model("enigma-tiny", device="cpu", dtype=dtype)
+    with _quiet():
+        trainer = _trainer(plan(cfg), lm.model, lm.tokenizer, tmp_path / "w")
+    assert trainer.args.bf16 is bf16
+
+
 def test_default_lr_by_size():
     assert default_lr(700_000, False) == 1e-3 and default_lr(700_000, True) == 3e-3
     assert default_lr(135_000_000, False) == 2e-5 and default_lr(135_000_000, True) == 2e-4

@@ -54,3 +54,32 @@ def test_trl_backend_questions_show_the_options(tiny_lm, tmp_path, monkeypatch):
     with pytest.raises(Stop):
         backend.train_trl(cfg, load_principle_set(cfg.principles), [EXAMPLE], lm, Start(None, 0), RunFolder(cfg))
     assert seen["questions"] == [EXAMPLE.prompt_text]
+
+
+def test_the_trl_backend_autocasts_when_the_loaded_model_does(tiny_lm, tmp_path, monkeypatch):
+    """--dtype auto chose bf16-mixed for the loaded model (LoadedModel.autocast): TRL's bf16 (accelerate's CPU
+    autocast) is on, though the option itself says auto."""
+    pytest.importorskip("trl")
+    import torch
+
+    from enigma_cli.models.loading import LoadedModel
+    from enigma_cli.train.folder import RunFolder, Start
+    from enigma_cli.trl import backend
+
+    class Stop(Exception):
+        pass
+
+    def capture(*args, args_=None, **kwargs):
+        seen.append(kwargs["args"].bf16)
+        raise Stop
+
+    seen = []
+    monkeypatch.setattr(backend, "EnigmaGRPOTrainer", capture)
+    model, tokenizer = tiny_lm
+    cfg = TrainConfig(backend="trl", prompts_per_step=1, group_size=4, max_new_tokens=2, device="cpu",
+                      lora_r=0, lr=1e-4, output_dir=str(tmp_path / "run"))
+    for autocast in (None, torch.bfloat16):
+        lm = LoadedModel(model, tokenizer, "tiny", "tiny", torch.device("cpu"), torch.float32, autocast=autocast)
+        with pytest.raises(Stop):
+            backend.train_trl(cfg, load_principle_set(cfg.principles), [EXAMPLE], lm, Start(None, 0), RunFolder(cfg))
+    assert seen == [False, True]

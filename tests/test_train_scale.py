@@ -137,9 +137,16 @@ def test_run_json_records_how_the_run_was_launched(model_dir, tmp_path):
     assert train("--model", model_dir, "--steps", "1", *SMALL, "--output-dir", out)[0] == 0
     info = json.loads((out / "run.json").read_text())
     assert info["backend"] == "native" and info["world_size"] == 1 and info["launcher"] == "none"
-    assert info["versions"]["torch"] == torch.__version__
+    assert info["versions"]["torch"] == torch.__version__ and info["dtype"] == "float32"
     records = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert {r["rank"] for r in records} == {0}
+
+
+def test_run_json_says_a_mixed_precision_run_is_one(model_dir, tmp_path):
+    """float32 weights under bf16 autocast: run.json names the precision, not only the weights' dtype."""
+    out = tmp_path / "run"
+    assert train("--model", model_dir, "--steps", "1", *SMALL, "--dtype", "bf16-mixed", "--output-dir", out)[0] == 0
+    assert json.loads((out / "run.json").read_text())["dtype"] == "bf16-mixed"
 
 
 @pytest.mark.parametrize("args, needles", [

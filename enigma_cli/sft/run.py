@@ -10,8 +10,9 @@ run, loading and both format measurements included).
 
 Choices (ours): a linear schedule with ``warmup_ratio`` warm-up (TRL's default schedule), AdamW, loss logged every
 step; no checkpoints during the run (a warm-up is minutes); nothing reported to trackers (``report_to`` none).
-TRL's defaults of bf16 autocast and gradient checkpointing are off: the weights train in the dtype ``--dtype``
-loaded them in (bfloat16 on a GPU that has it, as in `enigma train`), and small models need no recomputation.
+TRL's defaults of bf16 autocast and gradient checkpointing are not taken: the weights train in the precision
+``--dtype`` loaded them in (bfloat16 on a GPU that has it; float32 weights under bf16 autocast for ``bf16-mixed``,
+which auto picks on a CPU with bf16; as in `enigma train`), and small models need no recomputation.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ..console import console, show_progress
 from ..datasets import _quiet_progress
 from ..errors import InputError
 from ..evaluate import EvalSettings, evaluate
-from ..models import loading
+from ..models import loading, precision
 from .config import SftConfig, default_lr
 from .data import Encoded, encode_rows, load_rows
 
@@ -201,9 +202,10 @@ def _trainer(p: Plan, model, tokenizer, workdir: Path):
         lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed,
         data_seed=cfg.seed, completion_only_loss=True, max_length=None, disable_tqdm=not show_progress(),
         use_cpu=str(next(model.parameters()).device) == "cpu", dataloader_num_workers=0,
-        # TRL turns both on by default; we train in the dtype the model was loaded in (--dtype), as `enigma train`
-        # does, and a warm-up of a small model needs no activation recomputation.
-        bf16=False, fp16=False, gradient_checkpointing=False,
+        # TRL turns both on by default; we train in the precision the model was loaded in (--dtype), as `enigma
+        # train` does: bf16 autocast (accelerate's, on the CPU too) exactly when the loaded model autocasts
+        # (`--dtype bf16-mixed`, or auto on a CPU with bf16), and a warm-up of a small model needs no recomputation.
+        bf16=precision.autocast_dtype(model) == torch.bfloat16, fp16=False, gradient_checkpointing=False,
     )
     peft_config = None
     if cfg.lora_r:

@@ -245,7 +245,7 @@ def write_run_info(out: Path, cfg, lm) -> None:
             return None
 
     info = {"backend": cfg.backend, **dist_utils.launch_info(), "device": str(lm.device),
-            "dtype": str(lm.dtype).removeprefix("torch."), "model": lm.name,
+            "dtype": lm.precision, "model": lm.name,
             "versions": {name: version(name) for name in ("enigma-cli", "torch", "transformers", "trl", "accelerate",
                                                           "peft")}}
     with atomic_path(out / RUN_INFO) as tmp:

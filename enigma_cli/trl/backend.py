@@ -54,7 +54,7 @@ def train_trl(cfg, pset, examples, lm, start: Start, folder: RunFolder, *, progr
     """`train.run.Loop` for ``--backend trl``: `EnigmaGRPOTrainer` trains in the run folder that `train.run.run`
     claimed (`folder`), from `start`, with `cfg` resolved for the loaded model `lm`."""
     out, cfg = folder.out, trl_train_config(cfg)  # TRL's own options at their defaults, where a library caller gave none
-    args = grpo_args(cfg, dtype=lm.dtype, device=lm.device)
+    args = grpo_args(cfg, dtype=lm.dtype, device=lm.device, autocast=lm.autocast)
     funcs, weights = enigma_reward_funcs(cfg.reward, cfg.group_size, format_weights=cfg.format_weights,
                                          gamma=cfg.coherence_gamma, gibbs_beta=cfg.gibbs_beta,
                                          numeric=cfg.numeric_answers, saturated=cfg.saturated_reward)
