@@ -44,6 +44,7 @@ Choices (ours):
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -51,8 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging as hf_logging
 
+from enigma_cli.console import console
 from enigma_cli.errors import InputError
+from enigma_cli.models.hidden import num_layers
 
 # re-exported: where a spec points, and the device and dtype, live in their own modules
 from enigma_cli.models.devices import DEVICE_NAMES, DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype  # noqa: F401
@@ -110,17 +114,11 @@ class LoadedModel:
     @property
     def num_layers(self) -> int:
         """Number of transformer blocks (hidden-state index ``num_layers`` is the last; 0 is the embeddings)."""
-        from enigma_cli.models.hidden import num_layers
-
         return num_layers(self.model)
 
 
 def _quiet_progress_bars() -> None:
     """transformers draws its weight-loading bar even into a pipe; show bars only to a person at a terminal."""
-    import sys
-
-    from transformers.utils import logging as hf_logging
-
     if sys.stderr.isatty():
         hf_logging.enable_progress_bar()
     else:
@@ -219,8 +217,6 @@ def _announce(line: str) -> None:
     models: evaluate's base and runs)."""
     if line not in _ANNOUNCED:
         _ANNOUNCED.add(line)
-        from enigma_cli.console import console
-
         console.print(line, highlight=False)
 
 
@@ -255,7 +251,7 @@ def _read_weights(spec: str, weights: Weights, adapters: tuple[Adapter, ...], tr
         # De-quantise every weight into a plain dense model: trainable, serialisable, hidden states as usual
         # (transformers would otherwise keep packed GGUF blocks where a matmul kernel is installed).
         try:
-            from transformers import GgufConfig
+            from transformers import GgufConfig  # lazy: only transformers 5 has it
         except ImportError:  # transformers 4.x: GGUF weights are always de-quantised
             pass
         else:
@@ -290,7 +286,7 @@ def _finish(model, tokenizer, spec: str, source: str, dev, torch_dtype, start: f
 
 
 def _load_tokenizer(source: str, kwargs: dict[str, Any]):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy, as AutoModelForCausalLM: ~0.2 s of enigma --help
 
     return AutoTokenizer.from_pretrained(source, **kwargs)
 
@@ -357,7 +353,7 @@ def _adapter_base(spec: str, folder: Path) -> str:
 
 def _apply_adapter(spec: str, model, adapter_dir: str, for_training: bool, base: str):
     try:
-        from peft import PeftModel
+        from peft import PeftModel  # lazy: peft costs enigma --help ~1.9 s, and it is an extra
     except ImportError as exc:
         raise InputError(f"Model '{spec}' is a LoRA adapter, which needs peft: `pip install peft`.") from exc
     try:

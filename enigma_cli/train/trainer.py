@@ -26,8 +26,13 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..core import normalize_answer
+from ..core.answer_stats import group_answer_stats, majority_vote
 from ..errors import EnigmaError
+from ..models.hidden import num_layers, resolve_layers
 from . import distributed as dist_utils
 from .checkpoint import find_checkpoint, load_state, save_checkpoint, set_rng_state
 from .episodes import Episodes, collect
@@ -66,7 +71,7 @@ class Trainer:
         if cfg.gradient_checkpointing:
             enable_checkpointing(model)
         if self.lora:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig, get_peft_model  # lazy: peft costs enigma --help ~1.9 s
 
             model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear",
                                                      task_type="CAUSAL_LM"))
@@ -74,13 +79,9 @@ class Trainer:
         self.model = model
         self.wrapped = model
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             self.wrapped = DDP(model, device_ids=[lm.device.index] if lm.device.type == "cuda" else None)
         else:  # DDP's reducer would expect a sparse gradient from a sparse embedding
             sparse_tied_embedding_grad(model)  # a lower peak at the end of the backward (train.memory)
-        from ..models.hidden import num_layers, resolve_layers
-
         n_layers = num_layers(model)
         # checked here, before run() writes anything, rather than at the first forward
         self.layers = list(resolve_layers(n_layers, cfg.ot_layers, what="--ot-layers").values()) \
@@ -122,13 +123,10 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = load_state(path)
         if self.lora:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
+            from peft import set_peft_model_state_dict  # lazy: peft costs enigma --help ~1.9 s
 
             set_peft_model_state_dict(self.model, load_file(str(path / "adapter_model.safetensors")))
         else:
-            from safetensors.torch import load_file
-
             weights = load_file(str(path / "model.safetensors"))
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
             bad = [k for k in missing if not k.endswith("lm_head.weight")] + list(unexpected)
@@ -272,9 +270,6 @@ class Trainer:
             "rows_too_long": float(ep.redrawn),  # drawn rows that cannot fit the context, redrawn (context.Rows)
             "nonfinite_total": float(self.nonfinite_total),
         }
-        from ..core import normalize_answer
-        from ..core.answer_stats import group_answer_stats, majority_vote
-
         g = ep.group_size
         row.update({f"answers_{k}": float(v) for k, v in group_answer_stats(r.answers, g).items()})
         labels = [normalize_answer(lab, numeric=self.cfg.numeric_answers) if lab is not None else None
