@@ -56,7 +56,6 @@ from transformers.utils import logging as hf_logging
 
 from enigma_cli.console import console
 from enigma_cli.errors import InputError
-from enigma_cli.models.hidden import num_layers
 
 # re-exported: where a spec points, and the device and dtype, live in their own modules
 from enigma_cli.models.devices import DEVICE_NAMES, DTYPE_NAMES, DTYPES, resolve_device, resolve_dtype  # noqa: F401
@@ -68,6 +67,7 @@ from enigma_cli.models.gguf import (  # noqa: F401 - re-exported: the smollm2 al
     _write_gguf_cache,
     smollm2_gguf_path,
 )
+from enigma_cli.models.hidden import num_layers
 from enigma_cli.models.portable import (
     ALIASES,
     DEFAULT_MODEL,

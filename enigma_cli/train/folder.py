@@ -31,10 +31,10 @@ from pathlib import Path
 from rich.progress import Progress
 
 from .. import options as cfgmod
+from .. import plots
 from ..console import console
 from ..errors import InputError
 from ..interrupt import Interrupted, SafeStop, signal_name, signum_of
-from .. import plots
 from ..report import atomic_path, check_output_dir
 from ..runlock import RunLock, busy, is_locked
 from . import distributed as dist_utils

@@ -50,6 +50,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from accelerate.utils import is_peft_model
 
 from ..models.precision import MIXED, canonical
 from .config import EnigmaGRPOConfig
@@ -108,10 +109,8 @@ def _config(cfg, k, layers, vllm, dtype, device, autocast) -> EnigmaGRPOConfig:
 
 def lora_config(cfg, model):
     """The LoRA adapter to train (None for full fine-tuning, or when the model already carries one)."""
-    from accelerate.utils import is_peft_model
-
     if not cfg.lora_r or is_peft_model(model):
         return None
-    from peft import LoraConfig
+    from peft import LoraConfig  # lazy: peft is an extra (pip install 'enigma-cli[peft]')
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")

@@ -41,12 +41,22 @@ from contextlib import contextmanager
 import torch
 from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOTrainer
-from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model, split_tensor_dict, use_adapter
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.utils import (
+    add_fused_lm_head,
+    create_model_from_path,
+    disable_dropout_in_model,
+    get_config_model_id,
+    split_tensor_dict,
+    use_adapter,
+)
 
 from ..core import grpo_advantages
 from ..core.saturated import saturated_groups
+from ..models.hidden import num_layers, resolve_layers
 from ..models.logprobs import mean_pool
 from ..models.rollout import encode_prompts
+from ..principles import load_principle_set
 from ..prompts import render_prompt
 from ..train.memory import release_during_backward, release_freed_memory
 from ..train.objective import (
@@ -57,7 +67,9 @@ from ..train.objective import (
     score_off_diagonal,
 )
 from ..train.params import GrpoParams, ObjectiveParams, OtParams, SamiParams
+from ..train.records import append_text
 from ..train.rewards import SATURATED_TERM, compute_rewards
+from ..train.trainer import default_layers, frozen_copy, reference_dtype
 from .batch import backbone, batch_episodes, capture_hidden, completion_mask_full
 from .config import EnigmaGRPOConfig
 from .data import PrincipleGroupSampler, check_layout, principle_rows, question_of
@@ -102,8 +114,6 @@ class EnigmaGRPOTrainer(GRPOTrainer):
         super().__init__(model, reward_funcs, args, principle_rows(train_dataset, len(texts)), None,
                          processing_class, peft_config=peft_config, **kwargs)
         if args.needs_reference and reference is None and self.ref_model is None and not is_peft_model(self.model):
-            from trl.trainer.utils import create_model_from_path, get_config_model_id
-
             reference = create_model_from_path(get_config_model_id(self.model.config), dtype=self.model.dtype)
         if reference is not None:
             reference.requires_grad_(False)
@@ -237,8 +247,6 @@ class EnigmaGRPOTrainer(GRPOTrainer):
         return backbone(model, self.accelerator.unwrap_model)
 
     def _prepare_reference(self, reference):
-        from trl.models import prepare_deepspeed, prepare_fsdp
-
         if self.is_deepspeed_enabled:
             return prepare_deepspeed(reference, self.accelerator)
         if self.is_fsdp_enabled:
@@ -313,8 +321,6 @@ class EnigmaGRPOTrainer(GRPOTrainer):
     # -- completions ------------------------------------------------------------------------------------------------
     def _dump_completions(self, inputs: list[dict], out: dict) -> None:
         """Append this generation's completions, every process's, to ``output_dir/completions.jsonl``."""
-        from ..train.records import append_text
-
         per_func = self._enigma_batch["rewards_per_func"][self._process_slice(len(inputs))]
         reward = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1).tolist()
         step, rank, g = self.state.global_step + 1, self.accelerator.process_index, self.args.group_size
@@ -352,8 +358,6 @@ def _principles(args: EnigmaGRPOConfig, principle_set=None) -> tuple[list[str], 
         return list(principle_set.texts), list(principle_set.ids)
     if args.principle_texts:
         return list(args.principle_texts), [f"p{i}" for i in range(len(args.principle_texts))]
-    from ..principles import load_principle_set
-
     pset = load_principle_set(args.principles)
     return list(pset.texts), list(pset.ids)
 
@@ -367,15 +371,10 @@ def objective_params(args: EnigmaGRPOConfig, temperature: float) -> ObjectivePar
 
 
 def _frozen_copy(model, ref_dtype: str):
-    from ..train.trainer import frozen_copy, reference_dtype
-
     return frozen_copy(model, reference_dtype(ref_dtype, model.dtype))
 
 
 def _layers(ot_layers, model) -> list[int]:
-    from ..models.hidden import num_layers, resolve_layers
-    from ..train.trainer import default_layers
-
     if is_peft_model(model):
         model = model.get_base_model()
     n = num_layers(model)
