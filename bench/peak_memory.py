@@ -151,13 +151,20 @@ def child(case: str, args) -> dict:
 def time_reads(trainer, ep, repeats: int) -> dict[str, list[float]]:
     """Seconds of the last step's update (forward and backward of every micro-batch, no optimizer step) and of its
     reference pass, on the same episodes, with the objective's reads tiled (`models.tiled.read`) and untiled
-    (`models.reader.read`) in alternation (ABBA order, ``repeats`` of each)."""
+    (`models.reader.read`) in alternation (ABBA order, ``repeats`` of each); and the largest resident size seen
+    during each kind of update (`peak_phases.PhaseSampler`, the heap trimmed before each), which on the same
+    episodes compares the two forwards and backwards without the sampling's differences between two runs (run
+    under ``MALLOC_MMAP_THRESHOLD_=1048576`` for the resident size to follow the live tensors)."""
+    from peak_phases import PhaseSampler  # bench/peak_phases.py
+
     from enigma_cli.models import reader, tiled
     from enigma_cli.train import objective
+    from enigma_cli.train.memory import release_freed_memory
     from enigma_cli.train.trainer import MetricMean
 
     out: dict[str, list[float]] = {f"{what} {how}": [] for what in ("update", "reference") for how in ("tiled", "untiled")}
     ref, old = trainer._score(ep)
+    sampler = PhaseSampler()
     for i in range(2 * repeats):
         how = "tiled" if i % 4 in (0, 3) else "untiled"
         objective.read = tiled.read if how == "tiled" else reader.read
@@ -165,11 +172,16 @@ def time_reads(trainer, ep, repeats: int) -> dict[str, list[float]]:
         trainer._score(ep)
         out[f"reference {how}"].append(time.perf_counter() - start)
         trainer.model.train()
+        release_freed_memory()
+        sampler.label = f"update {how}"
         start = time.perf_counter()
         trainer._accumulate(ep, ref, old, MetricMean())
         out[f"update {how}"].append(time.perf_counter() - start)
+        sampler.label = "other"
         trainer.optimizer.zero_grad(set_to_none=True)
+    sampler.stop()
     objective.read = tiled.read
+    out.update({f"rss {how}": [sampler.peaks[f"update {how}"]] for how in ("tiled", "untiled")})
     return out
 
 
@@ -216,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
                 tiled, untiled = (statistics.median(reads[f"{what} {how}"]) for how in ("tiled", "untiled"))
                 print(f"{'':>20} {what}: tiled {tiled:.2f} s, untiled {untiled:.2f} s (medians of "
                       f"{len(reads[f'{what} tiled'])}, alternated), ratio {tiled / untiled:.3f}", flush=True)
+            print(f"{'':>20} largest resident size during the update: tiled {reads['rss tiled'][0]:.2f} GiB, "
+                  f"untiled {reads['rss untiled'][0]:.2f} GiB", flush=True)
 
 
 if __name__ == "__main__":
