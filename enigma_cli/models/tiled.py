@@ -2,8 +2,9 @@
 
 `reader.read` takes the logits that predict each completion token from the model's forward and normalises them
 row by row; under gradient the forward then holds up to three tensors of the logits' size at once (the model's
-logits, their per-chunk concatenation, the per-row float32 copies log-sum-exp keeps for the backward), and the
-backward as many gradients of that size. Here the same chunks run with the LM head deferred
+logits, their per-chunk concatenation, the scaled per-row copies log-sum-exp keeps for the backward), and the
+backward makes their gradients (on SmolLM2 with 16 rows of 64 tokens, 0.22 GiB of the step's peak: BENCHMARKS.md,
+"No [B, T, V] logits in training"). Here the same chunks run with the LM head deferred
 (`logprobs.deferred_head`): where the reader's chunks carry the logits predicting each completion token, they carry
 the last hidden states those logits are projected from (``[R, Lc, H]``, H = 576 against V = 49152 in SmolLM2), and
 `logprobs.head_logprobs` projects only the completion tokens through the head, in tiles, with TRL's kernel (its
