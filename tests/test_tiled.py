@@ -249,6 +249,20 @@ def test_heads_that_cannot_be_tiled_are_read_untiled(tiny_lm):
         assert torch.equal(got.logp, want.logp)
 
 
+def test_a_ddp_that_looks_for_unused_parameters_is_read_untiled(tiny_lm, tmp_path):
+    """Such a DDP would take the deferred head for unused and reduce its gradient before the tiles make it."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = copy.deepcopy(tiny_lm[0])
+        assert logprobs.lm_head(DistributedDataParallel(model)) is model.get_output_embeddings()
+        assert logprobs.lm_head(DistributedDataParallel(model, find_unused_parameters=True)) is None
+    finally:
+        dist.destroy_process_group()
+
+
 def test_lora_models_read_the_base_head_and_an_adapted_head_is_declined(tiny_lm):
     peft = pytest.importorskip("peft")
     base = copy.deepcopy(tiny_lm[0])

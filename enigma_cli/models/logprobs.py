@@ -230,8 +230,12 @@ def lm_head(model) -> torch.nn.Linear | None:
     That is a plain ``nn.Linear`` (not a LoRA-adapted or wrapped head) whose output the model returns unchanged as its
     logits (no `LOGIT_TRANSFORMS` field in its config), with whole parameters in float32, bfloat16 or float16 on a
     real device. Not: float64 models (the kernel folds in float32; the untiled reader keeps float64 exact), sharded
-    heads (FSDP, ZeRO-3), offloaded ones. DDP/FSDP wrappers and peft models are looked through.
+    heads (FSDP, ZeRO-3), offloaded ones, and models under a DDP that looks for unused parameters (TRL's default
+    without gradient checkpointing): it would take the deferred head for unused and reduce its gradient before the
+    tiles make it. DDP wrappers and peft models are looked through.
     """
+    if getattr(model, "find_unused_parameters", False):
+        return None
     target = getattr(model, "module", model)  # DDP
     if type(target).__name__ == "FullyShardedDataParallel" or type(model).__name__ == "FullyShardedDataParallel":
         return None
