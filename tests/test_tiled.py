@@ -136,9 +136,8 @@ def test_tiled_read_equals_the_untiled_reader(tiny_lm, small_tiles, temperature,
 def test_tiled_read_per_row_equals_the_untiled_reader(tiny_lm, small_tiles, monkeypatch):
     """The reader's padded per-row chunks (models whose prompts cannot be shared), in several chunks."""
     model = copy.deepcopy(tiny_lm[0]).eval()
-    monkeypatch.setattr(tiled.prefix, "supports", lambda m: False)
-    monkeypatch.setattr(reader.prefix, "supports", lambda m: False)
-    monkeypatch.setattr(tiled, "chunk_tokens", lambda device: 12)  # two or three rows per chunk
+    monkeypatch.setattr(reader.prefix, "supports", lambda m: False)  # the plan both reads share (reader.ReadPlan)
+    monkeypatch.setattr(reader, "chunk_tokens", lambda device: 12)  # two or three rows per chunk
     got, got_grads = _read_and_grads(tiled.read, model, temperature=0.8)
     want, want_grads = _read_and_grads(lambda *a, **k: reader.read(*a, **k, max_tokens=12), model, temperature=0.8)
     _assert_same_reading(got, want)

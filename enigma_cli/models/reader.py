@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -74,24 +75,13 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
     chunk (default `logprobs.chunk_tokens`, no cap). The model's mode is left as it is (call it in eval mode
     for a metric).
     """
-    if len(prompt_ids) != len(completion_ids):
-        raise ValueError(f"read: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
-    if not prompt_ids or not all(prompt_ids):
-        raise ValueError("read: needs at least one row, and every prompt non-empty")
-    if temperature <= 0:
-        raise ValueError("read: temperature must be > 0")
-    wanted = resolve_layers(model, layers)
-    device = next(model.parameters()).device
-    completions = [list(c) for c in completion_ids]
-    width = max(1, max(len(c) for c in completions))
+    plan = ReadPlan.of(model, prompt_ids, completion_ids, layers=layers, grad=grad, temperature=temperature,
+                       share_prompts=share_prompts, max_tokens=max_tokens, max_rows=max_rows)
+    completions, wanted, device, width = plan.completions, plan.wanted, plan.device, plan.width
     at_rows, at_offsets = _check_at(at, completions)
-    budget = (max_tokens or chunk_tokens(device), max_rows)
-    share = share_prompts and prefix.supports(model) and not (grad and _checkpointed(model))
-    chunks = _shared_chunks if share else _padded_chunks
-    prompts = [list(p) for p in prompt_ids]
     parts: list[tuple] = []
     with torch.enable_grad() if grad else torch.no_grad(), autocast(model):
-        for rows, logits, states in chunks(model, prompts, completions, wanted, budget, device):
+        for rows, logits, states in plan.chunks():
             parts.append(_collect(rows, logits, states, completions, wanted, temperature, width, at_rows,
                                   at_offsets))
     order = torch.tensor([r for part in parts for r in part[0]], device=device)
@@ -104,6 +94,44 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
         reading.states = {layer: torch.cat([part[4][layer] for part in parts])[slots] for layer in wanted}
         reading.next_logprobs = torch.cat([part[5] for part in parts])[slots]
     return reading
+
+
+@dataclass
+class ReadPlan:
+    """A read's checked inputs and its chunks: the model, the rows, the hidden-state layers to pool, and which of
+    the two chunkers runs the forwards (`_shared_chunks`: each distinct prompt once, its cache shared; or
+    `_padded_chunks`). `read` and `tiled.read` (the same read with the LM head in tiles) both start here."""
+
+    model: Any
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    wanted: dict[int, int]
+    device: torch.device
+    width: int
+    share: bool
+    budget: tuple[int, int | None]
+
+    @classmethod
+    def of(cls, model, prompt_ids, completion_ids, *, layers=(), grad: bool = False, temperature: float = 1.0,
+           share_prompts: bool = True, max_tokens: int | None = None, max_rows: int | None = None) -> ReadPlan:
+        """Check `read`'s arguments (ValueError naming what is wrong) and plan its chunks."""
+        if len(prompt_ids) != len(completion_ids):
+            raise ValueError(f"read: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
+        if not prompt_ids or not all(prompt_ids):
+            raise ValueError("read: needs at least one row, and every prompt non-empty")
+        if temperature <= 0:
+            raise ValueError("read: temperature must be > 0")
+        device = next(model.parameters()).device
+        completions = [list(c) for c in completion_ids]
+        return cls(model, [list(p) for p in prompt_ids], completions, resolve_layers(model, layers), device,
+                   max(1, max(len(c) for c in completions)),
+                   share_prompts and prefix.supports(model) and not (grad and _checkpointed(model)),
+                   (max_tokens or chunk_tokens(device), max_rows))
+
+    def chunks(self):
+        """The forwards, chunk by chunk: (rows, what predicts each completion token, the hidden states)."""
+        chunker = _shared_chunks if self.share else _padded_chunks
+        return chunker(self.model, self.prompts, self.completions, self.wanted, self.budget, self.device)
 
 
 def _checkpointed(model) -> bool:

@@ -24,9 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import prefix, reader
-from .hidden import resolve_layers
-from .logprobs import chunk_tokens, completion_positions, deferred_head, head_logprobs, lm_head, mean_pool
+from . import reader
+from .logprobs import completion_positions, deferred_head, head_logprobs, lm_head, mean_pool
 from .precision import autocast
 
 
@@ -40,24 +39,11 @@ def read(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], *,
     head = lm_head(model)
     if head is None:
         return reader.read(model, prompt_ids, completion_ids, layers=layers, grad=grad, temperature=temperature)
-    if len(prompt_ids) != len(completion_ids):
-        raise ValueError(f"read: {len(prompt_ids)} prompts but {len(completion_ids)} completions")
-    if not prompt_ids or not all(prompt_ids):
-        raise ValueError("read: needs at least one row, and every prompt non-empty")
-    if temperature <= 0:
-        raise ValueError("read: temperature must be > 0")
-    wanted = resolve_layers(model, layers)
-    device = next(model.parameters()).device
-    prompts = [list(p) for p in prompt_ids]
-    completions = [list(c) for c in completion_ids]
-    width = max(1, max(len(c) for c in completions))
-    # the reader's own choice between its two chunkers (module-private: this is the reader with another head)
-    share = prefix.supports(model) and not (grad and reader._checkpointed(model))
-    chunks = reader._shared_chunks if share else reader._padded_chunks
+    plan = reader.ReadPlan.of(model, prompt_ids, completion_ids, layers=layers, grad=grad, temperature=temperature)
+    completions, wanted, device, width = plan.completions, plan.wanted, plan.device, plan.width
     parts = []
     with torch.enable_grad() if grad else torch.no_grad(), autocast(model), deferred_head(head):
-        for rows, states_before, states in chunks(model, prompts, completions, wanted, (chunk_tokens(device), None),
-                                                  device):
+        for rows, states_before, states in plan.chunks():
             # states_before[i, j]: the last hidden state that predicts token j of completion rows[i]
             ids, mask = _right_padded([completions[r] for r in rows], states_before.shape[1], device)
             logp = head_logprobs(states_before, ids, mask, head, temperature)
