@@ -110,7 +110,7 @@ class RunFolder:
     def __init__(self, cfg):
         self.cfg, self.out, self.main = cfg, Path(cfg.output_dir), dist_utils.is_main()
         self.log: MetricsLog | None = None
-        self.watch = Watch(cfg)
+        self.watch: Watch | None = None  # made by `open`, with the config resolved for the model
         self.fields: list[str] | None = None  # the streamed CSV's columns, fixed by its header
         self.trackers: Trackers | None = None
         self.stop: SafeStop | None = None
